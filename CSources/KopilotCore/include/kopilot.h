@@ -1,0 +1,434 @@
+/*
+ * kopilot.h - the public interface of Kopilot's C core.
+ *
+ * The core owns the hot path: buffers, the HTTP/1.1 framing, the WebSocket
+ * codec (RFC 6455), the yamux-compatible mux codec and sessions, TLS and the
+ * libuv loop. Codecs do no I/O: they take bytes and say "consumed N",
+ * "need more" (KP_EAGAIN) or "protocol error". Sessions do no I/O either:
+ * they emit bytes through a send callback and are fed bytes by their owner,
+ * so tests can wire two of them back to back in memory.
+ *
+ * Conventions
+ *  - Errors are negative ints from KP_ERRNO_MAP (or negative libuv/errno
+ *    codes passed through); kp_strerror()/kp_err_name() describe any of them.
+ *  - Pointers are "borrowed" (valid only during the call or callback) unless
+ *    a comment says "owned".
+ *  - A function that returns an error never fires its callback.
+ */
+#ifndef KOPILOT_H
+#define KOPILOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                              */
+/* ------------------------------------------------------------------ */
+
+/* Codes live at -5000 and below, clear of errno values and of libuv's
+ * UV__* codes (which stop at -4095). */
+#define KP_ERRNO_MAP(X)                                                       \
+  X(EAGAIN, -5001, "need more input or would block")                         \
+  X(EINVAL, -5002, "invalid argument")                                       \
+  X(ENOMEM, -5003, "out of memory")                                          \
+  X(EPROTO, -5004, "protocol error")                                         \
+  X(EHEADTOOBIG, -5005, "message head too large")                            \
+  X(EBADMSG, -5006, "malformed HTTP message")                                \
+  X(ECLOSED, -5007, "closed")                                                \
+  X(ERESET, -5008, "stream reset by peer")                                   \
+  X(ETIMEDOUT, -5009, "timed out")                                           \
+  X(EWINDOW, -5010, "flow-control window exceeded")                          \
+  X(EREFUSED, -5011, "stream refused")                                       \
+  X(EGOAWAY, -5012, "session is going away")                                 \
+  X(ETLS, -5013, "TLS error")                                                \
+  X(ECERT, -5014, "certificate verification failed")                         \
+  X(ETOOMANY, -5015, "too many streams")                                     \
+  X(EUNSUPPORTED, -5016, "unsupported")                                      \
+  X(EMSGSIZE, -5017, "message too large")                                    \
+  X(EIO, -5018, "I/O error")
+
+typedef enum kp_errno {
+#define KP__ERR_ENUM(name, code, msg) KP_##name = code,
+  KP_ERRNO_MAP(KP__ERR_ENUM)
+#undef KP__ERR_ENUM
+  KP_OK = 0
+} kp_errno_t;
+
+/* Static strings; never NULL. Unknown codes get "unknown error". Codes that
+ * are not ours are passed to libuv's uv_strerror/uv_err_name. */
+const char *kp_strerror(int err);
+const char *kp_err_name(int err);
+
+/* ------------------------------------------------------------------ */
+/* Buffers: pooled, reference-counted chunks                           */
+/* ------------------------------------------------------------------ */
+
+/* A chunk is a block of bytes with a reference count. Reads land in chunks;
+ * payloads handed up (WebSocket, mux data) point into them, so a consumer
+ * that needs the bytes later takes a reference instead of copying.
+ * Chunks of the standard size come from a per-thread free list; the pool
+ * keeps at most KP_CHUNK_POOL_MAX idle chunks per thread. */
+#define KP_CHUNK_SIZE (64 * 1024)
+#define KP_CHUNK_POOL_MAX 64
+
+typedef struct kp_chunk kp_chunk_t;
+
+/* Returns an owned chunk (refcount 1) with at least `size` bytes of capacity
+ * (KP_CHUNK_SIZE when size is 0), or NULL when out of memory. */
+kp_chunk_t *kp_chunk_new(size_t size);
+void kp_chunk_ref(kp_chunk_t *c);
+/* Drops one reference; the last one returns the chunk to the pool. Any
+ * thread may drop a reference; the chunk goes to that thread's pool. */
+void kp_chunk_unref(kp_chunk_t *c);
+uint8_t *kp_chunk_data(kp_chunk_t *c);
+size_t kp_chunk_capacity(const kp_chunk_t *c);
+/* Chunks currently allocated (in use or pooled) by the whole process. */
+size_t kp_chunk_live_count(void);
+
+/* A slice: a range of a chunk, holding one reference to it. */
+typedef struct kp_slice {
+  kp_chunk_t *chunk; /* owned reference, or NULL for a borrowed range */
+  uint8_t *base;
+  size_t len;
+} kp_slice_t;
+
+/* ------------------------------------------------------------------ */
+/* HTTP/1.1 framing (no I/O)                                           */
+/* ------------------------------------------------------------------ */
+
+#define KP_HTTP_MAX_HEADERS 128
+#define KP_HTTP_DEFAULT_MAX_HEAD (64 * 1024)
+
+typedef struct kp_http_header {
+  const char *name; /* points into the caller's buffer; not NUL-terminated */
+  size_t name_len;
+  const char *value; /* leading/trailing whitespace removed */
+  size_t value_len;
+} kp_http_header_t;
+
+/* Flags derived from the head while parsing. */
+enum {
+  KP_HTTP_F_CHUNKED = 1 << 0,          /* Transfer-Encoding ends in chunked */
+  KP_HTTP_F_CONTENT_LENGTH = 1 << 1,   /* a valid Content-Length was given */
+  KP_HTTP_F_KEEP_ALIVE = 1 << 2,       /* connection persists after this */
+  KP_HTTP_F_UPGRADE = 1 << 3,          /* Connection: upgrade + Upgrade */
+  KP_HTTP_F_EXPECT_CONTINUE = 1 << 4,  /* Expect: 100-continue */
+};
+
+typedef struct kp_http_head {
+  /* request line (requests only) */
+  const char *method;
+  size_t method_len;
+  const char *target;
+  size_t target_len;
+  /* status line (responses only) */
+  int status;
+  const char *reason;
+  size_t reason_len;
+  int minor_version; /* 0 or 1 */
+  kp_http_header_t headers[KP_HTTP_MAX_HEADERS];
+  size_t num_headers;
+  int64_t content_length; /* -1 when absent */
+  unsigned flags;         /* KP_HTTP_F_* */
+} kp_http_head_t;
+
+/* Parses a complete request head from buf[0..len).
+ * Returns the head's length in bytes (through the blank line) when complete;
+ * KP_EAGAIN when more bytes are needed (and len < max_head);
+ * KP_EHEADTOOBIG when no complete head fits in max_head bytes (send 431);
+ * KP_EBADMSG when malformed (send 400).
+ * All pointers in *head point into buf. max_head 0 means the default. */
+int kp_http_parse_request(const uint8_t *buf, size_t len, size_t max_head,
+                          kp_http_head_t *head);
+/* The same for a response head (status line instead of request line). */
+int kp_http_parse_response(const uint8_t *buf, size_t len, size_t max_head,
+                           kp_http_head_t *head);
+
+/* Case-insensitive lookup of the first header named `name`; NULL if none. */
+const kp_http_header_t *kp_http_find_header(const kp_http_head_t *head,
+                                            const char *name);
+
+/* Body framing. A proxy forwards a body as it came (chunked stays chunked),
+ * so the body scanner only has to find where the body ends; it also reports
+ * the payload bytes inside what it consumed, for callers that want them. */
+typedef enum kp_http_body_mode {
+  KP_HTTP_BODY_NONE = 0,    /* no body (e.g. GET without length, 204, HEAD) */
+  KP_HTTP_BODY_LENGTH = 1,  /* Content-Length bytes */
+  KP_HTTP_BODY_CHUNKED = 2, /* chunked transfer coding, trailers included */
+  KP_HTTP_BODY_UNTIL_CLOSE = 3 /* response without length: ends at EOF */
+} kp_http_body_mode_t;
+
+typedef struct kp_http_body {
+  kp_http_body_mode_t mode;
+  uint64_t remaining; /* LENGTH: bytes left; CHUNKED: bytes left in chunk */
+  int state;          /* private chunked-decoder state */
+  uint32_t line_len;  /* private: length of the size/trailer line so far */
+  int done;           /* set once the whole body has been seen */
+} kp_http_body_t;
+
+/* Sets up *body for the message whose head was parsed.
+ * is_request: 1 for a request body. For a response, request_method_head
+ * says the request was HEAD, and status 1xx/204/304 means no body. */
+void kp_http_body_init(kp_http_body_t *body, const kp_http_head_t *head,
+                       int is_request, int request_method_head);
+
+/* Scans body bytes in[0..len). Returns the number of bytes that belong to the
+ * body (<= len; all of them may be forwarded as they are), or KP_EBADMSG for
+ * malformed chunked framing. Sets body->done when the end was reached; the
+ * bytes after the returned count belong to the next message. If data is not
+ * NULL, data and data_len receive the first payload range inside the consumed
+ * bytes (for chunked: call again on the rest to get further ranges - the
+ * scanner stops after each payload range). */
+int kp_http_body_scan(kp_http_body_t *body, const uint8_t *in, size_t len,
+                      const uint8_t **data, size_t *data_len);
+
+/* ------------------------------------------------------------------ */
+/* WebSocket (RFC 6455), no I/O                                        */
+/* ------------------------------------------------------------------ */
+
+#define KP_WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define KP_WS_SUBPROTOCOL "kopilot.v2"
+
+enum {
+  KP_WS_OP_CONT = 0x0,
+  KP_WS_OP_TEXT = 0x1,
+  KP_WS_OP_BINARY = 0x2,
+  KP_WS_OP_CLOSE = 0x8,
+  KP_WS_OP_PING = 0x9,
+  KP_WS_OP_PONG = 0xA
+};
+
+enum {
+  KP_WS_CLOSE_NORMAL = 1000,
+  KP_WS_CLOSE_GOING_AWAY = 1001,
+  KP_WS_CLOSE_PROTOCOL = 1002,
+  KP_WS_CLOSE_UNSUPPORTED = 1003,
+  KP_WS_CLOSE_NO_STATUS = 1005, /* never on the wire */
+  KP_WS_CLOSE_ABNORMAL = 1006,  /* never on the wire */
+  KP_WS_CLOSE_INVALID_DATA = 1007,
+  KP_WS_CLOSE_POLICY = 1008,
+  KP_WS_CLOSE_TOO_BIG = 1009,
+  KP_WS_CLOSE_INTERNAL = 1011
+};
+
+/* Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2):
+ * base64(SHA-1(key + GUID)). Writes 28 chars and a NUL into out. */
+int kp_ws_accept_key(const char *key, size_t key_len, char out[29]);
+/* A fresh random Sec-WebSocket-Key (16 random bytes, base64): 24 chars+NUL. */
+int kp_ws_client_key(char out[25]);
+
+typedef struct kp_ws_frame_head {
+  int fin;
+  int rsv;    /* the three RSV bits, as 0..7 */
+  int opcode; /* KP_WS_OP_* */
+  int masked;
+  uint8_t mask[4];
+  uint64_t payload_len;
+  size_t head_len; /* 2..14 */
+} kp_ws_frame_head_t;
+
+/* Decodes a frame head. Returns head_len (> 0), KP_EAGAIN if incomplete,
+ * KP_EPROTO for a non-minimal or over-63-bit length. Does no validation
+ * beyond the encoding itself; kp_ws_decoder does that. */
+int kp_ws_frame_head_decode(const uint8_t *buf, size_t len,
+                            kp_ws_frame_head_t *h);
+/* Encodes a frame head into out (up to 14 bytes); mask NULL = unmasked.
+ * Returns the number of bytes written. */
+size_t kp_ws_frame_head_encode(uint8_t out[14], int fin, int opcode,
+                               const uint8_t *mask, uint64_t payload_len);
+/* XORs data with the mask in place; `offset` is the position of data[0] in
+ * the frame's payload, so a payload may be unmasked in pieces. */
+void kp_ws_mask(uint8_t *data, size_t len, const uint8_t mask[4],
+                uint64_t offset);
+
+/* Streaming frame decoder with the validation RFC 6455 asks for. */
+typedef enum kp_ws_event_type {
+  KP_WS_EV_NONE = 0,
+  KP_WS_EV_DATA = 1,  /* a piece of a data message (payload unmasked) */
+  KP_WS_EV_PING = 2,  /* a whole ping; payload in data/len */
+  KP_WS_EV_PONG = 3,  /* a whole pong */
+  KP_WS_EV_CLOSE = 4  /* a close frame; close_code, reason in data/len */
+} kp_ws_event_type_t;
+
+typedef struct kp_ws_event {
+  kp_ws_event_type_t type;
+  int opcode;       /* DATA: TEXT or BINARY of the message */
+  int message_end;  /* DATA: this piece ends the message */
+  uint8_t *data;    /* points into the input (DATA) or the decoder (control) */
+  size_t len;
+  int close_code;   /* CLOSE: the code, or 1005 when none was sent */
+} kp_ws_event_t;
+
+typedef struct kp_ws_decoder {
+  int is_server;            /* 1: frames must be masked (from a client) */
+  uint64_t max_message;     /* 0: unlimited; else larger -> 1009 */
+  int close_code;           /* after an error: the code to close with */
+  /* private state */
+  int state;
+  kp_ws_frame_head_t cur;
+  uint64_t cur_done;
+  int msg_opcode;           /* 0 when no message is open */
+  uint64_t msg_len;
+  uint8_t hbuf[14];
+  size_t hlen;
+  uint8_t cbuf[125];        /* control frame payload being collected */
+  size_t clen;
+} kp_ws_decoder_t;
+
+void kp_ws_decoder_init(kp_ws_decoder_t *d, int is_server,
+                        uint64_t max_message);
+/* Decodes from in[0..len), unmasking payload in place. Returns the number of
+ * bytes consumed (>= 0) and fills *ev (type NONE if nothing complete yet).
+ * Call again with the rest while it consumes bytes or returns an event.
+ * Returns KP_EPROTO on a violation and sets d->close_code (1002, 1007 or
+ * 1009); the connection must then be closed with that code. */
+int kp_ws_decode(kp_ws_decoder_t *d, uint8_t *in, size_t len,
+                 kp_ws_event_t *ev);
+
+/* ------------------------------------------------------------------ */
+/* Mux: hashicorp/yamux-compatible framing (its spec.md)               */
+/* ------------------------------------------------------------------ */
+
+#define KP_MUX_VERSION 0
+#define KP_MUX_HEADER_SIZE 12
+#define KP_MUX_INITIAL_WINDOW (256 * 1024)
+
+enum {
+  KP_MUX_TYPE_DATA = 0,
+  KP_MUX_TYPE_WINDOW_UPDATE = 1,
+  KP_MUX_TYPE_PING = 2,
+  KP_MUX_TYPE_GO_AWAY = 3
+};
+enum {
+  KP_MUX_FLAG_SYN = 1,
+  KP_MUX_FLAG_ACK = 2,
+  KP_MUX_FLAG_FIN = 4,
+  KP_MUX_FLAG_RST = 8
+};
+enum {
+  KP_MUX_GOAWAY_NORMAL = 0,
+  KP_MUX_GOAWAY_PROTOCOL = 1,
+  KP_MUX_GOAWAY_INTERNAL = 2
+};
+
+typedef struct kp_mux_header {
+  uint8_t version;
+  uint8_t type;
+  uint16_t flags;
+  uint32_t stream_id;
+  uint32_t length;
+} kp_mux_header_t;
+
+/* Big-endian, 12 bytes. */
+void kp_mux_header_encode(uint8_t out[KP_MUX_HEADER_SIZE],
+                          const kp_mux_header_t *h);
+/* Returns KP_MUX_HEADER_SIZE, KP_EAGAIN (len < 12) or KP_EPROTO (bad version
+ * or type). */
+int kp_mux_header_decode(const uint8_t *in, size_t len, kp_mux_header_t *h);
+
+/* A mux session: a pure state machine. Its owner feeds it the bytes read from
+ * the transport (kp_mux_feed), drives its clock (kp_mux_tick) and gets the
+ * bytes to send through callbacks.send. */
+typedef struct kp_mux kp_mux_t;
+typedef struct kp_mux_stream kp_mux_stream_t;
+
+typedef struct kp_mux_config {
+  int is_server;            /* server opens even stream ids, client odd */
+  uint32_t window;          /* receive window per stream; >= 256 KiB */
+  uint32_t accept_backlog;  /* unaccepted inbound streams; more get RST */
+  uint32_t max_streams;     /* open streams in total; 0 = 65536 */
+  uint64_t keepalive_ms;    /* ping interval; 0 = no keepalive */
+  uint64_t keepalive_timeout_ms; /* unanswered ping closes the session */
+} kp_mux_config_t;
+
+/* Fills defaults: window 256 KiB, backlog 256, keepalive 30 s, timeout 30 s. */
+void kp_mux_config_default(kp_mux_config_t *cfg, int is_server);
+
+typedef struct kp_mux_callbacks {
+  /* Bytes to write to the transport, in order. The session copies nothing:
+   * iov may point into caller data (kp_mux_stream_write) and is borrowed for
+   * the call only, so the transport must consume it before returning (TLS
+   * encrypts it; a test copies it). */
+  void (*send)(kp_mux_t *m, const uint8_t *const *bufs, const size_t *lens,
+               size_t n, void *ud);
+  /* The peer opened a stream. Call kp_mux_stream_accept() now or later;
+   * until then it counts against the accept backlog. */
+  void (*on_stream)(kp_mux_t *m, kp_mux_stream_t *s, void *ud);
+  /* Payload for a stream, pointing into the fed bytes (owned by `chunk`,
+   * which may be NULL; take a reference to keep it past the callback).
+   * The receive window is given back only by kp_mux_stream_consume(). */
+  void (*on_data)(kp_mux_stream_t *s, const uint8_t *data, size_t len,
+                  kp_chunk_t *chunk, void *ud);
+  /* The peer half-closed the stream (FIN). */
+  void (*on_eof)(kp_mux_stream_t *s, void *ud);
+  /* The peer's window opened again after a write returned less than asked,
+   * or the transport was unblocked. */
+  void (*on_writable)(kp_mux_stream_t *s, void *ud);
+  /* The stream is finished (both sides closed, reset, or session closed);
+   * status 0, KP_ERESET, KP_EREFUSED or the session's error. The handle is
+   * freed after this returns. */
+  void (*on_stream_close)(kp_mux_stream_t *s, int status, void *ud);
+  /* The session ended: GoAway received (KP_EGOAWAY), a protocol error
+   * (KP_EPROTO), keepalive timeout (KP_ETIMEDOUT), or kp_mux_close.
+   * Streams are closed (on_stream_close) before this fires. */
+  void (*on_close)(kp_mux_t *m, int status, void *ud);
+  /* Optional diagnostics (e.g. data for an unknown stream). */
+  void (*log)(kp_mux_t *m, const char *msg, void *ud);
+} kp_mux_callbacks_t;
+
+/* Creates a session; cbs is copied. Returns 0 or KP_ENOMEM/KP_EINVAL. */
+int kp_mux_new(kp_mux_t **out, const kp_mux_config_t *cfg,
+               const kp_mux_callbacks_t *cbs, void *ud);
+/* Frees the session and any streams left (no callbacks fire). */
+void kp_mux_free(kp_mux_t *m);
+void *kp_mux_user_data(kp_mux_t *m);
+
+/* Feeds bytes read from the transport. `chunk` (may be NULL) owns them; data
+ * callbacks hand out pointers into them. Returns 0, or a negative error after
+ * which the session is closed (GoAway sent for protocol errors). */
+int kp_mux_feed(kp_mux_t *m, const uint8_t *data, size_t len,
+                kp_chunk_t *chunk);
+/* Advances the clock: sends keepalive pings and enforces their timeout.
+ * Returns the delay in ms until the next call is needed (UINT64_MAX: none). */
+uint64_t kp_mux_tick(kp_mux_t *m, uint64_t now_ms);
+/* Tells the session whether the transport can take more bytes. While
+ * blocked, stream writes return 0; unblocking fires on_writable. */
+void kp_mux_set_send_blocked(kp_mux_t *m, int blocked);
+/* Sends GoAway(code): no new streams either way; existing ones finish. */
+int kp_mux_goaway(kp_mux_t *m, uint32_t code);
+/* Closes at once: every stream gets on_stream_close(status), then on_close. */
+void kp_mux_close(kp_mux_t *m, int status);
+/* Sends a ping now (also used by keepalive). */
+int kp_mux_ping(kp_mux_t *m);
+uint32_t kp_mux_num_streams(const kp_mux_t *m);
+
+/* Opens a stream (SYN goes out at once). KP_EGOAWAY, KP_ETOOMANY, ECLOSED. */
+int kp_mux_open(kp_mux_t *m, kp_mux_stream_t **out);
+int kp_mux_stream_accept(kp_mux_stream_t *s); /* sends the ACK */
+uint32_t kp_mux_stream_id(const kp_mux_stream_t *s);
+void kp_mux_stream_set_user_data(kp_mux_stream_t *s, void *ud);
+void *kp_mux_stream_user_data(const kp_mux_stream_t *s);
+kp_mux_t *kp_mux_stream_session(const kp_mux_stream_t *s);
+/* Writes up to len bytes within the peer's window; returns the count sent
+ * (0 when the window or transport is full: on_writable follows), or an error
+ * (KP_ECLOSED after a local close, KP_ERESET). */
+int64_t kp_mux_stream_write(kp_mux_stream_t *s, const uint8_t *data,
+                            size_t len);
+/* Bytes the stream may send now. */
+uint32_t kp_mux_stream_send_window(const kp_mux_stream_t *s);
+/* The application is done with n received bytes: the window is given back
+ * (a window update is sent once half the window is owed). */
+void kp_mux_stream_consume(kp_mux_stream_t *s, size_t n);
+/* Half-close: sends FIN. Reading goes on until the peer's FIN. */
+int kp_mux_stream_close(kp_mux_stream_t *s);
+/* Aborts: sends RST; on_stream_close(KP_ERESET is for the peer) follows. */
+int kp_mux_stream_reset(kp_mux_stream_t *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KOPILOT_H */

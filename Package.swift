@@ -1,0 +1,31 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// The C core is built with every warning on; -Werror is left to CI's
+// dedicated warnings pass so a new compiler's new warning does not break
+// users' builds.
+let cWarnings: [CSetting] = [.unsafeFlags(["-Wall", "-Wextra", "-Wno-unused-parameter"])]
+
+let package = Package(
+  name: "Kopilot",
+  platforms: [.macOS(.v13)],
+  products: [
+    .library(name: "KopilotCore", targets: ["KopilotCore"]),
+  ],
+  targets: [
+    .target(
+      name: "KopilotCore",
+      path: "CSources/KopilotCore",
+      cSettings: cWarnings + [.define("_GNU_SOURCE")],
+      // A module map's link lines apply only when Swift imports the module,
+      // so the C target names its libraries itself.
+      linkerSettings: [.linkedLibrary("uv"), .linkedLibrary("ssl"), .linkedLibrary("crypto"), .linkedLibrary("pthread")]
+    ),
+    .testTarget(
+      name: "KopilotCoreTests",
+      dependencies: ["KopilotCore"],
+      path: "Tests/KopilotCoreTests"
+    ),
+  ],
+  swiftLanguageModes: [.v5]
+)
