@@ -21,9 +21,14 @@ let package = Package(
       // so the C target names its libraries itself.
       linkerSettings: [.linkedLibrary("uv"), .linkedLibrary("ssl"), .linkedLibrary("crypto"), .linkedLibrary("pthread")]
     ),
+    .target(
+      name: "KopilotTestSupport",
+      path: "Tests/KopilotTestSupport",
+      linkerSettings: [.linkedLibrary("crypto")]
+    ),
     .testTarget(
       name: "KopilotCoreTests",
-      dependencies: ["KopilotCore"],
+      dependencies: ["KopilotCore", "KopilotTestSupport"],
       path: "Tests/KopilotCoreTests"
     ),
   ],
