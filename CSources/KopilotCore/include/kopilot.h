@@ -115,8 +115,9 @@ enum {
   KP_HTTP_F_CHUNKED = 1 << 0,          /* Transfer-Encoding ends in chunked */
   KP_HTTP_F_CONTENT_LENGTH = 1 << 1,   /* a valid Content-Length was given */
   KP_HTTP_F_KEEP_ALIVE = 1 << 2,       /* connection persists after this */
-  KP_HTTP_F_UPGRADE = 1 << 3,          /* Connection: upgrade + Upgrade */
-  KP_HTTP_F_EXPECT_CONTINUE = 1 << 4,  /* Expect: 100-continue */
+  KP_HTTP_F_UPGRADE = 1 << 3,          /* request: Connection: upgrade +
+                                          Upgrade (1.1); response: 101 */
+  KP_HTTP_F_EXPECT_CONTINUE = 1 << 4,  /* Expect: 100-continue (requests) */
 };
 
 typedef struct kp_http_head {
@@ -128,27 +129,44 @@ typedef struct kp_http_head {
   /* status line (responses only) */
   int status;
   const char *reason;
-  size_t reason_len;
+  size_t reason_len; /* may be 0 */
   int minor_version; /* 0 or 1 */
   kp_http_header_t headers[KP_HTTP_MAX_HEADERS];
   size_t num_headers;
-  int64_t content_length; /* -1 when absent */
+  int64_t content_length; /* -1 when absent or overridden by TE */
   unsigned flags;         /* KP_HTTP_F_* */
 } kp_http_head_t;
 
-/* Parses a complete request head from buf[0..len).
- * Returns the head's length in bytes (through the blank line) when complete;
+/* Parses a complete request head from buf[0..len). Stateless: call again
+ * with the whole buffered prefix when more bytes arrive (each call costs
+ * O(len); nothing is allocated and no state is kept between calls).
+ *
+ * Returns the head's length in bytes (through the blank line; leading empty
+ * lines before the request-line are skipped and counted, RFC 9112 2.2);
  * KP_EAGAIN when more bytes are needed (and len < max_head);
- * KP_EHEADTOOBIG when no complete head fits in max_head bytes (send 431);
- * KP_EBADMSG when malformed (send 400).
- * All pointers in *head point into buf. max_head 0 means the default. */
+ * KP_EHEADTOOBIG when no complete head fits in max_head bytes, or it has more
+ * than KP_HTTP_MAX_HEADERS field lines (send 431);
+ * KP_EBADMSG when malformed (send 400 and close): bare LF or CR, obs-fold,
+ * whitespace before a colon, NUL/CTL in a field, a version other than
+ * HTTP/1.0 or 1.1, Content-Length that is not one non-negative int64 value,
+ * Transfer-Encoding together with Content-Length or not ending in a single
+ * chunked, TE on HTTP/1.0, a missing (1.1) or repeated Host;
+ * KP_EINVAL for a NULL head (or NULL buf with len > 0).
+ * On success all pointers in *head are borrowed from buf (valid while buf
+ * is); on error *head holds no meaningful data. max_head 0 means the
+ * default; it is capped at INT_MAX. */
 int kp_http_parse_request(const uint8_t *buf, size_t len, size_t max_head,
                           kp_http_head_t *head);
-/* The same for a response head (status line instead of request line). */
+/* The same for a response head (status line instead of request line; status
+ * 100-999, empty reason allowed). In a response Transfer-Encoding overrides
+ * Content-Length (content_length -1); a response whose TE does not end in
+ * chunked, or that carried both, or TE on 1.0, loses KP_HTTP_F_KEEP_ALIVE.
+ * A 1xx other than 101 is interim: parse the next head after it. */
 int kp_http_parse_response(const uint8_t *buf, size_t len, size_t max_head,
                            kp_http_head_t *head);
 
-/* Case-insensitive lookup of the first header named `name`; NULL if none. */
+/* Case-insensitive lookup of the first header named `name` (a C string);
+ * returns a pointer into *head (borrowed), or NULL if none. */
 const kp_http_header_t *kp_http_find_header(const kp_http_head_t *head,
                                             const char *name);
 
@@ -166,23 +184,33 @@ typedef struct kp_http_body {
   kp_http_body_mode_t mode;
   uint64_t remaining; /* LENGTH: bytes left; CHUNKED: bytes left in chunk */
   int state;          /* private chunked-decoder state */
-  uint32_t line_len;  /* private: length of the size/trailer line so far */
+  uint32_t line_len;  /* private: length of the size line / trailer so far */
   int done;           /* set once the whole body has been seen */
 } kp_http_body_t;
 
-/* Sets up *body for the message whose head was parsed.
- * is_request: 1 for a request body. For a response, request_method_head
- * says the request was HEAD, and status 1xx/204/304 means no body. */
+/* Sets up *body (caller-owned, no resources) for the message whose head was
+ * parsed; head is only read during the call (RFC 9112 6.3).
+ * is_request: 1 for a request body: chunked, else Content-Length, else none.
+ * For a response: request_method_head says the request was HEAD; that and
+ * status 1xx/204/304 mean no body; otherwise chunked, Content-Length, or
+ * UNTIL_CLOSE. Modes NONE and LENGTH 0 start with done set. */
 void kp_http_body_init(kp_http_body_t *body, const kp_http_head_t *head,
                        int is_request, int request_method_head);
 
-/* Scans body bytes in[0..len). Returns the number of bytes that belong to the
- * body (<= len; all of them may be forwarded as they are), or KP_EBADMSG for
- * malformed chunked framing. Sets body->done when the end was reached; the
- * bytes after the returned count belong to the next message. If data is not
- * NULL, data and data_len receive the first payload range inside the consumed
- * bytes (for chunked: call again on the rest to get further ranges - the
- * scanner stops after each payload range). */
+/* Scans body bytes in[0..len) (borrowed; never written). Returns the number
+ * of bytes that belong to the body (<= len, and <= INT_MAX; all of them may
+ * be forwarded as they are), 0 once done, or KP_EBADMSG for malformed
+ * chunked framing (bad hex, more than 16 size digits, missing CRLF after
+ * data, control bytes in extensions or trailers, a size line over 4 KiB or
+ * trailers over 64 KiB); after an error every call fails again.
+ * Sets body->done when the end was reached; the bytes after the returned
+ * count belong to the next message. UNTIL_CLOSE never sets done: the caller
+ * ends the body when the peer closes.
+ * If data is not NULL (data_len must then be too), *data and *data_len
+ * receive the first payload range inside the consumed bytes (NULL/0 when
+ * none; the range points into `in`). For chunked the scanner stops right
+ * after each payload range: call again on the rest for further ranges. With
+ * data NULL it scans as far as it can in one call. */
 int kp_http_body_scan(kp_http_body_t *body, const uint8_t *in, size_t len,
                       const uint8_t **data, size_t *data_len);
 
