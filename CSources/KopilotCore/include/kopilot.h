@@ -243,11 +243,45 @@ enum {
   KP_WS_CLOSE_INTERNAL = 1011
 };
 
-/* Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2):
- * base64(SHA-1(key + GUID)). Writes 28 chars and a NUL into out. */
+/* Close codes a peer may put on the wire (RFC 6455 7.4.1 and the IANA
+ * "WebSocket Close Code Number Registry", 11.7): 1000-1003, 1007-1014 and
+ * 3000-4999. 1005, 1006 and 1015 are reserved for reporting and never sent;
+ * 1004, 1016-2999 are unassigned. Returns 1 when `code` is valid. */
+int kp_ws_close_code_valid(int code);
+
+/* ---- Handshake (RFC 6455 4). No HTTP parsing here: the caller hands in
+ * the head's name/value pairs (e.g. kp_http_head_t.headers), all borrowed. */
+
+/* Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2 step 5.4):
+ * base64(SHA-1(key + KP_WS_GUID)). key is borrowed and need not be
+ * NUL-terminated. Writes 28 chars and a NUL into out. Returns 0, or KP_ENOMEM
+ * when OpenSSL cannot allocate a digest context. */
 int kp_ws_accept_key(const char *key, size_t key_len, char out[29]);
-/* A fresh random Sec-WebSocket-Key (16 random bytes, base64): 24 chars+NUL. */
+/* A fresh random Sec-WebSocket-Key (RFC 6455 4.1: 16 random bytes, base64)
+ * into out: 24 chars and a NUL. Returns 0, or KP_EIO when the CSPRNG fails. */
 int kp_ws_client_key(char out[25]);
+
+/* Checks the WebSocket headers of an opening handshake request (RFC 6455
+ * 4.2.1 items 3-6): Upgrade lists the token "websocket", Connection lists
+ * "Upgrade" (both case-insensitive, comma-separated lists, possibly over
+ * several header lines), exactly one Sec-WebSocket-Key whose value is base64
+ * of 16 bytes, and exactly one Sec-WebSocket-Version: 13. The method (GET),
+ * HTTP version and Host are the HTTP layer's to check.
+ * Returns 0 and points *key and *key_len (either may be NULL) at the key's value inside
+ * headers (borrowed); KP_EUNSUPPORTED when only the version is wrong (answer
+ * 426 with "Sec-WebSocket-Version: 13", 4.2.2 / 4.4); KP_EBADMSG otherwise
+ * (answer 400). */
+int kp_ws_check_request(const kp_http_header_t *headers, size_t n,
+                        const char **key, size_t *key_len);
+/* Checks a 101 response's WebSocket headers as a client must (RFC 6455 4.1,
+ * the client's steps 2-4 after the status line): Upgrade "websocket",
+ * Connection "Upgrade", and Sec-WebSocket-Accept equal to
+ * kp_ws_accept_key(client_key). The status code is the caller's to check.
+ * Returns 0 or KP_EBADMSG (fail the connection). */
+int kp_ws_check_response(const kp_http_header_t *headers, size_t n,
+                         const char *client_key);
+
+/* ---- Framing (RFC 6455 5.2) */
 
 typedef struct kp_ws_frame_head {
   int fin;
@@ -259,21 +293,34 @@ typedef struct kp_ws_frame_head {
   size_t head_len; /* 2..14 */
 } kp_ws_frame_head_t;
 
-/* Decodes a frame head. Returns head_len (> 0), KP_EAGAIN if incomplete,
- * KP_EPROTO for a non-minimal or over-63-bit length. Does no validation
- * beyond the encoding itself; kp_ws_decoder does that. */
+/* Decodes a frame head from buf[0..len) (borrowed; bytes past head_len are
+ * never read). Returns head_len (2..14), KP_EAGAIN if incomplete, KP_EPROTO
+ * for a non-minimal length (5.2: "the minimal number of bytes MUST be used")
+ * or a 64-bit length with the most significant bit set. Does no validation
+ * beyond the encoding itself; kp_ws_decoder does that. *h is written only on
+ * success. */
 int kp_ws_frame_head_decode(const uint8_t *buf, size_t len,
                             kp_ws_frame_head_t *h);
-/* Encodes a frame head into out (up to 14 bytes); mask NULL = unmasked.
- * Returns the number of bytes written. */
+/* Encodes a minimal frame head into out (2..14 bytes); mask NULL = unmasked,
+ * rsv bits 0. Returns the number of bytes written, or 0 (nothing written)
+ * when opcode > 15 or payload_len >= 2^63. The payload itself is the
+ * caller's: mask it with kp_ws_mask(payload, len, mask, 0). */
 size_t kp_ws_frame_head_encode(uint8_t out[14], int fin, int opcode,
                                const uint8_t *mask, uint64_t payload_len);
-/* XORs data with the mask in place; `offset` is the position of data[0] in
- * the frame's payload, so a payload may be unmasked in pieces. */
+/* XORs data with the mask in place (5.3); `offset` is the position of
+ * data[0] in the frame's payload, so a payload may be unmasked in pieces.
+ * Masking twice with the same offset restores the data. */
 void kp_ws_mask(uint8_t *data, size_t len, const uint8_t mask[4],
                 uint64_t offset);
+/* Builds a Close frame's payload (5.5.1): the code big-endian, then the
+ * reason (borrowed, UTF-8, at most 123 bytes). code 1005 (no status) gives an
+ * empty payload and no reason is allowed with it. Returns the payload length
+ * (0..125) or KP_EINVAL for a code that may not be sent, a reason that is too
+ * long or not UTF-8. */
+int kp_ws_close_payload_encode(uint8_t out[125], int code,
+                               const uint8_t *reason, size_t reason_len);
 
-/* Streaming frame decoder with the validation RFC 6455 asks for. */
+/* ---- Streaming decoder with the validation RFC 6455 asks for */
 typedef enum kp_ws_event_type {
   KP_WS_EV_NONE = 0,
   KP_WS_EV_DATA = 1,  /* a piece of a data message (payload unmasked) */
@@ -286,7 +333,10 @@ typedef struct kp_ws_event {
   kp_ws_event_type_t type;
   int opcode;       /* DATA: TEXT or BINARY of the message */
   int message_end;  /* DATA: this piece ends the message */
-  uint8_t *data;    /* points into the input (DATA) or the decoder (control) */
+  /* DATA: points into the caller's input (borrowed from it; already
+   * unmasked in place). PING/PONG/CLOSE: points into the decoder's cbuf,
+   * valid until the next kp_ws_decode call on this decoder. */
+  uint8_t *data;
   size_t len;
   int close_code;   /* CLOSE: the code, or 1005 when none was sent */
 } kp_ws_event_t;
@@ -298,22 +348,34 @@ typedef struct kp_ws_decoder {
   /* private state */
   int state;
   kp_ws_frame_head_t cur;
-  uint64_t cur_done;
+  uint64_t cur_done;        /* payload bytes of `cur` consumed so far */
   int msg_opcode;           /* 0 when no message is open */
-  uint64_t msg_len;
-  uint8_t hbuf[14];
+  uint64_t msg_len;         /* payload bytes of the open message so far */
+  uint32_t utf8;            /* incremental UTF-8 validator state (TEXT) */
+  uint8_t hbuf[14];         /* a frame head split across calls */
   size_t hlen;
   uint8_t cbuf[125];        /* control frame payload being collected */
   size_t clen;
 } kp_ws_decoder_t;
 
+/* Sets up *d (caller-owned, no allocation; nothing to free). is_server: 1
+ * when decoding frames from a client. max_message: the largest data message
+ * accepted (sum of its fragments' payloads), 0 for no limit. */
 void kp_ws_decoder_init(kp_ws_decoder_t *d, int is_server,
                         uint64_t max_message);
-/* Decodes from in[0..len), unmasking payload in place. Returns the number of
- * bytes consumed (>= 0) and fills *ev (type NONE if nothing complete yet).
- * Call again with the rest while it consumes bytes or returns an event.
- * Returns KP_EPROTO on a violation and sets d->close_code (1002, 1007 or
- * 1009); the connection must then be closed with that code. */
+/* Decodes from in[0..len) (borrowed), unmasking payload in place. Returns
+ * the number of bytes consumed (>= 0) and fills *ev (type NONE if nothing
+ * complete yet; then all of in was consumed). At most one event per call:
+ * call again with the rest while it returns an event. Data messages come in
+ * pieces as their bytes arrive (zero-copy); control frames come whole, also
+ * between the fragments of a data message (5.4). An empty non-final fragment
+ * gives no event; an empty final one gives DATA with len 0, message_end 1.
+ * Returns KP_EPROTO on a violation and sets d->close_code: 1002 (framing,
+ * masking, RSV, opcode, control-frame rules, close code), 1007 (invalid
+ * UTF-8 in a TEXT message or a close reason) or 1009 (over max_message);
+ * the connection must then be closed with that code, and further calls
+ * return KP_EPROTO again. After a CLOSE event the peer may send nothing more
+ * (5.5.1); further calls with len > 0 return KP_ECLOSED. */
 int kp_ws_decode(kp_ws_decoder_t *d, uint8_t *in, size_t len,
                  kp_ws_event_t *ev);
 
