@@ -86,6 +86,7 @@ struct kp_tls {
   int fatal;       /* sticky error once the connection is broken */
   int shut;        /* kp_tls_shutdown was called */
   int oom;         /* the BIO could not get a chunk */
+  int in_own_tail; /* the last input slice is our copy: it may grow */
 };
 
 /* ------------------------------------------------------------------ */
@@ -689,7 +690,22 @@ int kp_tls_feed(kp_tls_t *t, const uint8_t *data, size_t len,
     if (q_push(&t->in, s) != 0) return KP_ENOMEM;
     kp_chunk_ref(chunk);
     t->in_bytes += len;
+    t->in_own_tail = 0;
     return 0;
+  }
+  /* Copies go on the end of our own last copy while it has room, so an
+   * owner that feeds small pieces without processing in between does not
+   * pin a whole chunk per piece. Bytes already handed to OpenSSL are never
+   * written over: we only append past the slice's end. */
+  if (t->in_own_tail && t->in.n > 0) {
+    kp_slice_t *tail = q_at(&t->in, t->in.n - 1);
+    size_t used = (size_t)(tail->base + tail->len - kp_chunk_data(tail->chunk));
+    size_t k = KP__MIN(len, kp_chunk_capacity(tail->chunk) - used);
+    memcpy(tail->base + tail->len, data, k);
+    tail->len += k;
+    t->in_bytes += k;
+    data += k;
+    len -= k;
   }
   while (len > 0) {
     size_t k;
@@ -703,6 +719,7 @@ int kp_tls_feed(kp_tls_t *t, const uint8_t *data, size_t len,
       return KP_ENOMEM;
     }
     t->in_bytes += k;
+    t->in_own_tail = 1;
     data += k;
     len -= k;
   }
