@@ -518,6 +518,175 @@ int kp_mux_stream_close(kp_mux_stream_t *s);
 /* Aborts: sends RST; on_stream_close(KP_ERESET is for the peer) follows. */
 int kp_mux_stream_reset(kp_mux_stream_t *s);
 
+/* ------------------------------------------------------------------ */
+/* TLS (OpenSSL), no I/O                                               */
+/* ------------------------------------------------------------------ */
+
+/* A TLS engine driven by its owner, as the codecs are: the owner feeds it
+ * the ciphertext it read from the socket (kp_tls_feed), moves plaintext in
+ * and out with kp_tls_write/kp_tls_read, and after EVERY call takes the
+ * ciphertext to send with kp_tls_out_pop (owned slices of pooled chunks,
+ * ready for uv_write; the engine's BIO encrypts straight into them, so
+ * there is no second copy). Nothing here touches a socket, a clock or a
+ * global other than OpenSSL's own.
+ *
+ * Threads: a context may be shared by engines on any threads; one engine
+ * must be used by one thread at a time.
+ *
+ * Versions: TLS 1.2 is the minimum, always. Ciphers: ECDHE with AEADs only
+ * for TLS 1.2 (AES-GCM first, ChaCha20-Poly1305 preferred only for clients
+ * that prefer it), OpenSSL's TLS 1.3 suites with AES-GCM first. */
+
+typedef struct kp_tls_ctx kp_tls_ctx_t;
+typedef struct kp_tls kp_tls_t;
+
+/* Protocol versions, as on the wire (for max_version and the test hook). */
+enum {
+  KP_TLS_VERSION_1_1 = 0x0302, /* refused; only the test hook speaks it */
+  KP_TLS_VERSION_1_2 = 0x0303,
+  KP_TLS_VERSION_1_3 = 0x0304
+};
+
+/* Every pointer is borrowed for the kp_tls_ctx_new call only.
+ * PEM: a *_pem field holds PEM text; its *_pem_len of 0 means "NUL-
+ * terminated". A *_file field names a PEM file. Give a file or PEM text,
+ * not both. A certificate may be followed by its chain (leaf first). */
+typedef struct kp_tls_ctx_options {
+  int is_server;
+  /* Our certificate and key: required for a server, optional for a client
+   * (presented when the server asks: mutual TLS). */
+  const char *cert_file;
+  const char *cert_pem;
+  size_t cert_pem_len;
+  const char *key_file;
+  const char *key_pem;
+  size_t key_pem_len;
+  /* Trust anchors. Client: verifies the server against them; none given =
+   * the system's default store. Server: verifies client certificates
+   * (required when require_client_cert is set). */
+  const char *ca_file;
+  const char *ca_pem;
+  size_t ca_pem_len;
+  /* Client only: accept any server certificate and name. For tests and
+   * explicit opt-in only; SNI is still sent. */
+  int insecure_skip_verify;
+  /* Server only: mutual TLS; a client without a certificate that chains to
+   * the CA is refused. */
+  int require_client_cert;
+  /* ALPN protocol names (RFC 7301), most preferred first. Client: offered.
+   * Server: the first of ours the client also offers is picked; a client
+   * that offers ALPN but none of ours is refused (no_application_protocol,
+   * RFC 7301 3.2). NULL/0: no ALPN. Each name 1..255 bytes. */
+  const char *const *alpn;
+  size_t alpn_count;
+  /* Highest version to speak; 0 = the newest (TLS 1.3). KP_TLS_VERSION_1_2
+   * pins TLS 1.2 (tests of the 1.2 path, peers with broken 1.3). */
+  int max_version;
+} kp_tls_ctx_options_t;
+
+/* Creates a context with one reference, owned by the caller (*out).
+ * Returns 0, KP_EINVAL (inconsistent options; err says which), KP_ETLS (a
+ * certificate, key or CA could not be loaded; err has OpenSSL's reason) or
+ * KP_ENOMEM. err (may be NULL) receives a NUL-terminated message. */
+int kp_tls_ctx_new(kp_tls_ctx_t **out, const kp_tls_ctx_options_t *o,
+                   char *err, size_t errlen);
+/* Drops the caller's reference. Engines made from the context hold their
+ * own, so a reloaded certificate can be swapped in by making a new context
+ * and freeing the old one while its connections live on. Any thread. */
+void kp_tls_ctx_free(kp_tls_ctx_t *ctx);
+/* Takes another reference (dropped with kp_tls_ctx_free). */
+void kp_tls_ctx_ref(kp_tls_ctx_t *ctx);
+
+/* Test hook, never for production: forces the protocol version range of a
+ * context and lowers OpenSSL's security level to 0, so a test can build a
+ * TLS 1.1-only client and check that our servers refuse it. */
+int kp__tls_ctx_force_versions(kp_tls_ctx_t *ctx, int min_version,
+                               int max_version);
+
+/* Creates an engine for one connection; it holds a reference to ctx.
+ * Client: server_name (required unless insecure_skip_verify) is checked
+ * against the certificate's SANs - as an IP address when it is an IPv4 or
+ * IPv6 literal (no brackets), else as a DNS name - and sent as SNI unless
+ * it is an IP literal (RFC 6066 3). Server: pass NULL.
+ * Returns 0, KP_EINVAL or KP_ENOMEM. */
+int kp_tls_new(kp_tls_t **out, kp_tls_ctx_t *ctx, const char *server_name);
+/* Frees the engine and every chunk reference it holds. Slices already
+ * popped stay valid (they own their references). */
+void kp_tls_free(kp_tls_t *t);
+
+/* Hands the engine ciphertext read from the socket, in order. If chunk is
+ * not NULL it owns data: the engine takes a reference and reads the bytes
+ * in place later, so the owner must not overwrite data[0..len) (reading
+ * further into the same chunk is fine). If chunk is NULL the bytes are
+ * copied into pooled chunks. The engine retains fed bytes only until
+ * OpenSSL pulls them into its record buffer, which kp_tls_handshake /
+ * kp_tls_read do; once they return KP_EAGAIN it retains none.
+ * Returns 0 or KP_ENOMEM. Does not process anything by itself. */
+int kp_tls_feed(kp_tls_t *t, const uint8_t *data, size_t len,
+                kp_chunk_t *chunk);
+
+/* Advances the handshake with the input fed so far. Returns 0 when it is
+ * complete (also on later calls), KP_EAGAIN when more input is needed (send
+ * the output first), KP_ECERT when a certificate was refused - ours by the
+ * peer or the peer's by us - or KP_ETLS for any other failure (version,
+ * ALPN, malformed records). After an error, kp_tls_last_error says why and
+ * the output may hold an alert worth sending before closing. Note that a
+ * client may finish before the server has checked the client's certificate:
+ * a refusal then arrives as an error from kp_tls_read. */
+int kp_tls_handshake(kp_tls_t *t);
+
+/* Decrypts up to cap bytes of plaintext into out. Returns the count (> 0),
+ * KP_EAGAIN (feed more; also while the handshake runs, which this drives),
+ * KP_ECLOSED when the peer sent close_notify (a clean end of stream), or
+ * KP_ECERT/KP_ETLS. Call until KP_EAGAIN after each feed. The socket's EOF
+ * without close_notify is the owner's to report (truncation). */
+int kp_tls_read(kp_tls_t *t, uint8_t *out, size_t cap);
+
+/* Encrypts all of data[0..len) into records of at most 16 KiB appended to
+ * the output. Returns len, KP_EAGAIN if the handshake is not complete (the
+ * data is not taken), KP_ECLOSED after kp_tls_shutdown or a fatal error's
+ * code. Each call makes at least one record, so batch small pieces - or
+ * use kp_tls_writev, which does. */
+int64_t kp_tls_write(kp_tls_t *t, const uint8_t *data, size_t len);
+/* Encrypts bufs[0..n) as one stream, coalescing pieces into full records
+ * (a 12-byte mux header and its payload share a record). Same returns as
+ * kp_tls_write, with the total length. The shape matches kp_mux_callbacks
+ * .send, so a mux session can write straight into TLS. */
+int64_t kp_tls_writev(kp_tls_t *t, const uint8_t *const *bufs,
+                      const size_t *lens, size_t n);
+
+/* Queues close_notify (RFC 8446 6.1); writes fail with KP_ECLOSED after it.
+ * Reading may go on until the peer's close_notify. Returns 0 or KP_ETLS. */
+int kp_tls_shutdown(kp_tls_t *t);
+
+/* Takes the oldest pending ciphertext: returns 1 and fills *out with an
+ * owned slice (out->chunk holds one reference: kp_chunk_unref it after the
+ * write completes), or 0 when nothing is pending. Output may span several
+ * slices; pop until 0. Once nothing is pending the engine holds no output
+ * chunk. */
+int kp_tls_out_pop(kp_tls_t *t, kp_slice_t *out);
+/* Ciphertext bytes waiting to be popped. */
+size_t kp_tls_out_pending(const kp_tls_t *t);
+/* Chunk references the engine holds right now (fed input not yet pulled by
+ * OpenSSL plus pending output); 0 for an idle connection. For tests and
+ * memory metrics. */
+size_t kp_tls_chunks_held(const kp_tls_t *t);
+
+/* 1 once the handshake is complete. */
+int kp_tls_is_established(const kp_tls_t *t);
+/* The negotiated ALPN protocol (not NUL-terminated, borrowed: valid until
+ * kp_tls_free) and its length; NULL with *len 0 when none. */
+const uint8_t *kp_tls_alpn(const kp_tls_t *t, size_t *len);
+/* Server: the SNI name the client sent, NUL-terminated, borrowed until
+ * kp_tls_free; NULL when none. Client: the name given to kp_tls_new. */
+const char *kp_tls_server_name(const kp_tls_t *t);
+/* The negotiated version (KP_TLS_VERSION_*), 0 before the handshake. */
+int kp_tls_version(const kp_tls_t *t);
+/* Why the last call failed, e.g. "certificate verify failed: hostname
+ * mismatch (depth 0)"; "" when nothing failed. Borrowed: valid until the
+ * next call on t. */
+const char *kp_tls_last_error(const kp_tls_t *t);
+
 #ifdef __cplusplus
 }
 #endif
