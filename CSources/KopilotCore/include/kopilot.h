@@ -417,105 +417,173 @@ typedef struct kp_mux_header {
 void kp_mux_header_encode(uint8_t out[KP_MUX_HEADER_SIZE],
                           const kp_mux_header_t *h);
 /* Returns KP_MUX_HEADER_SIZE, KP_EAGAIN (len < 12) or KP_EPROTO (bad version
- * or type). */
+ * or type). *h is written only on success. Flags other than SYN/ACK/FIN/RST
+ * are passed through (yamux ignores them). */
 int kp_mux_header_decode(const uint8_t *in, size_t len, kp_mux_header_t *h);
 
 /* A mux session: a pure state machine. Its owner feeds it the bytes read from
  * the transport (kp_mux_feed), drives its clock (kp_mux_tick) and gets the
- * bytes to send through callbacks.send. */
+ * bytes to send through callbacks.send.
+ *
+ * Memory is bounded: the session queues no bytes. Control frames (ACK,
+ * window updates, ping replies, RST, GoAway) go out through send at once;
+ * stream data is sent only within the peer's window and never while the
+ * transport is blocked (kp_mux_set_send_blocked), so the owner bounds its
+ * transport buffer and stops reading while it is full.
+ *
+ * Callbacks and reentrancy. Every callback runs on the thread that called
+ * the kp_mux_* function that fired it; the session is not thread-safe.
+ *  - Inside on_stream, on_data, on_eof, on_writable, on_stream_close,
+ *    on_goaway and on_close the application may call: kp_mux_open,
+ *    kp_mux_goaway, kp_mux_ping, kp_mux_close, kp_mux_set_send_blocked,
+ *    and on any stream kp_mux_stream_accept/write/consume/close/reset and the
+ *    accessors. Work those calls cause that would call back (a stream
+ *    finishing, a stream becoming writable, the session closing) is deferred
+ *    until the outermost kp_mux_* call is about to return, so no callback
+ *    ever runs nested inside another one.
+ *  - Not allowed inside callbacks: kp_mux_feed and kp_mux_tick (they return
+ *    KP_EINVAL / UINT64_MAX). kp_mux_free inside a callback is a bug in the
+ *    owner; as a safety net the free is deferred until the outermost call
+ *    returns (so freeing from on_close works), and nothing more fires.
+ *  - Inside send only kp_mux_set_send_blocked may be called.
+ *  - A stream handle stays valid until its on_stream_close returns (or the
+ *    session is freed). Once a stream is finished, frames for its id are
+ *    "unknown stream" frames: drained and logged.
+ * The `ud` argument of every callback is the session's user pointer (given
+ * to kp_mux_new); per-stream data is kp_mux_stream_user_data(s). */
 typedef struct kp_mux kp_mux_t;
 typedef struct kp_mux_stream kp_mux_stream_t;
 
 typedef struct kp_mux_config {
   int is_server;            /* server opens even stream ids, client odd */
   uint32_t window;          /* receive window per stream; >= 256 KiB */
-  uint32_t accept_backlog;  /* unaccepted inbound streams; more get RST */
-  uint32_t max_streams;     /* open streams in total; 0 = 65536 */
+  uint32_t accept_backlog;  /* unaccepted inbound streams (> 0); more: RST */
+  uint32_t max_streams;     /* open streams in total; 0 = 65536; more: RST
+                             * inbound, KP_ETOOMANY outbound */
   uint64_t keepalive_ms;    /* ping interval; 0 = no keepalive */
-  uint64_t keepalive_timeout_ms; /* unanswered ping closes the session */
+  uint64_t keepalive_timeout_ms; /* unanswered ping closes the session;
+                                  * 0 = keepalive_ms */
 } kp_mux_config_t;
 
-/* Fills defaults: window 256 KiB, backlog 256, keepalive 30 s, timeout 30 s. */
+/* Fills defaults: window 256 KiB, backlog 256, keepalive 30 s, timeout 30 s
+ * (hashicorp/yamux's DefaultConfig). */
 void kp_mux_config_default(kp_mux_config_t *cfg, int is_server);
 
 typedef struct kp_mux_callbacks {
-  /* Bytes to write to the transport, in order. The session copies nothing:
-   * iov may point into caller data (kp_mux_stream_write) and is borrowed for
-   * the call only, so the transport must consume it before returning (TLS
-   * encrypts it; a test copies it). */
+  /* Required. Bytes to write to the transport, in order: n buffers (1 or
+   * 2: a header and a payload). The session copies nothing: bufs may point
+   * into caller data (kp_mux_stream_write) and are borrowed for the call
+   * only, so the transport must consume them before returning (TLS
+   * encrypts them; a test copies them). Nothing is sent after the session
+   * closed. */
   void (*send)(kp_mux_t *m, const uint8_t *const *bufs, const size_t *lens,
                size_t n, void *ud);
   /* The peer opened a stream. Call kp_mux_stream_accept() now or later;
-   * until then it counts against the accept backlog. */
+   * until then it counts against the accept backlog. on_data/on_eof may
+   * fire before it is accepted (the peer may send at once). A write or
+   * close accepts it implicitly; a reset refuses it. */
   void (*on_stream)(kp_mux_t *m, kp_mux_stream_t *s, void *ud);
   /* Payload for a stream, pointing into the fed bytes (owned by `chunk`,
-   * which may be NULL; take a reference to keep it past the callback).
-   * The receive window is given back only by kp_mux_stream_consume(). */
+   * which may be NULL; take a reference to keep it past the callback, or
+   * copy). The receive window is given back only by
+   * kp_mux_stream_consume(), so a slow consumer stops the peer. */
   void (*on_data)(kp_mux_stream_t *s, const uint8_t *data, size_t len,
                   kp_chunk_t *chunk, void *ud);
-  /* The peer half-closed the stream (FIN). */
+  /* The peer half-closed the stream (FIN). No more on_data follows. */
   void (*on_eof)(kp_mux_stream_t *s, void *ud);
   /* The peer's window opened again after a write returned less than asked,
-   * or the transport was unblocked. */
+   * or the transport was unblocked. Fires once per short write. */
   void (*on_writable)(kp_mux_stream_t *s, void *ud);
-  /* The stream is finished (both sides closed, reset, or session closed);
-   * status 0, KP_ERESET, KP_EREFUSED or the session's error. The handle is
-   * freed after this returns. */
+  /* The stream is finished: status 0 (FIN both ways), KP_ERESET (the peer
+   * sent RST), KP_EREFUSED (the peer sent RST before accepting: backlog
+   * full or going away), KP_ECLOSED (we reset it) or the session's close
+   * status. The handle is freed after this returns. */
   void (*on_stream_close)(kp_mux_stream_t *s, int status, void *ud);
-  /* The session ended: GoAway received (KP_EGOAWAY), a protocol error
-   * (KP_EPROTO), keepalive timeout (KP_ETIMEDOUT), or kp_mux_close.
-   * Streams are closed (on_stream_close) before this fires. */
+  /* Optional: the peer sent GoAway(code). Code 0 (normal): no new streams
+   * either way, existing ones go on; other codes close the session with
+   * KP_EGOAWAY right after this. */
+  void (*on_goaway)(kp_mux_t *m, uint32_t code, void *ud);
+  /* The session ended: a GoAway with an error code was received
+   * (KP_EGOAWAY), a protocol error (KP_EPROTO, GoAway(protocol) was sent),
+   * keepalive timeout (KP_ETIMEDOUT), or kp_mux_close(status). Streams are
+   * closed (on_stream_close) before this fires; it fires once. */
   void (*on_close)(kp_mux_t *m, int status, void *ud);
-  /* Optional diagnostics (e.g. data for an unknown stream). */
+  /* Optional diagnostics (e.g. data for an unknown stream). msg is
+   * borrowed and NUL-terminated. */
   void (*log)(kp_mux_t *m, const char *msg, void *ud);
 } kp_mux_callbacks_t;
 
-/* Creates a session; cbs is copied. Returns 0 or KP_ENOMEM/KP_EINVAL. */
+/* Creates a session; cfg and cbs are copied. Returns 0 or
+ * KP_ENOMEM/KP_EINVAL (no send callback, window < 256 KiB, backlog 0). */
 int kp_mux_new(kp_mux_t **out, const kp_mux_config_t *cfg,
                const kp_mux_callbacks_t *cbs, void *ud);
-/* Frees the session and any streams left (no callbacks fire). */
+/* Frees the session and any streams left (no callbacks fire; nothing is
+ * sent). See the reentrancy rules above for calls from a callback. */
 void kp_mux_free(kp_mux_t *m);
 void *kp_mux_user_data(kp_mux_t *m);
 
-/* Feeds bytes read from the transport. `chunk` (may be NULL) owns them; data
- * callbacks hand out pointers into them. Returns 0, or a negative error after
- * which the session is closed (GoAway sent for protocol errors). */
+/* Feeds bytes read from the transport, in any split. `chunk` (may be NULL)
+ * owns them; on_data hands out pointers into them. Returns 0, or a negative
+ * error after which the session is closed: KP_EPROTO (GoAway(protocol) was
+ * sent), KP_EGOAWAY, the status given to kp_mux_close from a callback
+ * (KP_ECLOSED when that was 0); KP_ECLOSED if it was already closed;
+ * KP_EINVAL from a callback. */
 int kp_mux_feed(kp_mux_t *m, const uint8_t *data, size_t len,
                 kp_chunk_t *chunk);
-/* Advances the clock: sends keepalive pings and enforces their timeout.
- * Returns the delay in ms until the next call is needed (UINT64_MAX: none). */
+/* Advances the clock (monotonic ms, any origin): sends keepalive pings and
+ * enforces their timeout (closing with KP_ETIMEDOUT). The first call starts
+ * the clock. Returns the delay in ms until the next call is needed
+ * (UINT64_MAX: none). */
 uint64_t kp_mux_tick(kp_mux_t *m, uint64_t now_ms);
 /* Tells the session whether the transport can take more bytes. While
- * blocked, stream writes return 0; unblocking fires on_writable. */
+ * blocked, stream writes return 0; unblocking fires on_writable for the
+ * streams that were refused. Control frames are still sent. */
 void kp_mux_set_send_blocked(kp_mux_t *m, int blocked);
-/* Sends GoAway(code): no new streams either way; existing ones finish. */
+/* Sends GoAway(code): no new streams either way (an inbound SYN gets RST,
+ * kp_mux_open returns KP_EGOAWAY); existing ones finish. The session stays
+ * open: the owner closes it (e.g. when kp_mux_num_streams() is 0). */
 int kp_mux_goaway(kp_mux_t *m, uint32_t code);
-/* Closes at once: every stream gets on_stream_close(status), then on_close. */
+/* Closes at once: every stream gets on_stream_close(status, or KP_ECLOSED
+ * when status is 0), then on_close(status). Sends nothing (call
+ * kp_mux_goaway first for a polite close). Idempotent. */
 void kp_mux_close(kp_mux_t *m, int status);
-/* Sends a ping now (also used by keepalive). */
+/* Sends a ping now (also used by keepalive); its answer is awaited with the
+ * keepalive timeout, from the last kp_mux_tick time. */
 int kp_mux_ping(kp_mux_t *m);
+/* Streams open (not finished). */
 uint32_t kp_mux_num_streams(const kp_mux_t *m);
+/* 1 once the session is closed. */
+int kp_mux_is_closed(const kp_mux_t *m);
 
-/* Opens a stream (SYN goes out at once). KP_EGOAWAY, KP_ETOOMANY, ECLOSED. */
+/* Opens a stream (a WindowUpdate with SYN goes out at once, announcing
+ * window - 256 KiB of extra window). *out is owned by the session (valid
+ * until on_stream_close). KP_EGOAWAY, KP_ETOOMANY, KP_ECLOSED. */
 int kp_mux_open(kp_mux_t *m, kp_mux_stream_t **out);
-int kp_mux_stream_accept(kp_mux_stream_t *s); /* sends the ACK */
+/* Sends the ACK (a WindowUpdate announcing window - 256 KiB). KP_EINVAL if
+ * not an inbound stream or already accepted; KP_ECLOSED if finished. */
+int kp_mux_stream_accept(kp_mux_stream_t *s);
 uint32_t kp_mux_stream_id(const kp_mux_stream_t *s);
 void kp_mux_stream_set_user_data(kp_mux_stream_t *s, void *ud);
 void *kp_mux_stream_user_data(const kp_mux_stream_t *s);
 kp_mux_t *kp_mux_stream_session(const kp_mux_stream_t *s);
-/* Writes up to len bytes within the peer's window; returns the count sent
- * (0 when the window or transport is full: on_writable follows), or an error
- * (KP_ECLOSED after a local close, KP_ERESET). */
+/* Writes up to len bytes within the peer's window, as one Data frame; data
+ * is borrowed for the call (passed to send). Returns the count sent (less
+ * than len, maybe 0, when the window or transport is full: on_writable
+ * follows), or an error (KP_ECLOSED after a local close or once the stream
+ * or session is finished, KP_ERESET / KP_EREFUSED after the peer's RST). */
 int64_t kp_mux_stream_write(kp_mux_stream_t *s, const uint8_t *data,
                             size_t len);
-/* Bytes the stream may send now. */
+/* Bytes the stream may send now (the peer's window). */
 uint32_t kp_mux_stream_send_window(const kp_mux_stream_t *s);
-/* The application is done with n received bytes: the window is given back
- * (a window update is sent once half the window is owed). */
+/* The application is done with n received bytes (clamped to what was
+ * delivered and not yet consumed): the window is given back, in one window
+ * update once half the window is owed (as yamux's sendWindowUpdate does). */
 void kp_mux_stream_consume(kp_mux_stream_t *s, size_t n);
-/* Half-close: sends FIN. Reading goes on until the peer's FIN. */
+/* Half-close: sends FIN. Reading goes on until the peer's FIN. 0 if FIN was
+ * already sent; KP_ECLOSED if the stream is finished. */
 int kp_mux_stream_close(kp_mux_stream_t *s);
-/* Aborts: sends RST; on_stream_close(KP_ERESET is for the peer) follows. */
+/* Aborts: sends RST; on_stream_close(KP_ECLOSED) follows (the peer sees
+ * KP_ERESET, or KP_EREFUSED if it had not been accepted). */
 int kp_mux_stream_reset(kp_mux_stream_t *s);
 
 /* ------------------------------------------------------------------ */
