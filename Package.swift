@@ -11,6 +11,11 @@ let package = Package(
   platforms: [.macOS(.v13)],
   products: [
     .library(name: "KopilotCore", targets: ["KopilotCore"]),
+    .executable(name: "kopilot-hub", targets: ["kopilot-hub"]),
+    .executable(name: "kopilot-agent", targets: ["kopilot-agent"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
   ],
   targets: [
     .target(
@@ -21,6 +26,17 @@ let package = Package(
       // so the C target names its libraries itself.
       linkerSettings: [.linkedLibrary("uv"), .linkedLibrary("ssl"), .linkedLibrary("crypto"), .linkedLibrary("pthread")]
     ),
+    .target(name: "KopilotIO", dependencies: ["KopilotCore"], path: "Sources/KopilotIO"),
+    .executableTarget(
+      name: "kopilot-hub",
+      dependencies: ["KopilotIO", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      path: "Sources/kopilot-hub"
+    ),
+    .executableTarget(
+      name: "kopilot-agent",
+      dependencies: ["KopilotIO", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      path: "Sources/kopilot-agent"
+    ),
     .target(
       name: "KopilotTestSupport",
       path: "Tests/KopilotTestSupport",
@@ -28,7 +44,7 @@ let package = Package(
     ),
     .testTarget(
       name: "KopilotCoreTests",
-      dependencies: ["KopilotCore", "KopilotTestSupport"],
+      dependencies: ["KopilotCore", "KopilotIO", "KopilotTestSupport"],
       path: "Tests/KopilotCoreTests"
     ),
   ],

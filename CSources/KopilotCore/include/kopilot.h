@@ -97,6 +97,126 @@ typedef struct kp_slice {
 } kp_slice_t;
 
 /* ------------------------------------------------------------------ */
+/* Loop: a libuv loop on its own thread                                */
+/* ------------------------------------------------------------------ */
+
+typedef struct kp_loop kp_loop_t;
+
+/* Creates a loop and starts its thread. Returns 0, KP_ENOMEM or a libuv
+ * error. */
+int kp_loop_new(kp_loop_t **out);
+/* Runs fn(arg) on the loop thread, after work posted before it. Callable
+ * from any thread, including the loop's own. Returns KP_ECLOSED once the
+ * loop is being freed (fn will not run). */
+int kp_loop_post(kp_loop_t *l, void (*fn)(void *), void *arg);
+/* 1 when called on the loop's thread. */
+int kp_loop_is_current(kp_loop_t *l);
+/* The loop's cached clock in ms (libuv's uv_now); loop thread only. */
+uint64_t kp_loop_now(kp_loop_t *l);
+/* Runs work already posted, closes what is left and joins the thread.
+ * Free the hubs and agents running on it first. Not from the loop thread. */
+void kp_loop_free(kp_loop_t *l);
+
+/* ------------------------------------------------------------------ */
+/* Hub: the caller-facing listener, agent sessions, proxying           */
+/* ------------------------------------------------------------------ */
+
+struct kp_http_head;
+typedef struct kp_hub kp_hub_t;
+/* A caller's request waiting for the policy's answer. */
+typedef struct kp_hub_request kp_hub_request_t;
+
+typedef struct kp_hub_config {
+  const char *bind_host;   /* e.g. "0.0.0.0" or "127.0.0.1" */
+  int port;                /* 0: any free port (read it with kp_hub_port) */
+  const char *cert_file;   /* PEM serving certificate (chain) */
+  const char *key_file;    /* PEM private key */
+  uint32_t mux_window;     /* receive window per stream; 0: 256 KiB */
+  uint64_t keepalive_ms;   /* mux pings; 0: 30 s */
+  size_t max_head;         /* request head limit; 0: 64 KiB */
+} kp_hub_config_t;
+
+typedef struct kp_hub_callbacks {
+  /* A request head from a caller, on the loop thread. Answer it exactly once
+   * with kp_hub_request_proxy / _respond / _accept_agent, from here or later
+   * from any thread. head and peer are borrowed for this call. */
+  void (*on_request)(kp_hub_t *hub, kp_hub_request_t *req,
+                     const struct kp_http_head *head, const char *peer,
+                     void *ud);
+  /* An agent session of `cluster` came up (up = 1) or went down (up = 0,
+   * status says why). */
+  void (*on_session)(kp_hub_t *hub, const char *cluster, uint64_t session,
+                     int up, int status, void *ud);
+} kp_hub_callbacks_t;
+
+/* Binds and starts serving on `loop`. Returns 0, or an error with a message
+ * in err (certificate, bind). Callable from any thread but the loop's. */
+int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
+               const kp_hub_callbacks_t *cbs, void *ud, char *err,
+               size_t errlen);
+int kp_hub_port(const kp_hub_t *hub);
+/* Stops listening, closes every connection and session, and frees. Not from
+ * the loop thread. */
+void kp_hub_free(kp_hub_t *hub);
+/* Closes every session of `cluster` (token revoked, cluster removed). */
+int kp_hub_drop_cluster(kp_hub_t *hub, const char *cluster);
+
+/* Forwards the request to a live session of `cluster` (the one with the
+ * fewest open streams), with `target` as the new request target (borrowed;
+ * copied), the caller's Authorization removed and X-Forwarded-For/-Proto
+ * set. No session: 503 naming the cluster. */
+void kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
+                          const char *target);
+/* Answers locally. body is copied; content_type NULL = application/json. */
+void kp_hub_request_respond(kp_hub_request_t *req, int status,
+                            const char *content_type, const char *body,
+                            size_t body_len);
+/* Upgrades the connection to an agent session of `cluster`: WebSocket
+ * handshake, framed carriage if the agent asked for kopilot.v2, raw mux
+ * after the 101 otherwise. Not a valid WebSocket request: 400. */
+void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster);
+
+/* ------------------------------------------------------------------ */
+/* Agent: one session to the hub, requests forwarded upstream           */
+/* ------------------------------------------------------------------ */
+
+typedef struct kp_agent kp_agent_t;
+
+typedef struct kp_agent_config {
+  const char *hub_host;     /* name or IP of the hub */
+  int hub_port;
+  const char *hub_path;     /* e.g. "/connect?token=..." */
+  const char *hub_ca_file;  /* PEM; NULL: the system's trust store */
+  int hub_insecure;         /* skip hub verification (explicit opt-in) */
+  int framed;               /* 1: kopilot.v2 WebSocket messages; 0: raw */
+  const char *upstream_host;
+  int upstream_port;
+  const char *upstream_ca_file; /* PEM; NULL: system store */
+  int upstream_insecure;
+  uint32_t mux_window;      /* 0: 256 KiB */
+  uint64_t keepalive_ms;    /* 0: 30 s */
+} kp_agent_config_t;
+
+typedef struct kp_agent_callbacks {
+  /* The session is up (status 0) or ended (status < 0): reconnecting is
+   * the caller's choice (kp_agent_connect again). Loop thread. */
+  void (*on_state)(kp_agent_t *a, int up, int status, void *ud);
+} kp_agent_callbacks_t;
+
+/* Creates an agent (TLS contexts built at once; errors in err). */
+int kp_agent_new(kp_agent_t **out, kp_loop_t *loop,
+                 const kp_agent_config_t *cfg, const kp_agent_callbacks_t *cbs,
+                 void *ud, char *err, size_t errlen);
+/* Dials the hub and runs a session; any thread. */
+int kp_agent_connect(kp_agent_t *a);
+/* The bearer token sent upstream; any thread; copied. */
+int kp_agent_set_token(kp_agent_t *a, const char *token);
+/* GoAway, then close once in-flight streams finish or grace_ms passed. */
+int kp_agent_shutdown(kp_agent_t *a, uint64_t grace_ms);
+/* Closes everything and frees; not from the loop thread. */
+void kp_agent_free(kp_agent_t *a);
+
+/* ------------------------------------------------------------------ */
 /* HTTP/1.1 framing (no I/O)                                           */
 /* ------------------------------------------------------------------ */
 

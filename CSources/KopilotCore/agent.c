@@ -1,0 +1,402 @@
+/* agent.c - the agent's data plane: one session to the hub; each stream the
+ * hub opens is an HTTP/1.1 connection whose requests go to the member's API
+ * server with the agent's own credentials. */
+#include "session.h"
+
+#include <stdio.h>
+
+struct kp_agent {
+  kp_loop_t *loop;
+  kp_agent_config_t cfg;
+  char *hub_host, *hub_path, *up_host;
+  kp_agent_callbacks_t cbs;
+  void *ud;
+  kp_tls_ctx_t *hub_tls, *up_tls;
+  uv_mutex_t mu; /* guards token */
+  char *token;
+  kp__conn_t *dialing; /* the conn during TLS + WebSocket handshake */
+  uint8_t *hs_buf;     /* 101 response head being read */
+  size_t hs_len;
+  char ws_key[25];
+  kp__sess_t *sess;
+  int freeing;
+  uv_sem_t done;
+};
+
+/* ---- upstream, one conn per request ---- */
+
+typedef struct up_req {
+  kp_agent_t *agent;
+  kp__relay_t *relay;
+  kp__conn_t *conn;
+  uint8_t *head; /* rewritten request head, sent once connected */
+  size_t head_len;
+  int attached;
+} up_req_t;
+
+static void up_ready(kp__conn_t *c, int status) {
+  up_req_t *u = c->ud;
+  kp__ep_t ep = {&kp__conn_ep_ops, c};
+  if (u->relay == NULL) return;
+  if (status != 0) {
+    char body[512];
+    size_t n;
+    uint8_t *resp;
+    int bl = snprintf(body, sizeof(body),
+                      "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+                      "\"status\":\"Failure\",\"message\":\"kopilot-agent: cannot "
+                      "reach the API server: %s\",\"reason\":\"ServiceUnavailable\","
+                      "\"code\":502}\n",
+                      kp_strerror(status));
+    resp = kp__http_build_response(502, "Bad Gateway", "application/json", body,
+                                   (size_t)bl, 1, &n);
+    if (resp) kp__relay_respond(u->relay, resp, n, 1);
+    free(resp);
+    u->relay = NULL;
+    return;
+  }
+  u->attached = 1;
+  kp__relay_attach(u->relay, ep, u->head, u->head_len);
+  free(u->head);
+  u->head = NULL;
+}
+
+static void up_read(kp__conn_t *c, const uint8_t *p, size_t n,
+                    kp_chunk_t *chunk) {
+  up_req_t *u = c->ud;
+  if (u->relay && u->attached) kp__relay_back_data(u->relay, p, n, chunk);
+}
+static void up_eof(kp__conn_t *c) {
+  up_req_t *u = c->ud;
+  if (u->relay && u->attached) kp__relay_back_eof(u->relay);
+}
+static void up_written(kp__conn_t *c, size_t n) {
+  up_req_t *u = c->ud;
+  (void)n;
+  if (u->relay && u->attached) kp__relay_writable(u->relay);
+}
+static void up_closed(kp__conn_t *c, int status) {
+  up_req_t *u = c->ud;
+  if (u->relay && u->attached) kp__relay_back_closed(u->relay, status);
+  free(u->head);
+  free(u);
+}
+
+static const kp__conn_cbs_t up_cbs = {
+    .on_ready = up_ready,
+    .on_read = up_read,
+    .on_eof = up_eof,
+    .on_written = up_written,
+    .on_close = up_closed,
+};
+
+/* ---- streams from the hub ---- */
+
+typedef struct agent_front {
+  kp_agent_t *agent;
+  kp_mux_stream_t *st;
+  up_req_t *up;
+} agent_front_t;
+
+static void af_on_request(kp__relay_t *r, const kp_http_head_t *head,
+                          const uint8_t *raw, size_t raw_len) {
+  agent_front_t *f = kp__relay_user_data(r);
+  kp_agent_t *a = f->agent;
+  static const char *const drop[] = {"authorization", "host", NULL};
+  char extra[8192];
+  int n;
+  up_req_t *u;
+  (void)raw;
+  (void)raw_len;
+  uv_mutex_lock(&a->mu);
+  if (a->token && a->token[0])
+    n = snprintf(extra, sizeof(extra), "Host: %s:%d\r\nAuthorization: Bearer %s\r\n",
+                 a->up_host, a->cfg.upstream_port, a->token);
+  else
+    n = snprintf(extra, sizeof(extra), "Host: %s:%d\r\n", a->up_host,
+                 a->cfg.upstream_port);
+  uv_mutex_unlock(&a->mu);
+  if (n < 0 || (size_t)n >= sizeof(extra)) n = 0;
+  u = calloc(1, sizeof(*u));
+  if (u == NULL) {
+    kp__relay_abort(r, KP_ENOMEM);
+    return;
+  }
+  u->agent = a;
+  u->relay = r;
+  u->head = kp__http_build_request(head, head->target, head->target_len, drop,
+                                   extra, (size_t)n, &u->head_len);
+  /* The token is in that buffer: wipe the stack copy now. */
+  memset(extra, 0, sizeof(extra));
+  if (u->head == NULL ||
+      kp__conn_dial(&u->conn, a->loop, a->up_host, a->cfg.upstream_port,
+                    a->up_tls, a->up_host, &up_cbs, u) != 0) {
+    free(u->head);
+    free(u);
+    kp__relay_abort(r, KP_EIO);
+    return;
+  }
+  f->up = u;
+}
+
+static void af_release_back(kp__relay_t *r, kp__ep_t back, int ok) {
+  agent_front_t *f = kp__relay_user_data(r);
+  kp__conn_t *c = back.h;
+  up_req_t *u = c->ud;
+  (void)ok;
+  u->relay = NULL;
+  f->up = NULL;
+  /* TODO(perf): keep reusable upstream conns in a pool. */
+  kp__conn_close(c, 0);
+}
+
+static void af_done(kp__relay_t *r) {
+  agent_front_t *f = kp__relay_user_data(r);
+  /* The stream is not touched here: it is closed already (that is what
+   * finished the relay) or was reset by the relay's abort. */
+  if (f->up) {
+    f->up->relay = NULL; /* a dial still running sees no relay */
+    kp__conn_close(f->up->conn, KP_ECLOSED);
+  }
+  free(f);
+}
+
+static const kp__relay_router_t agent_router = {
+    .on_request = af_on_request,
+    .release_back = af_release_back,
+    .on_done = af_done,
+};
+
+static void agent_on_stream(kp__sess_t *s, kp_mux_stream_t *st) {
+  kp_agent_t *a = s->ud;
+  agent_front_t *f = calloc(1, sizeof(*f));
+  kp__relay_t *r;
+  kp__ep_t ep = {&kp__stream_ep_ops, st};
+  if (f == NULL || kp__relay_new(&r, ep, &agent_router, NULL, f) != 0) {
+    free(f);
+    kp_mux_stream_reset(st);
+    return;
+  }
+  f->agent = a;
+  f->st = st;
+  kp_mux_stream_set_user_data(st, r);
+  kp_mux_stream_accept(st);
+}
+
+static void agent_sess_closed(kp__sess_t *s, int status) {
+  kp_agent_t *a = s->ud;
+  a->sess = NULL;
+  if (a->cbs.on_state) a->cbs.on_state(a, 0, status, a->ud);
+  if (a->freeing) uv_sem_post(&a->done);
+}
+
+static const kp__sess_owner_t agent_owner = {
+    .on_stream = agent_on_stream,
+    .on_close = agent_sess_closed,
+};
+
+/* ---- dialing the hub: TLS, then the WebSocket upgrade ---- */
+
+static void hub_ready(kp__conn_t *c, int status) {
+  kp_agent_t *a = c->ud;
+  char req[4096];
+  int n;
+  if (status != 0) return; /* hub_closed reports */
+  if (kp_ws_client_key(a->ws_key) != 0) {
+    kp__conn_close(c, KP_EIO);
+    return;
+  }
+  n = snprintf(req, sizeof(req),
+               "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+               "Sec-WebSocket-Version: 13\r\n%s"
+               "User-Agent: kopilot-agent\r\n\r\n",
+               a->hub_path, a->hub_host, a->cfg.hub_port, a->ws_key,
+               a->cfg.framed ? "Sec-WebSocket-Protocol: " KP_WS_SUBPROTOCOL "\r\n" : "");
+  if (n < 0 || (size_t)n >= sizeof(req) ||
+      kp__conn_write(c, (const uint8_t *)req, (size_t)n) != 0)
+    kp__conn_close(c, KP_EIO);
+}
+
+static void hub_read(kp__conn_t *c, const uint8_t *p, size_t n,
+                     kp_chunk_t *chunk) {
+  kp_agent_t *a = c->ud;
+  kp_http_head_t head;
+  const kp_http_header_t *acc, *proto;
+  char want[29];
+  uint8_t *nb;
+  int rc, framed;
+  (void)chunk;
+  nb = realloc(a->hs_buf, a->hs_len + n);
+  if (nb == NULL) {
+    kp__conn_close(c, KP_ENOMEM);
+    return;
+  }
+  a->hs_buf = nb;
+  memcpy(a->hs_buf + a->hs_len, p, n);
+  a->hs_len += n;
+  rc = kp_http_parse_response(a->hs_buf, a->hs_len, 0, &head);
+  if (rc == KP_EAGAIN) return;
+  if (rc < 0) {
+    kp__conn_close(c, KP_EPROTO);
+    return;
+  }
+  if (head.status != 101) {
+    /* 401 for a wrong token, 404 for a hub without /connect, ... */
+    kp__conn_close(c, head.status == 401 || head.status == 403 ? KP_EREFUSED
+                                                               : KP_EPROTO);
+    return;
+  }
+  acc = kp_http_find_header(&head, "sec-websocket-accept");
+  proto = kp_http_find_header(&head, "sec-websocket-protocol");
+  kp_ws_accept_key(a->ws_key, strlen(a->ws_key), want);
+  if (acc == NULL || acc->value_len != 28 || memcmp(acc->value, want, 28) != 0) {
+    kp__conn_close(c, KP_EPROTO);
+    return;
+  }
+  framed = proto != NULL &&
+           kp__strieq(proto->value, proto->value_len, KP_WS_SUBPROTOCOL);
+  if (a->cfg.framed && !framed) {
+    /* The hub did not take kopilot.v2: it is an original hub; go raw. */
+  }
+  a->dialing = NULL;
+  rc = kp__sess_start(&a->sess, c, 0, framed, a->cfg.mux_window,
+                      a->cfg.keepalive_ms, &agent_owner, a,
+                      a->hs_buf + rc, a->hs_len - (size_t)rc);
+  free(a->hs_buf);
+  a->hs_buf = NULL;
+  a->hs_len = 0;
+  if (rc != 0) {
+    kp__conn_close(c, rc);
+    return;
+  }
+  if (a->cbs.on_state) a->cbs.on_state(a, 1, 0, a->ud);
+}
+
+static void hub_eof(kp__conn_t *c) { kp__conn_close(c, KP_ECLOSED); }
+
+static void hub_closed(kp__conn_t *c, int status) {
+  kp_agent_t *a = c->ud;
+  a->dialing = NULL;
+  free(a->hs_buf);
+  a->hs_buf = NULL;
+  a->hs_len = 0;
+  if (a->cbs.on_state) a->cbs.on_state(a, 0, status ? status : KP_ECLOSED, a->ud);
+  if (a->freeing) uv_sem_post(&a->done);
+}
+
+static const kp__conn_cbs_t hub_cbs = {
+    .on_ready = hub_ready,
+    .on_read = hub_read,
+    .on_eof = hub_eof,
+    .on_written = NULL,
+    .on_close = hub_closed,
+};
+
+static void connect_run(void *arg) {
+  kp_agent_t *a = arg;
+  int rc;
+  if (a->sess || a->dialing || a->freeing) return;
+  rc = kp__conn_dial(&a->dialing, a->loop, a->hub_host, a->cfg.hub_port,
+                     a->hub_tls, a->hub_host, &hub_cbs, a);
+  if (rc != 0) {
+    a->dialing = NULL;
+    if (a->cbs.on_state) a->cbs.on_state(a, 0, rc, a->ud);
+  }
+}
+
+int kp_agent_connect(kp_agent_t *a) {
+  return kp_loop_post(a->loop, connect_run, a);
+}
+
+int kp_agent_set_token(kp_agent_t *a, const char *token) {
+  char *t = strdup(token ? token : "");
+  char *old;
+  if (t == NULL) return KP_ENOMEM;
+  uv_mutex_lock(&a->mu);
+  old = a->token;
+  a->token = t;
+  uv_mutex_unlock(&a->mu);
+  if (old) {
+    memset(old, 0, strlen(old));
+    free(old);
+  }
+  return 0;
+}
+
+static void shutdown_run(void *arg) {
+  kp_agent_t *a = arg;
+  if (a->sess && !a->sess->mux_closed) kp_mux_goaway(a->sess->mux, KP_MUX_GOAWAY_NORMAL);
+}
+
+int kp_agent_shutdown(kp_agent_t *a, uint64_t grace_ms) {
+  (void)grace_ms; /* TODO: close after grace_ms if streams linger. */
+  return kp_loop_post(a->loop, shutdown_run, a);
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+int kp_agent_new(kp_agent_t **out, kp_loop_t *loop,
+                 const kp_agent_config_t *cfg, const kp_agent_callbacks_t *cbs,
+                 void *ud, char *err, size_t errlen) {
+  kp_agent_t *a = calloc(1, sizeof(*a));
+  kp_tls_ctx_options_t o;
+  static const char *const alpn_h1[] = {"http/1.1"};
+  int rc;
+  *out = NULL;
+  if (a == NULL) return KP_ENOMEM;
+  memset(&o, 0, sizeof(o));
+  o.ca_file = cfg->hub_ca_file;
+  o.insecure_skip_verify = cfg->hub_insecure;
+  o.alpn = alpn_h1;
+  o.alpn_count = 1;
+  rc = kp_tls_ctx_new(&a->hub_tls, &o, err, errlen);
+  if (rc != 0) goto fail_hub;
+  memset(&o, 0, sizeof(o));
+  o.ca_file = cfg->upstream_ca_file;
+  o.insecure_skip_verify = cfg->upstream_insecure;
+  o.alpn = alpn_h1;
+  o.alpn_count = 1;
+  rc = kp_tls_ctx_new(&a->up_tls, &o, err, errlen);
+  if (rc != 0) goto fail_up;
+  a->loop = loop;
+  a->cfg = *cfg;
+  a->hub_host = dup_or_null(cfg->hub_host);
+  a->hub_path = dup_or_null(cfg->hub_path ? cfg->hub_path : "/connect");
+  a->up_host = dup_or_null(cfg->upstream_host);
+  a->cbs = *cbs;
+  a->ud = ud;
+  uv_mutex_init(&a->mu);
+  uv_sem_init(&a->done, 0);
+  *out = a;
+  return 0;
+
+fail_up:
+  kp_tls_ctx_free(a->hub_tls);
+fail_hub:
+  free(a);
+  return rc;
+}
+
+static void free_run(void *arg) {
+  kp_agent_t *a = arg;
+  a->freeing = 1;
+  if (a->sess) kp__sess_close(a->sess, KP_ECLOSED);
+  else if (a->dialing) kp__conn_close(a->dialing, KP_ECLOSED);
+  else uv_sem_post(&a->done);
+}
+
+void kp_agent_free(kp_agent_t *a) {
+  if (a == NULL) return;
+  if (kp_loop_post(a->loop, free_run, a) == 0) uv_sem_wait(&a->done);
+  kp_tls_ctx_free(a->hub_tls);
+  kp_tls_ctx_free(a->up_tls);
+  uv_mutex_destroy(&a->mu);
+  uv_sem_destroy(&a->done);
+  if (a->token) memset(a->token, 0, strlen(a->token));
+  free(a->token);
+  free(a->hub_host);
+  free(a->hub_path);
+  free(a->up_host);
+  free(a);
+}

@@ -1,0 +1,82 @@
+/* conn.h - a TCP connection with TLS on the loop (private).
+ *
+ * Reads land as ciphertext in the loop's shared read buffer, are fed to the
+ * TLS engine at once, and come out as plaintext in a pooled chunk handed to
+ * on_read; so an idle connection holds no read buffer. Writes are encrypted
+ * at once into pooled chunks and queued with uv_write; on_written reports the
+ * plaintext bytes whose ciphertext the kernel took, which is what flow
+ * control upstream waits for. */
+#ifndef KOPILOT_CONN_H
+#define KOPILOT_CONN_H
+
+#include "loop_internal.h"
+
+typedef struct kp__conn kp__conn_t;
+
+typedef struct kp__conn_cbs {
+  /* TLS handshake done (status 0) or failed; on failure on_close follows. */
+  void (*on_ready)(kp__conn_t *c, int status);
+  /* Plaintext; data points into chunk (take a reference to keep it). */
+  void (*on_read)(kp__conn_t *c, const uint8_t *data, size_t len,
+                  kp_chunk_t *chunk);
+  /* The peer finished sending (close_notify or TCP EOF). */
+  void (*on_eof)(kp__conn_t *c);
+  /* The kernel took the ciphertext of n plaintext bytes. */
+  void (*on_written)(kp__conn_t *c, size_t n);
+  /* Closed; the conn is freed after this returns. */
+  void (*on_close)(kp__conn_t *c, int status);
+} kp__conn_cbs_t;
+
+struct kp__conn {
+  uv_tcp_t tcp;
+  uv_timer_t timer; /* handshake and idle deadlines */
+  kp_loop_t *loop;
+  struct kp_tls *tls;
+  kp_chunk_t *rchunk; /* the read buffer between alloc and read callbacks */
+  const kp__conn_cbs_t *cbs;
+  void *ud;
+  uint64_t pending;   /* plaintext bytes written but not yet taken */
+  uint64_t timeout_ms; /* current deadline length (0: none) */
+  unsigned ready : 1, reading : 1, eof : 1, closing : 1, shut : 1,
+      is_client : 1;
+  int close_status;
+  int handles_open;
+  char peer[64]; /* "ip:port" */
+};
+
+/* Wraps an accepted TCP socket from `server`; the TLS handshake starts at
+ * once and on_ready follows. */
+int kp__conn_accept(kp__conn_t **out, kp_loop_t *loop, uv_stream_t *server,
+                    struct kp_tls_ctx *ctx, const kp__conn_cbs_t *cbs,
+                    void *ud);
+/* Connects to addr (already resolved) and runs the TLS handshake with
+ * server_name for SNI and verification; on_ready follows. */
+int kp__conn_connect(kp__conn_t **out, kp_loop_t *loop,
+                     const struct sockaddr *addr, struct kp_tls_ctx *ctx,
+                     const char *server_name, const kp__conn_cbs_t *cbs,
+                     void *ud);
+/* Encrypts and queues data (copied by the encryption). */
+int kp__conn_write(kp__conn_t *c, const uint8_t *data, size_t len);
+/* The same for several pieces, coalesced into full TLS records. */
+int kp__conn_writev(kp__conn_t *c, const uint8_t *const *bufs,
+                    const size_t *lens, size_t n);
+void kp__conn_read(kp__conn_t *c, int on);
+/* Sends close_notify after queued data, then shuts the TCP write side. */
+void kp__conn_shutdown(kp__conn_t *c);
+/* Closes now; on_close(status) follows from the loop. Idempotent. */
+void kp__conn_close(kp__conn_t *c, int status);
+/* Arms a deadline: no read within ms closes with KP_ETIMEDOUT (0: off). */
+void kp__conn_set_timeout(kp__conn_t *c, uint64_t ms);
+const char *kp__conn_alpn(kp__conn_t *c, size_t *len);
+
+/* Resolves host (a name or an IP literal) and connects as kp__conn_connect
+ * does. Resolution failures come through on_ready like connect failures. */
+int kp__conn_dial(kp__conn_t **out, kp_loop_t *loop, const char *host,
+                  int port, struct kp_tls_ctx *ctx, const char *server_name,
+                  const kp__conn_cbs_t *cbs, void *ud);
+
+/* The endpoint view of a conn, for the relay (ep.h = the conn). */
+struct kp__ep_ops;
+extern const struct kp__ep_ops kp__conn_ep_ops;
+
+#endif

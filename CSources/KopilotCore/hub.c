@@ -1,0 +1,649 @@
+/* hub.c - the hub's data plane: the caller-facing listener, agent sessions
+ * by cluster, and proxying of caller requests into session streams. Policy
+ * (who may do what, which token is which cluster) is the owner's: every
+ * request head goes to callbacks.on_request, which answers with one of the
+ * kp_hub_request_* calls. */
+#include "session.h"
+
+#include <stdio.h>
+
+#define HUB_BUCKETS 4096
+
+typedef struct hub_cluster {
+  struct hub_cluster *next; /* bucket chain */
+  kp__sess_t *sessions;     /* doubly linked through sess->next/prev */
+  size_t count;
+  char id[];
+} hub_cluster_t;
+
+struct kp_hub {
+  kp_loop_t *loop;
+  uv_tcp_t listener;
+  kp_tls_ctx_t *tls;
+  kp_hub_config_t cfg;
+  kp_hub_callbacks_t cbs;
+  void *ud;
+  int port;
+  hub_cluster_t *buckets[HUB_BUCKETS];
+  kp__relay_t *relays; /* not linked: callers are closed through conns */
+  /* Every live caller conn and session conn, for shutdown. */
+  size_t open_conns;
+  int stopping, listener_closed, done_posted;
+  uv_sem_t done;
+  int setup_rc;
+  char *err;
+  size_t errlen;
+};
+
+/* A caller request awaiting an answer is the relay itself. */
+struct kp_hub_request {
+  int unused;
+};
+
+typedef struct hub_front {
+  kp_hub_t *hub;
+  kp__conn_t *conn;
+  kp__relay_t *relay;
+  int detached; /* the conn became an agent session */
+} hub_front_t;
+
+/* Posts `done` once both the listener and every conn are closed. */
+static void maybe_done(kp_hub_t *hub) {
+  if (hub->stopping && hub->listener_closed && hub->open_conns == 0 &&
+      !hub->done_posted) {
+    hub->done_posted = 1;
+    uv_sem_post(&hub->done);
+  }
+}
+
+static uint32_t hash_str(const char *s) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  while (*s) {
+    h ^= (uint8_t)*s++;
+    h *= 16777619u;
+  }
+  return h;
+}
+
+static hub_cluster_t *cluster_find(kp_hub_t *hub, const char *id, int create) {
+  uint32_t b = hash_str(id) % HUB_BUCKETS;
+  hub_cluster_t *c;
+  for (c = hub->buckets[b]; c; c = c->next)
+    if (strcmp(c->id, id) == 0) return c;
+  if (!create) return NULL;
+  c = calloc(1, sizeof(*c) + strlen(id) + 1);
+  if (c == NULL) return NULL;
+  strcpy(c->id, id);
+  c->next = hub->buckets[b];
+  hub->buckets[b] = c;
+  return c;
+}
+
+static void cluster_remove_session(kp_hub_t *hub, kp__sess_t *s) {
+  hub_cluster_t *c = cluster_find(hub, s->cluster, 0);
+  if (c == NULL) return;
+  if (s->prev) s->prev->next = s->next;
+  else c->sessions = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->next = s->prev = NULL;
+  c->count--;
+  if (c->count == 0) {
+    uint32_t b = hash_str(c->id) % HUB_BUCKETS;
+    hub_cluster_t **pp = &hub->buckets[b];
+    while (*pp != c) pp = &(*pp)->next;
+    *pp = c->next;
+    free(c);
+  }
+}
+
+/* ---- agent sessions ---- */
+
+static void hub_sess_stream(kp__sess_t *s, kp_mux_stream_t *st) {
+  (void)s;
+  /* Agents do not open streams to the hub. */
+  kp_mux_stream_reset(st);
+}
+
+static void hub_sess_close(kp__sess_t *s, int status) {
+  kp_hub_t *hub = s->ud;
+  cluster_remove_session(hub, s);
+  hub->open_conns--;
+  if (hub->cbs.on_session)
+    hub->cbs.on_session(hub, s->cluster, s->id, 0, status, hub->ud);
+  maybe_done(hub);
+}
+
+static const kp__sess_owner_t hub_sess_owner = {
+    .on_stream = hub_sess_stream,
+    .on_close = hub_sess_close,
+};
+
+/* Least open streams wins; ties go to a random one among them, so a burst
+ * of new requests spreads over equal sessions. */
+static kp__sess_t *pick_session(hub_cluster_t *c, kp__sess_t *skip) {
+  kp__sess_t *s, *best = NULL;
+  uint32_t best_n = UINT32_MAX, ties = 0;
+  for (s = c->sessions; s; s = s->next) {
+    uint32_t n;
+    if (s == skip || s->closing || s->mux_closed) continue;
+    n = kp_mux_num_streams(s->mux);
+    if (n < best_n) {
+      best = s;
+      best_n = n;
+      ties = 1;
+    } else if (n == best_n && (uint32_t)rand() % ++ties == 0) {
+      best = s;
+    }
+  }
+  return best;
+}
+
+/* ---- caller connections ---- */
+
+static void front_release_back(kp__relay_t *r, kp__ep_t back, int ok) {
+  kp_mux_stream_t *st = back.h;
+  kp_mux_stream_set_user_data(st, NULL);
+  if (ok) kp_mux_stream_close(st);
+  else kp_mux_stream_reset(st);
+  (void)r;
+}
+
+static void front_done(kp__relay_t *r) {
+  hub_front_t *f = kp__relay_user_data(r);
+  f->relay = NULL;
+  if (!f->detached && f->conn) kp__conn_close(f->conn, 0);
+}
+
+static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
+                             const uint8_t *raw, size_t raw_len) {
+  hub_front_t *f = kp__relay_user_data(r);
+  (void)raw;
+  (void)raw_len;
+  f->hub->cbs.on_request(f->hub, (kp_hub_request_t *)f, head, f->conn->peer,
+                         f->hub->ud);
+}
+
+static const kp__relay_router_t front_router = {
+    .on_request = front_on_request,
+    .release_back = front_release_back,
+    .on_done = front_done,
+};
+
+static void front_ready(kp__conn_t *c, int status) {
+  hub_front_t *f = c->ud;
+  kp__ep_t ep = {&kp__conn_ep_ops, c};
+  kp__relay_config_t rc = {f->hub->cfg.max_head, 0};
+  if (status != 0) return; /* on_close follows */
+  if (kp__relay_new(&f->relay, ep, &front_router, &rc, f) != 0) {
+    kp__conn_close(c, KP_ENOMEM);
+    return;
+  }
+  /* A caller has this long to send a complete request head. */
+  kp__conn_set_timeout(c, 30000);
+}
+
+static void front_read(kp__conn_t *c, const uint8_t *p, size_t n,
+                       kp_chunk_t *chunk) {
+  hub_front_t *f = c->ud;
+  if (f->relay) kp__relay_front_data(f->relay, p, n, chunk);
+}
+
+static void front_eof(kp__conn_t *c) {
+  hub_front_t *f = c->ud;
+  if (f->relay) kp__relay_front_eof(f->relay);
+  else kp__conn_close(c, 0);
+}
+
+static void front_written(kp__conn_t *c, size_t n) {
+  hub_front_t *f = c->ud;
+  (void)n;
+  if (f->relay) kp__relay_writable(f->relay);
+}
+
+static void front_closed(kp__conn_t *c, int status) {
+  hub_front_t *f = c->ud;
+  kp_hub_t *hub = f->hub;
+  f->conn = NULL;
+  if (f->relay) kp__relay_front_closed(f->relay, status);
+  free(f);
+  hub->open_conns--;
+  maybe_done(hub);
+}
+
+static const kp__conn_cbs_t front_cbs = {
+    .on_ready = front_ready,
+    .on_read = front_read,
+    .on_eof = front_eof,
+    .on_written = front_written,
+    .on_close = front_closed,
+};
+
+static void on_connection(uv_stream_t *server, int status) {
+  kp_hub_t *hub = server->data;
+  hub_front_t *f;
+  if (status < 0 || hub->stopping) return;
+  f = calloc(1, sizeof(*f));
+  if (f == NULL) return;
+  f->hub = hub;
+  if (kp__conn_accept(&f->conn, hub->loop, server, hub->tls, &front_cbs, f) != 0) {
+    free(f);
+    return;
+  }
+  hub->open_conns++;
+}
+
+/* ---- answers ---- */
+
+static void respond_json(hub_front_t *f, int status, const char *reason,
+                         const char *ctype, const char *body, size_t len,
+                         int close) {
+  size_t n;
+  uint8_t *resp = kp__http_build_response(status, reason, ctype, body, len,
+                                          close, &n);
+  if (resp == NULL) {
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  kp__relay_respond(f->relay, resp, n, close);
+  free(resp);
+}
+
+static const char *reason_phrase(int status) {
+  switch (status) {
+  case 200: return "OK";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 500: return "Internal Server Error";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  default: return "Status";
+  }
+}
+
+static void status_json(hub_front_t *f, int status, const char *reason,
+                        const char *msg) {
+  char body[768];
+  int n = snprintf(body, sizeof(body),
+                   "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+                   "\"status\":\"Failure\",\"message\":\"%s\",\"reason\":\"%s\","
+                   "\"code\":%d}\n",
+                   msg, reason, status);
+  respond_json(f, status, reason_phrase(status), "application/json", body,
+               (size_t)n, 0);
+}
+
+/* Answers posted from another thread carry their arguments here. */
+typedef struct answer {
+  hub_front_t *f;
+  int kind; /* 0 proxy, 1 respond, 2 agent */
+  int status;
+  char *cluster, *target, *ctype, *body;
+  size_t body_len;
+} answer_t;
+
+static void do_proxy(hub_front_t *f, const char *cluster, const char *target);
+static void do_accept_agent(hub_front_t *f, const char *cluster);
+
+static void answer_run(void *arg) {
+  answer_t *a = arg;
+  if (a->f->relay != NULL) {
+    if (a->kind == 0) do_proxy(a->f, a->cluster, a->target);
+    else if (a->kind == 2) do_accept_agent(a->f, a->cluster);
+    else respond_json(a->f, a->status, reason_phrase(a->status),
+                      a->ctype ? a->ctype : "application/json", a->body,
+                      a->body_len, 0);
+  }
+  free(a->cluster);
+  free(a->target);
+  free(a->ctype);
+  free(a->body);
+  free(a);
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static int post_answer(hub_front_t *f, int kind, int status,
+                       const char *cluster, const char *target,
+                       const char *ctype, const char *body, size_t len) {
+  answer_t *a = calloc(1, sizeof(*a));
+  if (a == NULL) return KP_ENOMEM;
+  a->f = f;
+  a->kind = kind;
+  a->status = status;
+  a->cluster = dup_or_null(cluster);
+  a->target = dup_or_null(target);
+  a->ctype = dup_or_null(ctype);
+  if (len) {
+    a->body = malloc(len);
+    if (a->body) memcpy(a->body, body, len);
+  }
+  a->body_len = a->body ? len : 0;
+  return kp_loop_post(f->hub->loop, answer_run, a);
+}
+
+/* The head is parsed again from the relay's copy: the pointers handed to
+ * on_request are gone once an answer comes from another thread. */
+static int current_head(hub_front_t *f, kp_http_head_t *head);
+
+static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
+  kp_hub_t *hub = f->hub;
+  hub_cluster_t *c = cluster_find(hub, cluster, 0);
+  kp__sess_t *s, *tried = NULL;
+  kp_http_head_t head;
+  char extra[256], msg[384];
+  static const char *const drop[] = {"authorization", "x-forwarded-for",
+                                     "x-forwarded-proto", NULL};
+  uint8_t *req;
+  size_t req_len;
+  int n;
+  if (current_head(f, &head) != 0) {
+    kp__relay_abort(f->relay, KP_EBADMSG);
+    return;
+  }
+  n = snprintf(extra, sizeof(extra),
+               "X-Forwarded-For: %.*s\r\nX-Forwarded-Proto: https\r\n",
+               (int)(strrchr(f->conn->peer, ':') - f->conn->peer), f->conn->peer);
+  req = kp__http_build_request(&head, target, strlen(target), drop, extra,
+                               (size_t)n, &req_len);
+  if (req == NULL) {
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  /* A stream that cannot be opened moves on to the next session before any
+   * byte was sent. */
+  while (c != NULL && (s = pick_session(c, tried)) != NULL) {
+    kp_mux_stream_t *st;
+    kp__ep_t ep;
+    if (kp_mux_open(s->mux, &st) != 0) {
+      tried = s;
+      continue;
+    }
+    kp_mux_stream_set_user_data(st, f->relay);
+    ep.ops = &kp__stream_ep_ops;
+    ep.h = st;
+    kp__conn_set_timeout(f->conn, 0);
+    kp__relay_attach(f->relay, ep, req, req_len);
+    free(req);
+    return;
+  }
+  free(req);
+  snprintf(msg, sizeof(msg), "no agent of cluster %s is connected", cluster);
+  status_json(f, 503, "ServiceUnavailable", msg);
+}
+
+/* RFC 6455 4.2.1: what makes a valid opening handshake. */
+static int ws_request_ok(const kp_http_head_t *h, const kp_http_header_t **key) {
+  const kp_http_header_t *up = kp_http_find_header(h, "upgrade");
+  const kp_http_header_t *ver = kp_http_find_header(h, "sec-websocket-version");
+  *key = kp_http_find_header(h, "sec-websocket-key");
+  if (!(h->flags & KP_HTTP_F_UPGRADE) || up == NULL || *key == NULL ||
+      ver == NULL)
+    return 0;
+  if (!kp__strieq(up->value, up->value_len, "websocket")) return 0;
+  if (!(ver->value_len == 2 && memcmp(ver->value, "13", 2) == 0)) return 0;
+  return h->method_len == 3 && memcmp(h->method, "GET", 3) == 0;
+}
+
+/* Does the agent offer our framed subprotocol? */
+static int offers_framed(const kp_http_head_t *h) {
+  size_t i, pl = strlen(KP_WS_SUBPROTOCOL);
+  for (i = 0; i < h->num_headers; i++) {
+    const kp_http_header_t *x = &h->headers[i];
+    const char *v = x->value, *end = x->value + x->value_len;
+    if (!kp__strieq(x->name, x->name_len, "sec-websocket-protocol")) continue;
+    while (v < end) {
+      const char *t;
+      while (v < end && (*v == ' ' || *v == ',')) v++;
+      t = v;
+      while (v < end && *v != ',' && *v != ' ') v++;
+      if ((size_t)(v - t) == pl && memcmp(t, KP_WS_SUBPROTOCOL, pl) == 0)
+        return 1;
+    }
+  }
+  return 0;
+}
+
+static void do_accept_agent(hub_front_t *f, const char *cluster) {
+  kp_hub_t *hub = f->hub;
+  kp_http_head_t head;
+  const kp_http_header_t *key;
+  char accept[29], resp[512], keybuf[128];
+  int framed, n;
+  uint8_t *rest = NULL;
+  size_t rest_len = 0;
+  kp__conn_t *conn = f->conn;
+  kp__sess_t *s;
+  hub_cluster_t *c;
+  int rc;
+  if (current_head(f, &head) != 0 || !ws_request_ok(&head, &key) ||
+      key->value_len >= sizeof(keybuf)) {
+    status_json(f, 400, "BadRequest", "expected a WebSocket upgrade (RFC 6455)");
+    return;
+  }
+  memcpy(keybuf, key->value, key->value_len);
+  if (kp_ws_accept_key(keybuf, key->value_len, accept) != 0) {
+    status_json(f, 400, "BadRequest", "bad Sec-WebSocket-Key");
+    return;
+  }
+  framed = offers_framed(&head);
+  n = snprintf(resp, sizeof(resp),
+               "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
+               accept,
+               framed ? "Sec-WebSocket-Protocol: " KP_WS_SUBPROTOCOL "\r\n" : "");
+  c = cluster_find(hub, cluster, 1);
+  if (c == NULL) {
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  f->detached = 1; /* before take_front: its on_done must not close conn */
+  kp__relay_take_front(f->relay, &rest, &rest_len); /* relay is gone now */
+  f->relay = NULL;
+  if (kp__conn_write(conn, (const uint8_t *)resp, (size_t)n) != 0) {
+    free(rest);
+    kp__conn_close(conn, KP_EIO);
+    return;
+  }
+  /* The conn now belongs to the session; the front record goes away but
+   * the hub still counts the conn (the session's close uncounts it). */
+  rc = kp__sess_start(&s, conn, 1, framed, hub->cfg.mux_window,
+                      hub->cfg.keepalive_ms, &hub_sess_owner, hub, rest,
+                      rest_len);
+  free(rest);
+  free(f);
+  if (rc != 0) {
+    kp__conn_close(conn, rc);
+    return;
+  }
+  snprintf(s->cluster, sizeof(s->cluster), "%s", cluster);
+  s->next = c->sessions;
+  if (c->sessions) c->sessions->prev = s;
+  c->sessions = s;
+  c->count++;
+  if (hub->cbs.on_session) hub->cbs.on_session(hub, s->cluster, s->id, 1, 0, hub->ud);
+}
+
+void kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
+                          const char *target) {
+  hub_front_t *f = (hub_front_t *)req;
+  if (!kp_loop_is_current(f->hub->loop)) {
+    post_answer(f, 0, 0, cluster, target, NULL, NULL, 0);
+    return;
+  }
+  do_proxy(f, cluster, target);
+}
+
+void kp_hub_request_respond(kp_hub_request_t *req, int status,
+                            const char *content_type, const char *body,
+                            size_t body_len) {
+  hub_front_t *f = (hub_front_t *)req;
+  if (!kp_loop_is_current(f->hub->loop)) {
+    post_answer(f, 1, status, NULL, NULL, content_type, body, body_len);
+    return;
+  }
+  respond_json(f, status, reason_phrase(status),
+               content_type ? content_type : "application/json", body,
+               body_len, 0);
+}
+
+void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
+  hub_front_t *f = (hub_front_t *)req;
+  if (!kp_loop_is_current(f->hub->loop)) {
+    post_answer(f, 2, 0, cluster, NULL, NULL, NULL, 0);
+    return;
+  }
+  do_accept_agent(f, cluster);
+}
+
+/* ---- setup and teardown ---- */
+
+static void hub_start(void *arg) {
+  kp_hub_t *hub = arg;
+  struct sockaddr_storage ss;
+  int rc, len = sizeof(ss);
+  const char *host = hub->cfg.bind_host ? hub->cfg.bind_host : "0.0.0.0";
+  if (strchr(host, ':'))
+    rc = uv_ip6_addr(host, hub->cfg.port, (struct sockaddr_in6 *)&ss);
+  else
+    rc = uv_ip4_addr(host, hub->cfg.port, (struct sockaddr_in *)&ss);
+  if (rc == 0) rc = uv_tcp_init(kp__loop_uv(hub->loop), &hub->listener);
+  if (rc == 0) {
+    hub->listener.data = hub;
+    rc = uv_tcp_bind(&hub->listener, (struct sockaddr *)&ss, 0);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&hub->listener, 1024, on_connection);
+    if (rc == 0)
+      rc = uv_tcp_getsockname(&hub->listener, (struct sockaddr *)&ss, &len);
+    if (rc == 0)
+      hub->port = ntohs(ss.ss_family == AF_INET
+                            ? ((struct sockaddr_in *)&ss)->sin_port
+                            : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    if (rc != 0) {
+      snprintf(hub->err, hub->errlen, "listen on %s:%d: %s", host,
+               hub->cfg.port, uv_strerror(rc));
+      uv_close((uv_handle_t *)&hub->listener, NULL);
+    }
+  } else {
+    snprintf(hub->err, hub->errlen, "bad bind address %s: %s", host,
+             uv_strerror(rc));
+  }
+  hub->setup_rc = rc;
+  uv_sem_post(&hub->done);
+}
+
+int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
+               const kp_hub_callbacks_t *cbs, void *ud, char *err,
+               size_t errlen) {
+  kp_hub_t *hub = calloc(1, sizeof(*hub));
+  kp_tls_ctx_options_t topt;
+  int rc;
+  char dummy[1];
+  if (err == NULL) {
+    err = dummy;
+    errlen = sizeof(dummy);
+  }
+  *out = NULL;
+  if (hub == NULL) return KP_ENOMEM;
+  memset(&topt, 0, sizeof(topt));
+  topt.is_server = 1;
+  topt.cert_file = cfg->cert_file;
+  topt.key_file = cfg->key_file;
+  rc = kp_tls_ctx_new(&hub->tls, &topt, err, errlen);
+  if (rc != 0) {
+    free(hub);
+    return rc;
+  }
+  hub->loop = loop;
+  hub->cfg = *cfg;
+  hub->cbs = *cbs;
+  hub->ud = ud;
+  hub->err = err;
+  hub->errlen = errlen;
+  uv_sem_init(&hub->done, 0);
+  rc = kp_loop_post(loop, hub_start, hub);
+  if (rc == 0) {
+    uv_sem_wait(&hub->done);
+    rc = hub->setup_rc;
+  }
+  if (rc != 0) {
+    kp_tls_ctx_free(hub->tls);
+    uv_sem_destroy(&hub->done);
+    free(hub);
+    return rc;
+  }
+  hub->err = NULL;
+  *out = hub;
+  return 0;
+}
+
+int kp_hub_port(const kp_hub_t *hub) { return hub->port; }
+
+static void close_every_conn(uv_handle_t *h, void *arg) {
+  kp_hub_t *hub = arg;
+  kp__conn_t *c;
+  /* Conns are the only uv_tcp_t handles besides the listener here; their
+   * data pointer is the conn (see conn.c). */
+  if (h->type != UV_TCP || h == (uv_handle_t *)&hub->listener ||
+      uv_is_closing(h))
+    return;
+  c = h->data;
+  if (c->cbs == &front_cbs ||
+      (c->cbs == &kp__sess_conn_cbs && ((kp__sess_t *)c->ud)->ud == hub))
+    kp__conn_close(c, KP_ECLOSED);
+}
+
+static void listener_closed(uv_handle_t *h) {
+  kp_hub_t *hub = h->data;
+  hub->listener_closed = 1;
+  maybe_done(hub);
+}
+
+static void hub_stop(void *arg) {
+  kp_hub_t *hub = arg;
+  hub->stopping = 1;
+  /* Only this hub's conns may be closed: a loop shared with an agent has
+   * other tcp handles. The walk closes conns whose cbs belong to the hub. */
+  uv_walk(kp__loop_uv(hub->loop), close_every_conn, hub);
+  uv_close((uv_handle_t *)&hub->listener, listener_closed);
+}
+
+void kp_hub_free(kp_hub_t *hub) {
+  if (hub == NULL) return;
+  if (kp_loop_post(hub->loop, hub_stop, hub) == 0) uv_sem_wait(&hub->done);
+  kp_tls_ctx_free(hub->tls);
+  uv_sem_destroy(&hub->done);
+  free(hub);
+}
+
+typedef struct drop_req {
+  kp_hub_t *hub;
+  char *cluster;
+} drop_req_t;
+
+static void drop_run(void *arg) {
+  drop_req_t *d = arg;
+  hub_cluster_t *c = cluster_find(d->hub, d->cluster, 0);
+  kp__sess_t *s;
+  for (s = c ? c->sessions : NULL; s; s = s->next)
+    if (!s->closing) kp__sess_close(s, KP_ECLOSED);
+  free(d->cluster);
+  free(d);
+}
+
+int kp_hub_drop_cluster(kp_hub_t *hub, const char *cluster) {
+  drop_req_t *d = malloc(sizeof(*d));
+  if (d == NULL) return KP_ENOMEM;
+  d->hub = hub;
+  d->cluster = strdup(cluster);
+  return kp_loop_post(hub->loop, drop_run, d);
+}
+
+static int current_head(hub_front_t *f, kp_http_head_t *head) {
+  const uint8_t *raw;
+  size_t len;
+  kp__relay_current_head(f->relay, &raw, &len);
+  return kp_http_parse_request(raw, len, 0, head) > 0 ? 0 : KP_EBADMSG;
+}

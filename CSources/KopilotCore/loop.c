@@ -1,0 +1,143 @@
+/* loop.c - a libuv loop on its own thread, with a thread-safe work queue.
+ *
+ * Any thread may post a function to run on the loop thread; a uv_async_t
+ * wakes the loop, which drains the queue in FIFO order. uv_async_send
+ * coalesces wake-ups, so the queue (not the async) carries the work. */
+#include "loop_internal.h"
+
+#include <stdio.h>
+
+typedef struct kp__work {
+  struct kp__work *next;
+  void (*fn)(void *);
+  void *arg;
+} kp__work_t;
+
+static void close_leftover(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void run_posted(uv_async_t *a) {
+  kp_loop_t *l = a->data;
+  for (;;) {
+    kp__work_t *w;
+    uv_mutex_lock(&l->mu);
+    w = l->head;
+    l->head = NULL;
+    l->tail = NULL;
+    uv_mutex_unlock(&l->mu);
+    if (w == NULL) break;
+    while (w != NULL) {
+      kp__work_t *next = w->next;
+      w->fn(w->arg);
+      free(w);
+      w = next;
+    }
+  }
+  if (l->stopping) {
+    /* Close every handle left (the async among them): the loop then ends
+     * once their close callbacks ran. Owners free their handles before
+     * kp_loop_free; this only keeps a forgotten one from hanging the join. */
+    uv_walk(&l->uv, close_leftover, NULL);
+  }
+}
+
+static void loop_thread(void *arg) {
+  kp_loop_t *l = arg;
+  l->thread_id = uv_thread_self();
+  uv_sem_post(&l->started);
+  uv_run(&l->uv, UV_RUN_DEFAULT);
+}
+
+int kp_loop_new(kp_loop_t **out) {
+  kp_loop_t *l;
+  int rc;
+  *out = NULL;
+  l = calloc(1, sizeof(*l));
+  if (l == NULL) return KP_ENOMEM;
+  rc = uv_loop_init(&l->uv);
+  if (rc != 0) goto fail_loop;
+  rc = uv_mutex_init(&l->mu);
+  if (rc != 0) goto fail_mutex;
+  rc = uv_async_init(&l->uv, &l->async, run_posted);
+  if (rc != 0) goto fail_async;
+  l->async.data = l;
+  l->uv.data = l;
+  rc = uv_sem_init(&l->started, 0);
+  if (rc != 0) goto fail_sem;
+  rc = uv_thread_create(&l->thread, loop_thread, l);
+  if (rc != 0) goto fail_thread;
+  uv_sem_wait(&l->started);
+  *out = l;
+  return 0;
+
+fail_thread:
+  uv_sem_destroy(&l->started);
+fail_sem:
+  uv_close((uv_handle_t *)&l->async, NULL);
+  uv_run(&l->uv, UV_RUN_NOWAIT);
+fail_async:
+  uv_mutex_destroy(&l->mu);
+fail_mutex:
+  uv_loop_close(&l->uv);
+fail_loop:
+  free(l);
+  return rc;
+}
+
+/* Appends work; `last` also closes the queue in the same critical section,
+ * so nothing can be queued behind the stop request. */
+static int loop_post(kp_loop_t *l, void (*fn)(void *), void *arg, int last) {
+  kp__work_t *w = malloc(sizeof(*w));
+  if (w == NULL) return KP_ENOMEM;
+  w->next = NULL;
+  w->fn = fn;
+  w->arg = arg;
+  uv_mutex_lock(&l->mu);
+  if (l->closed) {
+    uv_mutex_unlock(&l->mu);
+    free(w);
+    return KP_ECLOSED;
+  }
+  if (l->tail != NULL)
+    l->tail->next = w;
+  else
+    l->head = w;
+  l->tail = w;
+  if (last) l->closed = 1;
+  uv_mutex_unlock(&l->mu);
+  uv_async_send(&l->async);
+  return 0;
+}
+
+int kp_loop_post(kp_loop_t *l, void (*fn)(void *), void *arg) {
+  return loop_post(l, fn, arg, 0);
+}
+
+int kp_loop_is_current(kp_loop_t *l) {
+  uv_thread_t self = uv_thread_self();
+  return uv_thread_equal(&self, &l->thread_id);
+}
+
+uint64_t kp_loop_now(kp_loop_t *l) { return uv_now(&l->uv); }
+
+static void stop_on_loop(void *arg) {
+  kp_loop_t *l = arg;
+  l->stopping = 1;
+}
+
+void kp_loop_free(kp_loop_t *l) {
+  if (l == NULL) return;
+  /* The stop request is the last work item: posts after it are refused,
+   * posts before it still run. */
+  if (loop_post(l, stop_on_loop, l, 1) != 0) return; /* freed twice */
+  uv_thread_join(&l->thread);
+  if (uv_loop_close(&l->uv) != 0)
+    fprintf(stderr, "kopilot: loop closed with handles still open\n");
+  uv_mutex_destroy(&l->mu);
+  uv_sem_destroy(&l->started);
+  free(l);
+}
+
+uv_loop_t *kp__loop_uv(kp_loop_t *l) { return &l->uv; }

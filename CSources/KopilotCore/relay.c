@@ -1,0 +1,787 @@
+/* relay.c - HTTP/1.1 relaying between a front and a back end. See relay.h. */
+#include "relay.h"
+
+#include <stdio.h>
+
+/* Per-direction states. */
+enum {
+  ST_HEAD,  /* collecting a head */
+  ST_BODY,  /* relaying (or dropping) a body */
+  ST_WAIT,  /* request sent; waiting for the response to finish */
+  ST_RAW,   /* after a 101: bytes as they come */
+  ST_DONE   /* nothing more flows this way */
+};
+
+typedef struct qnode {
+  struct qnode *next;
+  kp_slice_t s; /* holds a chunk reference when s.chunk != NULL */
+} qnode_t;
+
+typedef struct dir {
+  int state;
+  int from_front; /* source is the front */
+  qnode_t *qh, *qt;
+  uint8_t *hbuf;
+  size_t hlen, hcap;
+  kp_http_body_t body;
+  int drop;     /* body bytes are dropped, not relayed */
+  /* Body bytes at the head of the queue that the scanner already counted
+   * but the destination has not taken yet: they must not be scanned twice. */
+  size_t scanned;
+  int have_scan;
+  int src_eof;  /* the source has no more bytes */
+  int paused;   /* we stopped the source's reads */
+} dir_t;
+
+struct kp__relay {
+  kp__ep_t front, back;
+  int has_back;
+  const kp__relay_router_t *router;
+  void *ud;
+  size_t max_head;
+  uint64_t high_water;
+  dir_t req, resp;
+  int deciding;      /* on_request was called, no answer yet */
+  int req_keep_alive, resp_keep_alive;
+  int req_head;      /* the request is HEAD */
+  int upgrade_asked; /* the request asked for an upgrade */
+  int close_after;   /* end the front once the response is out */
+  int front_closed, done, in_pump;
+  int front_shut;
+};
+
+static void pump(kp__relay_t *r);
+
+int kp__relay_new(kp__relay_t **out, kp__ep_t front,
+                  const kp__relay_router_t *router,
+                  const kp__relay_config_t *cfg, void *ud) {
+  kp__relay_t *r = calloc(1, sizeof(*r));
+  if (r == NULL) return KP_ENOMEM;
+  r->front = front;
+  r->router = router;
+  r->ud = ud;
+  r->max_head = cfg && cfg->max_head ? cfg->max_head : KP_HTTP_DEFAULT_MAX_HEAD;
+  r->high_water = cfg && cfg->high_water ? cfg->high_water : (1u << 20);
+  r->req.from_front = 1;
+  r->req.state = ST_HEAD;
+  r->resp.state = ST_DONE;
+  *out = r;
+  return 0;
+}
+
+void *kp__relay_user_data(kp__relay_t *r) { return r->ud; }
+
+/* ---- queues ---- */
+
+static int q_push(dir_t *d, const uint8_t *p, size_t n, kp_chunk_t *chunk,
+                  int front_of_queue) {
+  qnode_t *q = malloc(sizeof(*q));
+  if (q == NULL) return KP_ENOMEM;
+  if (chunk == NULL) {
+    /* Borrowed bytes: keep a copy. */
+    chunk = kp_chunk_new(n);
+    if (chunk == NULL) {
+      free(q);
+      return KP_ENOMEM;
+    }
+    memcpy(kp_chunk_data(chunk), p, n);
+    p = kp_chunk_data(chunk);
+  } else {
+    kp_chunk_ref(chunk);
+  }
+  q->s.chunk = chunk;
+  q->s.base = (uint8_t *)p;
+  q->s.len = n;
+  if (front_of_queue) {
+    q->next = d->qh;
+    d->qh = q;
+    if (d->qt == NULL) d->qt = q;
+  } else {
+    q->next = NULL;
+    if (d->qt) d->qt->next = q;
+    else d->qh = q;
+    d->qt = q;
+  }
+  return 0;
+}
+
+static void q_pop(dir_t *d) {
+  qnode_t *q = d->qh;
+  d->qh = q->next;
+  if (d->qh == NULL) d->qt = NULL;
+  kp_chunk_unref(q->s.chunk);
+  free(q);
+}
+
+static void q_clear(dir_t *d) {
+  while (d->qh) q_pop(d);
+  d->have_scan = 0;
+  d->scanned = 0;
+}
+
+static kp__ep_t *src_of(kp__relay_t *r, dir_t *d) {
+  return d->from_front ? &r->front : &r->back;
+}
+static kp__ep_t *dst_of(kp__relay_t *r, dir_t *d) {
+  return d->from_front ? &r->back : &r->front;
+}
+static int dst_ok(kp__relay_t *r, dir_t *d) {
+  return d->from_front ? r->has_back : !r->front_closed;
+}
+static int src_ok(kp__relay_t *r, dir_t *d) {
+  return d->from_front ? !r->front_closed : r->has_back;
+}
+
+static void consumed(kp__relay_t *r, dir_t *d, size_t n) {
+  kp__ep_t *s = src_of(r, d);
+  if (n && src_ok(r, d) && s->ops->consumed) s->ops->consumed(s->h, n);
+}
+
+static void set_paused(kp__relay_t *r, dir_t *d, int paused) {
+  kp__ep_t *s = src_of(r, d);
+  if (d->paused == paused || !src_ok(r, d)) return;
+  d->paused = paused;
+  if (s->ops->read) s->ops->read(s->h, !paused);
+}
+
+/* ---- endings ---- */
+
+static void finish(kp__relay_t *r) {
+  if (r->done || r->in_pump) return;
+  if (!r->front_closed || r->has_back) return;
+  r->done = 1;
+  q_clear(&r->req);
+  q_clear(&r->resp);
+  free(r->req.hbuf);
+  free(r->resp.hbuf);
+  if (r->router->on_done) r->router->on_done(r);
+  free(r);
+}
+
+static void release_back(kp__relay_t *r, int ok) {
+  kp__ep_t b = r->back;
+  if (!r->has_back) return;
+  r->has_back = 0;
+  q_clear(&r->resp);
+  r->resp.state = ST_DONE;
+  r->resp.paused = 0;
+  r->router->release_back(r, b, ok);
+}
+
+void kp__relay_abort(kp__relay_t *r, int err) {
+  if (r->has_back) {
+    kp__ep_t b = r->back;
+    release_back(r, 0);
+    (void)b;
+  }
+  if (!r->front_closed) {
+    r->front_closed = 1;
+    q_clear(&r->req);
+    r->front.ops->abort(r->front.h, err);
+  }
+  finish(r);
+}
+
+static void front_shutdown(kp__relay_t *r) {
+  if (r->front_shut || r->front_closed) return;
+  r->front_shut = 1;
+  r->front.ops->shutdown(r->front.h);
+}
+
+/* The response finished: the back goes back to the router, the front takes
+ * its next request or ends. */
+static void exchange_done(kp__relay_t *r) {
+  int reusable = r->req_keep_alive && r->resp_keep_alive &&
+                 r->req.state == ST_WAIT && !r->close_after;
+  release_back(r, 1);
+  if (!reusable) {
+    r->req.state = ST_DONE;
+    q_clear(&r->req);
+    front_shutdown(r);
+    return;
+  }
+  r->req.state = ST_HEAD;
+  r->req.hlen = 0;
+  if (r->req.src_eof && r->req.qh == NULL) front_shutdown(r);
+}
+
+/* ---- heads ---- */
+
+static int head_append(kp__relay_t *r, dir_t *d, const uint8_t *p, size_t n) {
+  if (d->hlen + n > d->hcap) {
+    size_t cap = d->hcap ? d->hcap : 4096;
+    uint8_t *nb;
+    while (cap < d->hlen + n) cap *= 2;
+    if (cap > r->max_head + 1) cap = r->max_head + 1;
+    if (d->hlen + n > cap) n = cap - d->hlen;
+    nb = realloc(d->hbuf, cap);
+    if (nb == NULL) return KP_ENOMEM;
+    d->hbuf = nb;
+    d->hcap = cap;
+  }
+  memcpy(d->hbuf + d->hlen, p, n);
+  d->hlen += n;
+  return (int)n;
+}
+
+static const char *status_reason(int status) {
+  switch (status) {
+  case 400: return "Bad Request";
+  case 431: return "Request Header Fields Too Large";
+  case 502: return "Bad Gateway";
+  default: return "Error";
+  }
+}
+
+/* A Kubernetes Status object, as kube-apiserver writes errors. */
+static void respond_status(kp__relay_t *r, int status, const char *reason_word,
+                           const char *message) {
+  char body[512];
+  size_t len;
+  uint8_t *resp;
+  int n = snprintf(body, sizeof(body),
+                   "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+                   "\"status\":\"Failure\",\"message\":\"%s\",\"reason\":\"%s\","
+                   "\"code\":%d}\n",
+                   message, reason_word, status);
+  resp = kp__http_build_response(status, status_reason(status),
+                                 "application/json", body,
+                                 (size_t)(n < 0 ? 0 : n), 1, &len);
+  if (resp == NULL) {
+    kp__relay_abort(r, KP_ENOMEM);
+    return;
+  }
+  kp__relay_respond(r, resp, len, 1);
+  free(resp);
+}
+
+/* Returns 1 when the head is complete and was handled, 0 to wait. */
+static int request_head(kp__relay_t *r, dir_t *d) {
+  kp_http_head_t head;
+  int rc = kp_http_parse_request(d->hbuf, d->hlen, r->max_head, &head);
+  if (rc == KP_EAGAIN) return 0;
+  if (rc < 0) {
+    d->state = ST_DONE;
+    q_clear(d);
+    if (rc == KP_EHEADTOOBIG)
+      respond_status(r, 431, "RequestHeaderFieldsTooLarge",
+                     "request head too large");
+    else
+      respond_status(r, 400, "BadRequest", "malformed HTTP request");
+    return 1;
+  }
+  /* Bytes past the head go back to the front of the queue. */
+  if ((size_t)rc < d->hlen) {
+    if (q_push(d, d->hbuf + rc, d->hlen - (size_t)rc, NULL, 1) != 0) {
+      kp__relay_abort(r, KP_ENOMEM);
+      return 1;
+    }
+  }
+  d->hlen = (size_t)rc;
+  r->req_keep_alive = (head.flags & KP_HTTP_F_KEEP_ALIVE) != 0;
+  r->req_head = head.method_len == 4 && memcmp(head.method, "HEAD", 4) == 0;
+  r->upgrade_asked = (head.flags & KP_HTTP_F_UPGRADE) != 0;
+  r->close_after = 0;
+  kp_http_body_init(&d->body, &head, 1, 0);
+  d->have_scan = 0;
+  d->drop = 0;
+  d->state = ST_BODY;
+  r->deciding = 1;
+  set_paused(r, d, 1);
+  r->router->on_request(r, &head, d->hbuf, (size_t)rc);
+  return 1;
+}
+
+static int response_head(kp__relay_t *r, dir_t *d) {
+  kp_http_head_t head;
+  int rc = kp_http_parse_response(d->hbuf, d->hlen, r->max_head, &head);
+  int64_t w;
+  if (rc == KP_EAGAIN) return 0;
+  if (rc < 0) {
+    release_back(r, 0);
+    respond_status(r, 502, "BadGateway", "malformed response from the member cluster");
+    return 1;
+  }
+  if ((size_t)rc < d->hlen &&
+      q_push(d, d->hbuf + rc, d->hlen - (size_t)rc, NULL, 1) != 0) {
+    kp__relay_abort(r, KP_ENOMEM);
+    return 1;
+  }
+  d->hlen = 0;
+  if (head.status >= 100 && head.status < 200 && head.status != 101) {
+    /* Interim (100 Continue): forward and wait for the final head. */
+    w = r->front.ops->write(r->front.h, d->hbuf, (size_t)rc);
+    if (w < 0) kp__relay_abort(r, (int)w);
+    return 1;
+  }
+  r->resp_keep_alive = (head.flags & KP_HTTP_F_KEEP_ALIVE) != 0;
+  w = r->front.ops->write(r->front.h, d->hbuf, (size_t)rc);
+  if (w < 0) {
+    kp__relay_abort(r, (int)w);
+    return 1;
+  }
+  if (head.status == 101 && r->upgrade_asked) {
+    d->state = ST_RAW;
+    r->req.state = ST_RAW;
+    r->close_after = 1;
+    return 1;
+  }
+  kp_http_body_init(&d->body, &head, 0, r->req_head);
+  d->have_scan = 0;
+  d->state = ST_BODY;
+  if (d->body.mode == KP_HTTP_BODY_UNTIL_CLOSE) r->close_after = 1;
+  if (d->body.done) {
+    d->state = ST_DONE;
+    exchange_done(r);
+  }
+  return 1;
+}
+
+/* ---- the pump ---- */
+
+static void body_end(kp__relay_t *r, dir_t *d) {
+  if (d->from_front) {
+    d->state = ST_WAIT;
+    /* An answered request whose body we dropped: ready for the next. */
+    if (!r->has_back && r->resp.state == ST_DONE && !r->deciding) {
+      if (r->close_after) {
+        d->state = ST_DONE;
+        q_clear(d);
+        front_shutdown(r);
+      } else {
+        d->state = ST_HEAD;
+        d->hlen = 0;
+      }
+    }
+  } else {
+    d->state = ST_DONE;
+    exchange_done(r);
+  }
+}
+
+/* Moves one direction forward as far as it can. Returns 1 if it did
+ * anything. */
+static int pump_dir(kp__relay_t *r, dir_t *d) {
+  int moved = 0;
+  while (d->qh != NULL && !r->done) {
+    qnode_t *q = d->qh;
+    if (d->state == ST_HEAD) {
+      int n = head_append(r, d, q->s.base, q->s.len);
+      if (n < 0) {
+        kp__relay_abort(r, n);
+        return 1;
+      }
+      consumed(r, d, (size_t)n);
+      q->s.base += n;
+      q->s.len -= (size_t)n;
+      if (q->s.len == 0) q_pop(d);
+      moved = 1;
+      if (d->from_front ? request_head(r, d) : response_head(r, d)) continue;
+      if (d->hlen > r->max_head) {
+        /* Cannot be: parse says EHEADTOOBIG first. */
+        kp__relay_abort(r, KP_EHEADTOOBIG);
+        return 1;
+      }
+      continue;
+    }
+    if (d->state == ST_BODY || d->state == ST_RAW) {
+      size_t n = q->s.len;
+      int64_t taken;
+      if (d->state == ST_BODY && d->have_scan) {
+        n = d->scanned;
+      } else if (d->state == ST_BODY) {
+        int rc = kp_http_body_scan(&d->body, q->s.base, q->s.len, NULL, NULL);
+        if (rc < 0) {
+          if (d->from_front) {
+            d->state = ST_DONE;
+            q_clear(d);
+            if (r->has_back) {
+              release_back(r, 0);
+              kp__relay_abort(r, KP_EBADMSG);
+            } else {
+              respond_status(r, 400, "BadRequest", "malformed request body");
+            }
+          } else {
+            kp__relay_abort(r, KP_EBADMSG);
+          }
+          return 1;
+        }
+        n = (size_t)rc;
+        d->scanned = n;
+        d->have_scan = 1;
+      }
+      if (d->from_front && r->deciding) break;
+      if (d->drop || (d->from_front && !r->has_back)) {
+        taken = (int64_t)n;
+      } else {
+        kp__ep_t *dst = dst_of(r, d);
+        if (!dst_ok(r, d)) break;
+        if (dst->ops->pending && dst->ops->pending(dst->h) > r->high_water)
+          break;
+        taken = n ? dst->ops->write(dst->h, q->s.base, n) : 0;
+        if (taken < 0) {
+          kp__relay_abort(r, (int)taken);
+          return 1;
+        }
+      }
+      consumed(r, d, (size_t)taken);
+      q->s.base += taken;
+      q->s.len -= (size_t)taken;
+      if (q->s.len == 0) q_pop(d);
+      /* Progress is bytes taken or a body ended: a full destination
+       * that took nothing must not make the pump go round again. */
+      if (taken > 0 || (d->state == ST_BODY && d->body.done)) moved = 1;
+      if (d->have_scan) {
+        d->scanned -= (size_t)taken;
+        if (d->scanned == 0) d->have_scan = 0;
+      }
+      if ((size_t)taken < n) break; /* destination full */
+      if (n == 0 && d->state == ST_BODY && !d->body.done) break; /* cannot be */
+      if (d->state == ST_BODY && d->body.done) body_end(r, d);
+      continue;
+    }
+    break; /* ST_WAIT or ST_DONE: hold */
+  }
+  /* A body may end with no bytes left to scan (Content-Length: 0). */
+  if (d->qh == NULL && d->state == ST_BODY && d->body.done &&
+      !(d->from_front && r->deciding)) {
+    body_end(r, d);
+    moved = 1;
+  }
+  if (!r->done) set_paused(r, d, d->qh != NULL || d->state == ST_WAIT);
+  return moved;
+}
+
+static void after_eof(kp__relay_t *r) {
+  dir_t *q = &r->req, *s = &r->resp;
+  /* Request side ended. */
+  if (q->src_eof && q->qh == NULL) {
+    if (q->state == ST_HEAD) {
+      if (!r->has_back && s->state == ST_DONE) {
+        q->state = ST_DONE;
+        front_shutdown(r);
+      }
+    } else if (q->state == ST_RAW) {
+      q->state = ST_DONE;
+      if (r->has_back) r->back.ops->shutdown(r->back.h);
+    } else if (q->state == ST_BODY && !q->body.done &&
+               q->body.mode != KP_HTTP_BODY_NONE) {
+      /* The caller went away mid-body: nothing sensible can follow. */
+      kp__relay_abort(r, KP_ECLOSED);
+      return;
+    }
+  }
+  if (r->done) return;
+  /* Response side ended. */
+  if (s->src_eof && s->qh == NULL && r->has_back) {
+    if (s->state == ST_BODY && s->body.mode == KP_HTTP_BODY_UNTIL_CLOSE) {
+      s->state = ST_DONE;
+      r->close_after = 1;
+      exchange_done(r);
+    } else if (s->state == ST_RAW) {
+      s->state = ST_DONE;
+      front_shutdown(r);
+      if (q->state == ST_DONE) release_back(r, 1);
+    } else if (s->state == ST_HEAD && s->hlen == 0 && !r->deciding) {
+      release_back(r, 0);
+      respond_status(r, 502, "BadGateway",
+                     "the tunnel closed before the response began");
+    } else if (s->state != ST_DONE) {
+      kp__relay_abort(r, KP_ECLOSED);
+    }
+  }
+  if (!r->done && q->state == ST_DONE && s->state == ST_DONE && !r->has_back &&
+      r->front_shut && q->src_eof)
+    kp__relay_abort(r, 0);
+}
+
+static void pump(kp__relay_t *r) {
+  int again = 1;
+  if (r->in_pump) return;
+  r->in_pump = 1;
+  while (again && !r->done) {
+    again = pump_dir(r, &r->req);
+    if (r->done) break;
+    again |= pump_dir(r, &r->resp);
+    if (r->done) break;
+    after_eof(r);
+  }
+  r->in_pump = 0;
+  finish(r);
+}
+
+/* ---- events ---- */
+
+void kp__relay_front_data(kp__relay_t *r, const uint8_t *p, size_t n,
+                          kp_chunk_t *chunk) {
+  if (r->front_closed || r->req.state == ST_DONE) {
+    /* Nobody wants these bytes; a stream still needs its window back. */
+    if (!r->front_closed) r->front.ops->consumed(r->front.h, n);
+    return;
+  }
+  if (q_push(&r->req, p, n, chunk, 0) != 0) {
+    kp__relay_abort(r, KP_ENOMEM);
+    return;
+  }
+  pump(r);
+}
+
+void kp__relay_back_data(kp__relay_t *r, const uint8_t *p, size_t n,
+                         kp_chunk_t *chunk) {
+  if (!r->has_back) return;
+  if (r->resp.state == ST_DONE) {
+    r->back.ops->consumed(r->back.h, n);
+    return;
+  }
+  if (q_push(&r->resp, p, n, chunk, 0) != 0) {
+    kp__relay_abort(r, KP_ENOMEM);
+    return;
+  }
+  pump(r);
+}
+
+void kp__relay_front_eof(kp__relay_t *r) {
+  r->req.src_eof = 1;
+  pump(r);
+}
+
+void kp__relay_back_eof(kp__relay_t *r) {
+  if (!r->has_back) return;
+  r->resp.src_eof = 1;
+  pump(r);
+}
+
+void kp__relay_writable(kp__relay_t *r) { pump(r); }
+
+void kp__relay_front_closed(kp__relay_t *r, int err) {
+  if (r->front_closed) return;
+  r->front_closed = 1;
+  q_clear(&r->req);
+  if (r->has_back) {
+    kp__ep_t b = r->back;
+    release_back(r, 0);
+    (void)b;
+  }
+  (void)err;
+  finish(r);
+}
+
+void kp__relay_back_closed(kp__relay_t *r, int err) {
+  if (!r->has_back) return;
+  /* Treat a vanished back as an EOF that cannot be reused. */
+  r->resp.src_eof = 1;
+  if (r->resp.state == ST_HEAD && r->resp.hlen == 0) {
+    r->has_back = 0;
+    q_clear(&r->resp);
+    r->resp.state = ST_DONE;
+    respond_status(r, 502, "BadGateway",
+                   err == KP_EREFUSED ? "the member cluster refused the stream"
+                                      : "the tunnel closed before the response began");
+    return;
+  }
+  if (r->resp.state == ST_RAW || r->resp.state == ST_DONE) {
+    r->has_back = 0;
+    q_clear(&r->resp);
+    r->resp.state = ST_DONE;
+    if (r->req.state != ST_DONE && r->req.state != ST_HEAD) {
+      r->req.state = ST_DONE;
+      q_clear(&r->req);
+    }
+    front_shutdown(r);
+    pump(r);
+    return;
+  }
+  r->has_back = 0;
+  q_clear(&r->resp);
+  kp__relay_abort(r, err ? err : KP_ECLOSED);
+}
+
+/* ---- router answers ---- */
+
+int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
+                     size_t head_len) {
+  int64_t w;
+  r->deciding = 0;
+  r->back = back;
+  r->has_back = 1;
+  r->resp.state = ST_HEAD;
+  r->resp.hlen = 0;
+  r->resp.src_eof = 0;
+  r->resp.paused = 0;
+  w = back.ops->write(back.h, head, head_len);
+  if (w < 0 || (size_t)w < head_len) {
+    /* A fresh stream's window (256 KiB) always takes a head (<= 64 KiB). */
+    release_back(r, 0);
+    respond_status(r, 502, "BadGateway", "could not send the request into the tunnel");
+    return w < 0 ? (int)w : KP_EIO;
+  }
+  pump(r);
+  return 0;
+}
+
+void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,
+                       int close_after) {
+  int64_t w;
+  r->deciding = 0;
+  if (close_after) r->close_after = 1;
+  if (!r->req_keep_alive) r->close_after = 1;
+  r->req.drop = 1;
+  if (r->front_closed) return;
+  w = r->front.ops->write(r->front.h, resp, len);
+  if (w < 0) {
+    kp__relay_abort(r, (int)w);
+    return;
+  }
+  if (r->close_after) {
+    /* No reason to read the rest: end the connection after the response. */
+    r->req.state = ST_DONE;
+    q_clear(&r->req);
+    front_shutdown(r);
+  }
+  pump(r);
+}
+
+void kp__relay_take_front(kp__relay_t *r, uint8_t **rest, size_t *rest_len) {
+  size_t total = 0;
+  qnode_t *q;
+  uint8_t *buf = NULL;
+  r->deciding = 0;
+  for (q = r->req.qh; q; q = q->next) total += q->s.len;
+  if (total) {
+    buf = malloc(total);
+    if (buf != NULL) {
+      size_t off = 0;
+      for (q = r->req.qh; q; q = q->next) {
+        memcpy(buf + off, q->s.base, q->s.len);
+        off += q->s.len;
+      }
+    } else {
+      total = 0;
+    }
+  }
+  *rest = buf;
+  *rest_len = total;
+  q_clear(&r->req);
+  r->front_closed = 1; /* no longer ours */
+  finish(r);
+}
+
+void kp__relay_current_head(kp__relay_t *r, const uint8_t **raw,
+                            size_t *len) {
+  *raw = r->req.hbuf;
+  *len = r->req.hlen;
+}
+
+/* ---- building heads ---- */
+
+typedef struct sbuf {
+  uint8_t *p;
+  size_t len, cap;
+  int failed;
+} sbuf_t;
+
+static void sb_add(sbuf_t *b, const void *p, size_t n) {
+  if (b->failed) return;
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    uint8_t *np;
+    while (cap < b->len + n) cap *= 2;
+    np = realloc(b->p, cap);
+    if (np == NULL) {
+      b->failed = 1;
+      return;
+    }
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, p, n);
+  b->len += n;
+}
+static void sb_str(sbuf_t *b, const char *s) { sb_add(b, s, strlen(s)); }
+
+/* Is `name` listed in a Connection header of `head`? */
+static int named_by_connection(const kp_http_head_t *head, const char *name,
+                               size_t len) {
+  size_t i;
+  for (i = 0; i < head->num_headers; i++) {
+    const kp_http_header_t *h = &head->headers[i];
+    const char *v = h->value, *end = h->value + h->value_len;
+    if (!kp__strieq(h->name, h->name_len, "connection")) continue;
+    while (v < end) {
+      const char *t = v;
+      size_t tl;
+      while (v < end && *v != ',') v++;
+      while (t < v && (*t == ' ' || *t == '\t')) t++;
+      tl = (size_t)(v - t);
+      while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t')) tl--;
+      if (tl == len && strncasecmp(t, name, len) == 0) return 1;
+      if (v < end) v++;
+    }
+  }
+  return 0;
+}
+
+static const char *const hop_by_hop[] = {
+    "connection", "keep-alive", "proxy-connection", "proxy-authorization",
+    "te", "trailer", "upgrade", NULL};
+
+uint8_t *kp__http_build_request(const kp_http_head_t *head, const char *target,
+                                size_t target_len, const char *const *drop,
+                                const char *extra, size_t extra_len,
+                                size_t *out_len) {
+  sbuf_t b = {0};
+  size_t i;
+  int upgrade = (head->flags & KP_HTTP_F_UPGRADE) != 0;
+  sb_add(&b, head->method, head->method_len);
+  sb_str(&b, " ");
+  sb_add(&b, target, target_len);
+  sb_str(&b, head->minor_version == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");
+  for (i = 0; i < head->num_headers; i++) {
+    const kp_http_header_t *h = &head->headers[i];
+    const char *const *d;
+    int skip = 0;
+    for (d = hop_by_hop; *d && !skip; d++)
+      skip = kp__strieq(h->name, h->name_len, *d);
+    /* An upgrade keeps Upgrade; Connection is written anew below. */
+    if (skip && upgrade && kp__strieq(h->name, h->name_len, "upgrade")) skip = 0;
+    for (d = drop; d && *d && !skip; d++)
+      skip = kp__strieq(h->name, h->name_len, *d);
+    if (!skip && named_by_connection(head, h->name, h->name_len) &&
+        !(upgrade && kp__strieq(h->name, h->name_len, "upgrade")))
+      skip = 1;
+    if (skip) continue;
+    sb_add(&b, h->name, h->name_len);
+    sb_str(&b, ": ");
+    sb_add(&b, h->value, h->value_len);
+    sb_str(&b, "\r\n");
+  }
+  if (upgrade) sb_str(&b, "Connection: Upgrade\r\n");
+  if (extra_len) sb_add(&b, extra, extra_len);
+  sb_str(&b, "\r\n");
+  if (b.failed) {
+    free(b.p);
+    return NULL;
+  }
+  *out_len = b.len;
+  return b.p;
+}
+
+uint8_t *kp__http_build_response(int status, const char *reason,
+                                 const char *content_type, const char *body,
+                                 size_t body_len, int close, size_t *out_len) {
+  sbuf_t b = {0};
+  char line[256];
+  int n = snprintf(line, sizeof(line),
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+                   "Content-Length: %zu\r\nCache-Control: no-cache, private\r\n%s\r\n",
+                   status, reason, content_type, body_len,
+                   close ? "Connection: close\r\n" : "");
+  sb_add(&b, line, (size_t)n);
+  sb_add(&b, body, body_len);
+  if (b.failed) {
+    free(b.p);
+    return NULL;
+  }
+  *out_len = b.len;
+  return b.p;
+}

@@ -1,0 +1,111 @@
+/* relay.h - one HTTP/1.1 connection relayed to a back end, request by
+ * request (private).
+ *
+ * The front is where requests come from (a caller's TLS connection at the
+ * hub, a mux stream at the agent); the back is where the current request
+ * goes (a mux stream at the hub, an upstream TLS connection at the agent).
+ * The relay parses each request head on the front and asks its router what
+ * to do; it then streams the body to the back, parses the response head and
+ * streams the response body to the front, and after a 101 relays raw bytes
+ * both ways. Bodies are never buffered: each direction holds at most what
+ * the source delivered in one read (conn) or the mux window (stream), and a
+ * destination that cannot take more stops its source. */
+#ifndef KOPILOT_RELAY_H
+#define KOPILOT_RELAY_H
+
+#include "internal.h"
+
+/* An endpoint: a conn or a mux stream, seen through these operations. */
+typedef struct kp__ep_ops {
+  /* Takes up to n bytes (copied or encrypted before it returns); returns
+   * the count taken, fewer when the destination is full (the relay then
+   * waits for kp__relay_writable), or a negative error. */
+  int64_t (*write)(void *h, const uint8_t *p, size_t n);
+  /* Source flow control for endpoints that can pause reading. */
+  void (*read)(void *h, int on);
+  /* The relay is done with n delivered bytes (a stream returns window). */
+  void (*consumed)(void *h, size_t n);
+  /* Bytes written but not yet taken by the kernel (a conn's queue). */
+  uint64_t (*pending)(void *h);
+  /* No more bytes will be written (FIN / close_notify). */
+  void (*shutdown)(void *h);
+  /* Closes at once (RST / close). */
+  void (*abort)(void *h, int err);
+} kp__ep_ops_t;
+
+typedef struct kp__ep {
+  const kp__ep_ops_t *ops;
+  void *h;
+} kp__ep_t;
+
+typedef struct kp__relay kp__relay_t;
+
+typedef struct kp__relay_router {
+  /* A complete request head from the front. raw/raw_len are the head's
+   * bytes. Answer (now or later, on the loop thread) with kp__relay_attach
+   * or kp__relay_respond, or take the front with kp__relay_take_front. */
+  void (*on_request)(kp__relay_t *r, const kp_http_head_t *head,
+                     const uint8_t *raw, size_t raw_len);
+  /* The exchange with the back ended (ok: response complete) or failed;
+   * the router releases the back endpoint (it gets no more calls). */
+  void (*release_back)(kp__relay_t *r, kp__ep_t back, int ok);
+  /* The relay is finished: the front is closed or was taken. */
+  void (*on_done)(kp__relay_t *r);
+} kp__relay_router_t;
+
+typedef struct kp__relay_config {
+  size_t max_head;        /* request and response heads; 0: 64 KiB */
+  uint64_t high_water;    /* conn queue that stops a source; 0: 1 MiB */
+} kp__relay_config_t;
+
+int kp__relay_new(kp__relay_t **out, kp__ep_t front,
+                  const kp__relay_router_t *router,
+                  const kp__relay_config_t *cfg, void *ud);
+void *kp__relay_user_data(kp__relay_t *r);
+
+/* Endpoint events, from the endpoint glue (conn or stream callbacks). */
+void kp__relay_front_data(kp__relay_t *r, const uint8_t *p, size_t n,
+                          kp_chunk_t *chunk);
+void kp__relay_back_data(kp__relay_t *r, const uint8_t *p, size_t n,
+                         kp_chunk_t *chunk);
+void kp__relay_front_eof(kp__relay_t *r);
+void kp__relay_back_eof(kp__relay_t *r);
+/* A destination can take more (window opened, queue drained). */
+void kp__relay_writable(kp__relay_t *r);
+/* An endpoint closed under us (reset, error, session lost). */
+void kp__relay_front_closed(kp__relay_t *r, int err);
+void kp__relay_back_closed(kp__relay_t *r, int err);
+
+/* Router answers. */
+/* Sends `head` (the rewritten request head, copied) to `back` and relays
+ * the body and the response. */
+int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
+                     size_t head_len);
+/* Answers the current request locally with a complete response; the request
+ * body, if any, is read and dropped. close_after: end the connection. */
+void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,
+                       int close_after);
+/* Hands the front over (e.g. to an agent session after a 101): the relay
+ * stops using it and finishes; bytes already read past the head are copied
+ * to *rest (owned, malloc'd, may be NULL when *rest_len is 0). */
+void kp__relay_take_front(kp__relay_t *r, uint8_t **rest, size_t *rest_len);
+/* The current request's head bytes (valid until the next request). */
+void kp__relay_current_head(kp__relay_t *r, const uint8_t **raw, size_t *len);
+/* Closes the front and any back at once. */
+void kp__relay_abort(kp__relay_t *r, int err);
+
+/* Builds a request head: method and target, then every header of `head`
+ * except hop-by-hop ones (Connection and what it names, Keep-Alive,
+ * Proxy-Connection, Proxy-Authorization, TE, Trailer, Upgrade - the last
+ * kept for upgrades), except those named in `drop` (NULL-terminated), then
+ * `extra` (raw "Name: value\r\n" lines). Returns a malloc'd buffer. */
+uint8_t *kp__http_build_request(const kp_http_head_t *head, const char *target,
+                                size_t target_len, const char *const *drop,
+                                const char *extra, size_t extra_len,
+                                size_t *out_len);
+/* A complete response with a Kubernetes-style body (malloc'd). */
+uint8_t *kp__http_build_response(int status, const char *reason,
+                                 const char *content_type, const char *body,
+                                 size_t body_len, int close, size_t *out_len);
+
+#endif

@@ -1,0 +1,100 @@
+import Foundation
+import KopilotCore
+
+/// One agent session to the hub, with requests forwarded to the member's API
+/// server. Reconnection is the owner's (see `Backoff`).
+public final class AgentSession: @unchecked Sendable {
+  public struct Config {
+    public var hubURL: URL          // wss://HOST:PORT/connect?token=T
+    public var hubCAFile: String?
+    public var hubInsecure = false
+    public var framed = true
+    public var apiserver: URL       // https://HOST:PORT
+    public var apiserverCAFile: String?
+    public var apiserverInsecure = false
+    public init(hubURL: URL, apiserver: URL) {
+      self.hubURL = hubURL
+      self.apiserver = apiserver
+    }
+  }
+
+  private var handle: OpaquePointer?
+  /// Called on the loop thread: (up, status).
+  public var onState: ((Bool, Int32) -> Void)?
+
+  public init(loop: Loop, config: Config) throws {
+    guard let hubHost = config.hubURL.host, let upHost = config.apiserver.host else {
+      throw CoreError(code: Int32(KP_EINVAL.rawValue), context: "agent", detail: "the hub and API server URLs need a host")
+    }
+    let hubPort = config.hubURL.port ?? 443
+    let upPort = config.apiserver.port ?? 443
+    var path = config.hubURL.path.isEmpty ? "/connect" : config.hubURL.path
+    if let q = config.hubURL.query { path += "?" + q }
+    var cbs = kp_agent_callbacks_t()
+    cbs.on_state = { _, up, status, ud in
+      let me = Unmanaged<AgentSession>.fromOpaque(ud!).takeUnretainedValue()
+      me.onState?(up != 0, status)
+    }
+    var err = [CChar](repeating: 0, count: 512)
+    var h: OpaquePointer?
+    let rc: Int32 = withOptionalCString(config.hubCAFile) { hubCA in
+      withOptionalCString(config.apiserverCAFile) { upCA in
+        hubHost.withCString { hh in
+          upHost.withCString { uh in
+            path.withCString { p in
+              var cfg = kp_agent_config_t()
+              cfg.hub_host = hh
+              cfg.hub_port = Int32(hubPort)
+              cfg.hub_path = p
+              cfg.hub_ca_file = hubCA
+              cfg.hub_insecure = config.hubInsecure ? 1 : 0
+              cfg.framed = config.framed ? 1 : 0
+              cfg.upstream_host = uh
+              cfg.upstream_port = Int32(upPort)
+              cfg.upstream_ca_file = upCA
+              cfg.upstream_insecure = config.apiserverInsecure ? 1 : 0
+              return kp_agent_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
+            }
+          }
+        }
+      }
+    }
+    guard rc == 0, let h else {
+      throw CoreError(code: rc, context: "creating the agent", detail: String(cString: err))
+    }
+    handle = h
+  }
+
+  public func connect() { if let h = handle { kp_agent_connect(h) } }
+  public func setToken(_ token: String) { if let h = handle { kp_agent_set_token(h, token) } }
+  public func shutdown() { if let h = handle { kp_agent_shutdown(h, 30_000) } }
+  public func close() {
+    if let h = handle { kp_agent_free(h) }
+    handle = nil
+  }
+  deinit { close() }
+}
+
+/// Exponential backoff with full jitter: the n-th retry waits a random time
+/// in [0, min(cap, base * 2^n)], so a fleet of agents that lost the hub at
+/// the same moment does not come back at the same moment.
+public struct Backoff: Sendable {
+  public var base: Double = 1
+  public var cap: Double = 30
+  public private(set) var attempt = 0
+  public init(base: Double = 1, cap: Double = 30) {
+    self.base = base
+    self.cap = cap
+  }
+  public mutating func next(random: Double = Double.random(in: 0...1)) -> Double {
+    let ceiling = min(cap, base * pow(2, Double(min(attempt, 30))))
+    attempt += 1
+    return ceiling * random
+  }
+  public mutating func reset() { attempt = 0 }
+}
+
+func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
+  guard let s else { return body(nil) }
+  return s.withCString { body($0) }
+}
