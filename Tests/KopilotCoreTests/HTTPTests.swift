@@ -491,6 +491,32 @@ final class HTTPTests: XCTestCase {
     XCTAssertEqual(m.headers.count, max)
   }
 
+  func testConstants() {
+    // Pin the public numbers other layers depend on.
+    XCTAssertEqual(KP_HTTP_MAX_HEADERS, 128)
+    XCTAssertEqual(KP_HTTP_DEFAULT_MAX_HEAD, 65536)
+    XCTAssertEqual(
+      [KP_HTTP_F_CHUNKED, KP_HTTP_F_CONTENT_LENGTH, KP_HTTP_F_KEEP_ALIVE, KP_HTTP_F_UPGRADE,
+       KP_HTTP_F_EXPECT_CONTINUE].map { Int($0) }, [1, 2, 4, 8, 16])
+    XCTAssertEqual(
+      [KP_HTTP_BODY_NONE, KP_HTTP_BODY_LENGTH, KP_HTTP_BODY_CHUNKED, KP_HTTP_BODY_UNTIL_CLOSE].map(\.rawValue),
+      [0, 1, 2, 3])
+  }
+
+  func testContentLengthBounds() {
+    // INT64_MAX is the largest length; leading zeros are digits like others.
+    var head = kp_http_head_t()
+    let max = Array("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0009223372036854775807\r\n\r\n".utf8)
+    XCTAssertEqual(parseHead(max, request: true, head: &head).0, Int32(max.count))
+    XCTAssertEqual(head.content_length, Int64.max)
+    var body = kp_http_body_t()
+    kp_http_body_init(&body, &head, 1, 0)
+    XCTAssertEqual(body.remaining, UInt64(Int64.max))
+    XCTAssertEqual(scanBody(&body, Array("abc".utf8), wantData: false).0, 3)
+    XCTAssertEqual(body.remaining, UInt64(Int64.max) - 3)
+    XCTAssertEqual(body.done, 0)
+  }
+
   func testFindHeader() {
     let text = Array("GET / HTTP/1.1\r\nHost: h\r\nX-Stream-Protocol-Version: v4\r\nx-stream-protocol-version: v3\r\n\r\n".utf8)
     guarded(text) { p, n in
