@@ -592,9 +592,10 @@ const uint8_t *kp_tls_alpn(const kp_tls_t *t, size_t *len);
 const char *kp_tls_server_name(const kp_tls_t *t);
 /* The negotiated version (KP_TLS_VERSION_*), 0 before the handshake. */
 int kp_tls_version(const kp_tls_t *t);
-/* Why the last call failed, e.g. "certificate verify failed: hostname
- * mismatch (depth 0)"; "" when nothing failed. Borrowed: valid until the
- * next call on t. */
+/* Why the engine failed, e.g. "certificate verify failed: hostname
+ * mismatch" or "client certificate required: peer did not return a
+ * certificate"; "" while nothing has failed. Borrowed: valid until the next
+ * failing call or kp_tls_free. */
 const char *kp_tls_last_error(const kp_tls_t *t);
 
 #ifdef __cplusplus
