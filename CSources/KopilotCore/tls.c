@@ -726,13 +726,26 @@ int kp_tls_feed(kp_tls_t *t, const uint8_t *data, size_t len,
   return 0;
 }
 
+/* Asking for a record allocates OpenSSL's read buffer before the BIO says
+ * "nothing yet", and RELEASE_BUFFERS frees it only after a record has been
+ * consumed, so a connection that goes idle right after a read would keep
+ * ~17 KiB (measured: an idle TLS 1.3 client went from 33 to 17 KiB). Give
+ * it back whenever we return KP_EAGAIN; OpenSSL refuses, harmlessly, while
+ * the buffer holds part of a record. */
+static void release_idle_buffers(kp_tls_t *t) {
+  SSL_free_buffers(t->ssl);
+  ERR_clear_error();
+}
+
 int kp_tls_handshake(kp_tls_t *t) {
   int r;
   if (t->fatal) return t->fatal;
   if (SSL_is_init_finished(t->ssl)) return 0;
   ERR_clear_error();
   r = SSL_do_handshake(t->ssl);
-  return r == 1 ? 0 : fail(t, r);
+  r = r == 1 ? 0 : fail(t, r);
+  if (r == 0 || r == KP_EAGAIN) release_idle_buffers(t);
+  return r;
 }
 
 int kp_tls_read(kp_tls_t *t, uint8_t *out, size_t cap) {
@@ -742,7 +755,9 @@ int kp_tls_read(kp_tls_t *t, uint8_t *out, size_t cap) {
   ERR_clear_error();
   if (SSL_read_ex(t->ssl, out, KP__MIN(cap, (size_t)INT_MAX), &n) == 1)
     return (int)n;
-  return fail(t, 0);
+  n = (size_t)fail(t, 0);
+  if ((int)n == KP_EAGAIN) release_idle_buffers(t);
+  return (int)n;
 }
 
 static int64_t write_all(kp_tls_t *t, const uint8_t *data, size_t len) {
