@@ -590,6 +590,12 @@ const uint8_t *kp_tls_alpn(const kp_tls_t *t, size_t *len);
 /* Server: the SNI name the client sent, NUL-terminated, borrowed until
  * kp_tls_free; NULL when none. Client: the name given to kp_tls_new. */
 const char *kp_tls_server_name(const kp_tls_t *t);
+/* 1 when the handshake resumed a session instead of a full handshake.
+ * Client contexts keep the newest session the server gave them and offer
+ * it on their next connection to the same server_name (a TLS 1.3 ticket
+ * once, a TLS 1.2 session until replaced); servers resume with stateless
+ * tickets whose keys belong to the context. */
+int kp_tls_resumed(const kp_tls_t *t);
 /* The negotiated version (KP_TLS_VERSION_*), 0 before the handshake. */
 int kp_tls_version(const kp_tls_t *t);
 /* Why the engine failed, e.g. "certificate verify failed: hostname
