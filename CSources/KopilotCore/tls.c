@@ -394,8 +394,8 @@ static int load_ca(SSL_CTX *sc, BIO *in, int is_server) {
 
 /* Server side of ALPN (RFC 7301 3.2): the first protocol in OUR list that
  * the client also offers, so the server's preference wins. Written out
- * rather than using SSL_select_next_proto, whose fallback is meant for NPN
- * and picks a protocol the peer never offered when nothing matches. */
+ * rather than using SSL_select_next_proto, whose no-overlap fallback was
+ * made for NPN (and whose empty-list handling was CVE-2024-5535). */
 static int alpn_select(SSL *ssl, const unsigned char **out,
                        unsigned char *outlen, const unsigned char *in,
                        unsigned int inlen, void *arg) {
@@ -809,14 +809,15 @@ int kp_tls_handshake(kp_tls_t *t) {
 
 int kp_tls_read(kp_tls_t *t, uint8_t *out, size_t cap) {
   size_t n = 0;
+  int rc;
   if (t->fatal) return t->fatal;
   if (cap == 0) return KP_EINVAL;
   ERR_clear_error();
   if (SSL_read_ex(t->ssl, out, KP__MIN(cap, (size_t)INT_MAX), &n) == 1)
     return (int)n;
-  n = (size_t)fail(t, 0);
-  if ((int)n == KP_EAGAIN) release_idle_buffers(t);
-  return (int)n;
+  rc = fail(t, 0);
+  if (rc == KP_EAGAIN) release_idle_buffers(t);
+  return rc;
 }
 
 static int64_t write_all(kp_tls_t *t, const uint8_t *data, size_t len) {

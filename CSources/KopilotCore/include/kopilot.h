@@ -545,7 +545,7 @@ int kp_tls_feed(kp_tls_t *t, const uint8_t *data, size_t len,
  * a refusal then arrives as an error from kp_tls_read. */
 int kp_tls_handshake(kp_tls_t *t);
 
-/* Decrypts up to cap bytes of plaintext into out. Returns the count (> 0),
+/* Decrypts up to cap (> 0) bytes of plaintext into out. Returns the count,
  * KP_EAGAIN (feed more; also while the handshake runs, which this drives),
  * KP_ECLOSED when the peer sent close_notify (a clean end of stream), or
  * KP_ECERT/KP_ETLS. Call until KP_EAGAIN after each feed. The socket's EOF
