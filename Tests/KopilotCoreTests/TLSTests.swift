@@ -510,6 +510,59 @@ final class TLSTests: XCTestCase {
     XCTAssertNotEqual(u.c.failure, 0)
   }
 
+  // MARK: resumption
+
+  func testClientResumesItsLastSession() {
+    var mutual = Opts.server()
+    mutual.caPEM = pki.pem("ca.crt")
+    mutual.requireClientCert = true
+    var withCert = Opts.client()
+    withCert.certPEM = pki.pem("client.crt")
+    withCert.keyPEM = pki.pem("client.key")
+    var tls12 = Opts.client()
+    tls12.maxVersion = Int32(KP_TLS_VERSION_1_2)
+    let cases: [(String, Opts, Opts)] = [
+      ("TLS 1.3", .client(), .server()),
+      ("TLS 1.2", tls12, .server()),
+      ("mutual TLS", withCert, mutual),
+    ]
+    for (label, c, s) in cases {
+      let cc = c.make(), sc = s.make()
+      defer { kp_tls_ctx_free(cc); kp_tls_ctx_free(sc) }
+      let first = Pair(client: cc, server: sc)
+      first.run()  // the client reads the ticket after the handshake
+      XCTAssertTrue(first.bothEstablished, "\(label): \(first.c.lastError) \(first.s.lastError)")
+      XCTAssertEqual(kp_tls_resumed(first.c.t), 0, label)
+      let second = Pair(client: cc, server: sc)
+      second.run()
+      XCTAssertTrue(second.bothEstablished, label)
+      XCTAssertEqual(kp_tls_resumed(second.c.t), 1, label)
+      XCTAssertEqual(kp_tls_resumed(second.s.t), 1, label)
+      second.c.write(Array("resumed".utf8))
+      second.run()
+      XCTAssertEqual(second.s.received, Array("resumed".utf8), label)
+      // A session is proof for the name it was verified for only.
+      let other = Pair(client: cc, server: sc, name: "127.0.0.1")
+      other.run()
+      XCTAssertTrue(other.bothEstablished, label)
+      XCTAssertEqual(kp_tls_resumed(other.c.t), 0, label)
+    }
+  }
+
+  func testNewServerContextStartsFreshSessions() {
+    // A reloaded certificate means a new server context with new ticket
+    // keys: old tickets fall back to a full handshake, not a failure.
+    let cc = Opts.client().make()
+    let sc1 = Opts.server().make(), sc2 = Opts.server().make()
+    defer { kp_tls_ctx_free(cc); kp_tls_ctx_free(sc1); kp_tls_ctx_free(sc2) }
+    let first = Pair(client: cc, server: sc1)
+    first.run()
+    let second = Pair(client: cc, server: sc2)
+    second.run()
+    XCTAssertTrue(second.bothEstablished)
+    XCTAssertEqual(kp_tls_resumed(second.c.t), 0)
+  }
+
   // MARK: loading
 
   func testPEMFromFilesAndFromMemory() {

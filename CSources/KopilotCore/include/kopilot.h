@@ -823,7 +823,7 @@ int kp_tls_feed(kp_tls_t *t, const uint8_t *data, size_t len,
  * a refusal then arrives as an error from kp_tls_read. */
 int kp_tls_handshake(kp_tls_t *t);
 
-/* Decrypts up to cap bytes of plaintext into out. Returns the count (> 0),
+/* Decrypts up to cap (> 0) bytes of plaintext into out. Returns the count,
  * KP_EAGAIN (feed more; also while the handshake runs, which this drives),
  * KP_ECLOSED when the peer sent close_notify (a clean end of stream), or
  * KP_ECERT/KP_ETLS. Call until KP_EAGAIN after each feed. The socket's EOF
@@ -868,11 +868,18 @@ const uint8_t *kp_tls_alpn(const kp_tls_t *t, size_t *len);
 /* Server: the SNI name the client sent, NUL-terminated, borrowed until
  * kp_tls_free; NULL when none. Client: the name given to kp_tls_new. */
 const char *kp_tls_server_name(const kp_tls_t *t);
+/* 1 when the handshake resumed a session instead of a full handshake.
+ * Client contexts keep the newest session the server gave them and offer
+ * it on their next connection to the same server_name (a TLS 1.3 ticket
+ * once, a TLS 1.2 session until replaced); servers resume with stateless
+ * tickets whose keys belong to the context. */
+int kp_tls_resumed(const kp_tls_t *t);
 /* The negotiated version (KP_TLS_VERSION_*), 0 before the handshake. */
 int kp_tls_version(const kp_tls_t *t);
-/* Why the last call failed, e.g. "certificate verify failed: hostname
- * mismatch (depth 0)"; "" when nothing failed. Borrowed: valid until the
- * next call on t. */
+/* Why the engine failed, e.g. "certificate verify failed: hostname
+ * mismatch" or "client certificate required: peer did not return a
+ * certificate"; "" while nothing has failed. Borrowed: valid until the next
+ * failing call or kp_tls_free. */
 const char *kp_tls_last_error(const kp_tls_t *t);
 
 #ifdef __cplusplus
