@@ -434,6 +434,31 @@ final class MuxSessionTests: XCTestCase {
     XCTAssertEqual(p.a.write(s, [1, 2]), 2)
   }
 
+  func testTenThousandStreamsPerSession() {
+    // The stream table must stay O(1) per frame at this size (the pump
+    // below is 10,000 SYNs, 10,000 ACKs and 40,000 data/FIN frames).
+    let p = MuxPair(server: { $0.accept_backlog = 10_000 })
+    var inbound: [UInt32: OpaquePointer] = [:]
+    var closed = 0
+    p.b.onStream = { s in inbound[kp_mux_stream_id(s)] = s; kp_mux_stream_accept(s) }
+    p.b.onData = { s, d in kp_mux_stream_consume(s, d.count) }
+    p.a.onStreamClose = { _, st in XCTAssertEqual(st, 0); closed += 1 }
+    var ours: [OpaquePointer] = []
+    for _ in 0..<10_000 { ours.append(p.a.open()) }
+    p.pump()
+    XCTAssertEqual(inbound.count, 10_000)
+    XCTAssertEqual(kp_mux_num_streams(p.b.m), 10_000)
+    for s in ours.reversed() {
+      XCTAssertEqual(p.a.write(s, [1, 2, 3, 4]), 4)
+      kp_mux_stream_close(s)
+    }
+    for (_, s) in inbound { kp_mux_stream_close(s) }
+    p.pump()
+    XCTAssertEqual(closed, 10_000)
+    XCTAssertEqual(kp_mux_num_streams(p.a.m), 0)
+    XCTAssertEqual(kp_mux_num_streams(p.b.m), 0)
+  }
+
   func testThousandConcurrentStreamsWithRandomPayloads() {
     let p = MuxPair()
     // Payloads are random slices of one random pool, so no byte loops run
