@@ -78,7 +78,7 @@ final class MuxInteropTests: XCTestCase {
   }
 
   private func run(server: Bool, weOpen: Int, theyOpen: Int, goWindow: Int = 256 * 1024,
-                   ourWindow: UInt32 = 256 * 1024) throws {
+                   ourWindow: UInt32 = 256 * 1024, firstFrame: [UInt8]? = nil) throws {
     let path = try peer()
     signal(SIGPIPE, SIG_IGN)
     let proc = Process()
@@ -225,6 +225,7 @@ final class MuxInteropTests: XCTestCase {
 
     let deadline = Date().addingTimeInterval(60)
     var sawEOF = false
+    var firstBytes: [UInt8] = []
     while Date() < deadline {
       inbox.cond.lock()
       while inbox.chunks.isEmpty && !inbox.eof {
@@ -235,6 +236,9 @@ final class MuxInteropTests: XCTestCase {
       sawEOF = inbox.eof
       inbox.cond.unlock()
       for (c, n) in batch {
+        if firstBytes.count < 12 {
+          firstBytes += UnsafeBufferPointer(start: kp_chunk_data(c), count: min(n, 12 - firstBytes.count))
+        }
         if kp_mux_is_closed(us.m) == 0 {
           let rc = kp_mux_feed(us.m, kp_chunk_data(c), n, c)
           XCTAssertEqual(rc, 0, "kp_mux_feed: \(String(cString: kp_err_name(rc)))")
@@ -259,6 +263,7 @@ final class MuxInteropTests: XCTestCase {
     XCTAssertEqual(proc.terminationStatus, 0, "Go peer failed:\n\(log)")
     XCTAssertTrue(log.contains("yamuxpeer: ok"), log)
     XCTAssertNil(us.closeStatus, "our session closed: \(us.logs)")
+    if let firstFrame { XCTAssertEqual(firstBytes, firstFrame, "the first frame Go sent") }
     XCTAssertEqual(inboundDone, theyOpen)
     XCTAssertEqual(echo.count, theyOpen)
     for (id, f) in ours {
@@ -272,8 +277,13 @@ final class MuxInteropTests: XCTestCase {
     XCTAssertFalse(us.logs.contains { $0.contains("protocol error") }, "\(us.logs)")
   }
 
+  /// The vector for the frame the Go client sends first.
+  private func vector(_ name: String) throws -> [UInt8] {
+    try XCTUnwrap(MuxVector.load().first { $0.name == name }).header
+  }
+
   func testOursAsServerWithGoClient() throws {
-    try run(server: true, weOpen: 40, theyOpen: 40)
+    try run(server: true, weOpen: 40, theyOpen: 40, firstFrame: vector("syn-window-update"))
   }
 
   func testOursAsClientWithGoServer() throws {
@@ -281,6 +291,9 @@ final class MuxInteropTests: XCTestCase {
   }
 
   func testLargerWindowsBothWays() throws {
-    try run(server: true, weOpen: 20, theyOpen: 20, goWindow: 1024 * 1024, ourWindow: 512 * 1024)
+    // Go's first SYN announces its 1 MiB window: as the vector, on stream 1.
+    var syn = try vector("syn-window-1mib")
+    syn[7] = 1
+    try run(server: true, weOpen: 20, theyOpen: 20, goWindow: 1024 * 1024, ourWindow: 512 * 1024, firstFrame: syn)
   }
 }
