@@ -24,6 +24,8 @@ final class MuxPeer {
   var sent: [[UInt8]] = []
   /// Set when a callback freed the session (kp_mux_free from on_close).
   var freed = false
+  /// The chunk that owned the last on_data payload.
+  var lastDataChunk: OpaquePointer?
 
   init(server: Bool, configure: (inout kp_mux_config_t) -> Void = { _ in }) {
     var cfg = kp_mux_config_t()
@@ -45,8 +47,10 @@ final class MuxPeer {
       if let h = p.onSend { h(c, total) } else { kp_chunk_unref(c) }
     }
     cbs.on_stream = { _, s, ud in MuxPeer.from(ud).onStream?(s!) }
-    cbs.on_data = { s, data, len, _, ud in
-      MuxPeer.from(ud).onData?(s!, UnsafeRawBufferPointer(start: data, count: len))
+    cbs.on_data = { s, data, len, chunk, ud in
+      let p = MuxPeer.from(ud)
+      p.lastDataChunk = chunk
+      p.onData?(s!, UnsafeRawBufferPointer(start: data, count: len))
     }
     cbs.on_eof = { s, ud in MuxPeer.from(ud).onEof?(s!) }
     cbs.on_writable = { s, ud in MuxPeer.from(ud).onWritable?(s!) }
@@ -418,6 +422,35 @@ final class MuxSessionTests: XCTestCase {
     kp_mux_close(p.a.m, 0)
     XCTAssertTrue(p.a.freed)
     XCTAssertEqual(p.a.closeStatus, 0)
+  }
+
+  func testDataIsDeliveredZeroCopyFromTheFedChunk() {
+    let p = MuxPeer(server: true)
+    p.onStream = { kp_mux_stream_accept($0) }
+    var seen: [(UnsafeRawPointer, Int)] = []
+    p.onData = { _, d in seen.append((d.baseAddress!, d.count)) }
+    let bytes = frame(.windowUpdate, flags: 1, id: 1, length: 0) + frame(.data, flags: 0, id: 1, length: 4) + [1, 2, 3, 4]
+    let c = kp_chunk_new(bytes.count)!
+    let base = kp_chunk_data(c)!
+    base.update(from: bytes, count: bytes.count)
+    XCTAssertEqual(kp_mux_feed(p.m, base, bytes.count, c), 0)
+    XCTAssertEqual(seen.count, 1)
+    XCTAssertEqual(seen.first?.0, UnsafeRawPointer(base + 24), "points into the fed bytes")
+    XCTAssertEqual(seen.first?.1, 4)
+    XCTAssertEqual(p.lastDataChunk, c, "with the chunk that owns them")
+    kp_chunk_unref(c)
+  }
+
+  func testFeedAndTickAreRefusedInsideCallbacks() {
+    let p = MuxPeer(server: true)
+    var inner: (Int32, UInt64)?
+    p.onStream = { [unowned p] _ in
+      inner = (p.feed([0]), kp_mux_tick(p.m, 1))
+    }
+    XCTAssertEqual(p.feed(frame(.windowUpdate, flags: 1, id: 1, length: 0)), 0)
+    XCTAssertEqual(inner?.0, muxErr(KP_EINVAL))
+    XCTAssertEqual(inner?.1, UInt64.max)
+    XCTAssertNil(p.closeStatus)
   }
 
   func testSendBlockedStopsWritesAndUnblockFiresWritable() {
