@@ -240,15 +240,11 @@ static void do_free(kp_mux_t *m) {
 
 static void enter(kp_mux_t *m) { m->depth++; }
 
-/* Runs the deferred work when the outermost call returns. Callbacks fired
- * here run at depth 1, so what they cause is queued and picked up by this
- * same loop. After leave() the caller must not touch m: it may be freed. */
-static void leave(kp_mux_t *m) {
+/* Fires the deferred callbacks and frees finished streams. Runs only at
+ * depth 1 (the outermost call); callbacks it fires run at depth 1 too, so
+ * what they cause is queued and picked up by this same loop. */
+static void run_deferred(kp_mux_t *m) {
   kp_mux_stream_t *s;
-  if (m->depth > 1) {
-    m->depth--;
-    return;
-  }
   while (!m->free_pending) {
     if (m->closed && !m->close_started) {
       int st = m->close_status != 0 ? m->close_status : KP_ECLOSED;
@@ -283,14 +279,25 @@ static void leave(kp_mux_t *m) {
     }
     break;
   }
-  if (m->free_pending) {
-    do_free(m);
-    return;
-  }
+  if (m->free_pending) return;
   while (m->dead != NULL) {
     s = m->dead;
     m->dead = s->cnext;
     free(s);
+  }
+}
+
+/* Ends a public call. After leave() the caller must not touch m: a callback
+ * may have freed it. */
+static void leave(kp_mux_t *m) {
+  if (m->depth > 1) {
+    m->depth--;
+    return;
+  }
+  run_deferred(m);
+  if (m->free_pending) {
+    do_free(m);
+    return;
   }
   m->depth = 0;
 }
@@ -537,7 +544,11 @@ int kp_mux_feed(kp_mux_t *m, const uint8_t *data, size_t len,
     return KP_EINVAL;
   if (m->closed) return KP_ECLOSED;
   enter(m);
-  while (len > 0 && !m->closed) {
+  while (len > 0 && !m->closed && !m->free_pending) {
+    /* Callbacks a frame caused fire before the next frame is parsed, so
+     * their order does not depend on how the input was split. */
+    run_deferred(m);
+    if (m->closed || m->free_pending) break;
     if (m->remaining == 0) {
       size_t take = KP__MIN(KP_MUX_HEADER_SIZE - m->hlen, len);
       memcpy(m->hbuf + m->hlen, data, take);

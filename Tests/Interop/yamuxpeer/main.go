@@ -2,13 +2,14 @@
 // in the interop tests (Tests/KopilotCoreTests/MuxInteropTests.swift).
 //
 // It speaks yamux over its stdin/stdout, so no socket is needed. It opens
-// -open streams, sends each a random payload (up to -max bytes), half-closes
-// and expects the same bytes echoed back (checked by SHA-256); and it echoes
+// -open streams, sends each a random payload (up to -max bytes), expects the
+// same bytes echoed back (checked by SHA-256), then half-closes; it echoes
 // every stream the other side opens until it has served -expect of them.
 // Exit status 0 means every check passed; diagnostics go to stderr.
 //
 // Build offline in GOPATH mode:
-//   GO111MODULE=off GOPATH=/usr/share/gocode:$TMP go build ./Tests/Interop/yamuxpeer
+//
+//	GO111MODULE=off GOPATH=/usr/share/gocode:$TMP go build ./Tests/Interop/yamuxpeer
 package main
 
 import (
@@ -17,7 +18,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/ioutil"
 	"math/rand"
 	"os"
 	"sync"
@@ -46,7 +46,7 @@ func main() {
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = os.Stderr
 	cfg.MaxStreamWindowSize = uint32(*window)
-	cfg.KeepAliveInterval = 2 * time.Second
+	cfg.KeepAliveInterval = 100 * time.Millisecond // exercises our ping answers
 	conn := pipeConn{os.Stdin, os.Stdout}
 	var sess *yamux.Session
 	var err error
@@ -102,13 +102,13 @@ func main() {
 			werr := make(chan error, 1)
 			go func() {
 				_, err := io.Copy(st, bytes.NewReader(payload))
-				if err == nil {
-					err = st.Close() // FIN: the echo ends when we half-close
-				}
 				werr <- err
 			}()
-			got, err := ioutil.ReadAll(st)
-			if err != nil {
+			// This yamux version (2019) returns io.EOF from Read once the
+			// local side has half-closed and nothing is buffered, so the
+			// echo is read in full before our FIN goes out.
+			got := make([]byte, len(payload))
+			if _, err := io.ReadFull(st, got); err != nil {
 				errs <- fmt.Errorf("stream %d read: %v", st.StreamID(), err)
 				return
 			}
@@ -117,8 +117,11 @@ func main() {
 				return
 			}
 			if sha256.Sum256(got) != want {
-				errs <- fmt.Errorf("stream %d: echo of %d bytes came back as %d different bytes",
-					st.StreamID(), len(payload), len(got))
+				errs <- fmt.Errorf("stream %d: echo of %d bytes differs", st.StreamID(), len(payload))
+			}
+			// FIN; the other side then finishes its echo with its FIN.
+			if err := st.Close(); err != nil {
+				errs <- fmt.Errorf("stream %d close: %v", st.StreamID(), err)
 			}
 		}(payload)
 	}
