@@ -430,14 +430,17 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
       if (q->s.len == 0) q_pop(d);
       /* Progress is bytes taken or a body ended: a full destination
        * that took nothing must not make the pump go round again. */
-      if (taken > 0 || (d->state == ST_BODY && d->body.done)) moved = 1;
+      if (taken > 0) moved = 1;
       if (d->have_scan) {
         d->scanned -= (size_t)taken;
         if (d->scanned == 0) d->have_scan = 0;
       }
       if ((size_t)taken < n) break; /* destination full */
       if (n == 0 && d->state == ST_BODY && !d->body.done) break; /* cannot be */
-      if (d->state == ST_BODY && d->body.done) body_end(r, d);
+      if (d->state == ST_BODY && d->body.done && !d->have_scan) {
+        body_end(r, d);
+        moved = 1;
+      }
       continue;
     }
     break; /* ST_WAIT or ST_DONE: hold */
