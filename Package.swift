@@ -47,6 +47,11 @@ let package = Package(
       dependencies: ["KopilotCore", "KopilotIO", "KopilotTestSupport"],
       path: "Tests/KopilotCoreTests"
     ),
+    .testTarget(
+      name: "EndToEndTests",
+      dependencies: ["KopilotIO"],
+      path: "Tests/EndToEndTests"
+    ),
   ],
   swiftLanguageModes: [.v5]
 )
