@@ -20,6 +20,10 @@ struct kp_agent {
   char ws_key[25];
   kp__sess_t *sess;
   int freeing;
+  int draining;      /* GoAway sent: close once streams finish */
+  uint64_t drain_deadline;
+  uv_timer_t drain_timer;
+  int drain_timer_on;
   uv_sem_t done;
 };
 
@@ -296,7 +300,7 @@ static const kp__conn_cbs_t hub_cbs = {
 static void connect_run(void *arg) {
   kp_agent_t *a = arg;
   int rc;
-  if (a->sess || a->dialing || a->freeing) return;
+  if (a->sess || a->dialing || a->freeing || a->draining) return;
   rc = kp__conn_dial(&a->dialing, a->loop, a->hub_host, a->cfg.hub_port,
                      a->hub_tls, a->hub_host, &hub_cbs, a);
   if (rc != 0) {
@@ -324,14 +328,59 @@ int kp_agent_set_token(kp_agent_t *a, const char *token) {
   return 0;
 }
 
+typedef struct shutdown_req {
+  kp_agent_t *agent;
+  uint64_t grace_ms;
+} shutdown_req_t;
+
+/* While draining: the session closes once its last stream finished or the
+ * grace period ran out, whichever comes first. */
+static void drain_check(uv_timer_t *t) {
+  kp_agent_t *a = t->data;
+  uv_loop_t *uv = kp__loop_uv(a->loop);
+  if (a->sess == NULL) {
+    uv_timer_stop(t);
+    return;
+  }
+  if (kp_mux_num_streams(a->sess->mux) == 0 || uv_now(uv) >= a->drain_deadline) {
+    uv_timer_stop(t);
+    kp__sess_close(a->sess, KP_ECLOSED);
+  }
+}
+
 static void shutdown_run(void *arg) {
-  kp_agent_t *a = arg;
-  if (a->sess && !a->sess->mux_closed) kp_mux_goaway(a->sess->mux, KP_MUX_GOAWAY_NORMAL);
+  shutdown_req_t *req = arg;
+  kp_agent_t *a = req->agent;
+  uv_loop_t *uv = kp__loop_uv(a->loop);
+  a->draining = 1;
+  if (a->dialing) {
+    kp__conn_close(a->dialing, KP_ECLOSED); /* on_state follows */
+  } else if (a->sess == NULL) {
+    /* Between sessions: already down. */
+    if (a->cbs.on_state) a->cbs.on_state(a, 0, KP_ECLOSED, a->ud);
+  }
+  if (a->sess && !a->sess->mux_closed) {
+    kp_mux_goaway(a->sess->mux, KP_MUX_GOAWAY_NORMAL);
+    a->drain_deadline = uv_now(uv) + req->grace_ms;
+    if (!a->drain_timer_on) {
+      uv_timer_init(uv, &a->drain_timer);
+      a->drain_timer.data = a;
+      a->drain_timer_on = 1;
+    }
+    uv_timer_start(&a->drain_timer, drain_check, 0, 100);
+  }
+  free(req);
 }
 
 int kp_agent_shutdown(kp_agent_t *a, uint64_t grace_ms) {
-  (void)grace_ms; /* TODO: close after grace_ms if streams linger. */
-  return kp_loop_post(a->loop, shutdown_run, a);
+  shutdown_req_t *req = malloc(sizeof(*req));
+  int rc;
+  if (req == NULL) return KP_ENOMEM;
+  req->agent = a;
+  req->grace_ms = grace_ms;
+  rc = kp_loop_post(a->loop, shutdown_run, req);
+  if (rc != 0) free(req);
+  return rc;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -378,6 +427,13 @@ fail_hub:
   return rc;
 }
 
+static void drain_timer_closed(uv_handle_t *h) {
+  kp_agent_t *a = h->data;
+  uv_sem_post(&a->done);
+}
+
+/* Frees in two steps, both posting `done`: the drain timer (if any) is
+ * closed first, then the session or the dial. */
 static void free_run(void *arg) {
   kp_agent_t *a = arg;
   a->freeing = 1;
@@ -386,8 +442,15 @@ static void free_run(void *arg) {
   else uv_sem_post(&a->done);
 }
 
+static void free_timer_run(void *arg) {
+  kp_agent_t *a = arg;
+  if (a->drain_timer_on) uv_close((uv_handle_t *)&a->drain_timer, drain_timer_closed);
+  else uv_sem_post(&a->done);
+}
+
 void kp_agent_free(kp_agent_t *a) {
   if (a == NULL) return;
+  if (kp_loop_post(a->loop, free_timer_run, a) == 0) uv_sem_wait(&a->done);
   if (kp_loop_post(a->loop, free_run, a) == 0) uv_sem_wait(&a->done);
   kp_tls_ctx_free(a->hub_tls);
   kp_tls_ctx_free(a->up_tls);

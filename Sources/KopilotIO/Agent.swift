@@ -18,6 +18,7 @@ public final class AgentSession: @unchecked Sendable {
     }
   }
 
+  private let lock = NSLock()
   private var handle: OpaquePointer?
   /// Called on the loop thread: (up, status).
   public var onState: ((Bool, Int32) -> Void)?
@@ -65,12 +66,25 @@ public final class AgentSession: @unchecked Sendable {
     handle = h
   }
 
-  public func connect() { if let h = handle { kp_agent_connect(h) } }
-  public func setToken(_ token: String) { if let h = handle { kp_agent_set_token(h, token) } }
-  public func shutdown() { if let h = handle { kp_agent_shutdown(h, 30_000) } }
+  /// Calls on a handle are serialized with `close`, so a reconnect timer
+  /// that fires while the agent is being closed finds no handle.
+  private func withHandle(_ body: (OpaquePointer) -> Void) {
+    lock.lock()
+    defer { lock.unlock() }
+    if let h = handle { body(h) }
+  }
+
+  public func connect() { withHandle { _ = kp_agent_connect($0) } }
+  public func setToken(_ token: String) { withHandle { _ = kp_agent_set_token($0, token) } }
+  /// Sends GoAway: no new requests; the session closes once the requests in
+  /// flight finished or `graceMs` passed.
+  public func shutdown(graceMs: UInt64 = 30_000) { withHandle { _ = kp_agent_shutdown($0, graceMs) } }
   public func close() {
-    if let h = handle { kp_agent_free(h) }
+    lock.lock()
+    let h = handle
     handle = nil
+    lock.unlock()
+    if let h { kp_agent_free(h) }
   }
   deinit { close() }
 }

@@ -27,6 +27,9 @@ struct AgentCommand: ParsableCommand {
   @Flag(name: .customLong("insecure-skip-tls-verify"), help: "Do not verify the hub's certificate (unsafe; explicit opt-in).")
   var insecure = false
 
+  @Option(name: .customLong("grace-period"), help: "Seconds that requests in flight get to finish after SIGTERM.")
+  var gracePeriod: Double = 30
+
   @Option(help: "How mux frames travel after the WebSocket upgrade: framed (kopilot.v2) or raw (the original agent's way).")
   var wire: String = "framed"
 
@@ -62,7 +65,12 @@ struct AgentCommand: ParsableCommand {
     if let t = tokens.readIfChanged() { session.setToken(t) }
 
     let state = AgentState()
+    let stopped = DispatchSemaphore(value: 0)
     session.onState = { up, status in
+      if state.stopping {
+        if !up { stopped.signal() }
+        return
+      }
       if up {
         state.backoff.reset()
         if !state.up { agentLog("connected to the hub") }
@@ -83,9 +91,12 @@ struct AgentCommand: ParsableCommand {
     timer.setEventHandler { if let t = tokens.readIfChanged() { session.setToken(t) } }
     timer.resume()
     waitForTermination()
-    agentLog("stopping: GoAway sent")
-    session.shutdown()
+    state.stopping = true
+    agentLog("stopping: GoAway sent; requests in flight get \(gracePeriod)s")
+    session.shutdown(graceMs: UInt64(gracePeriod * 1000))
+    _ = stopped.wait(timeout: .now() + gracePeriod + 1)
     session.close()
+    agentLog("stopped")
   }
 }
 
@@ -93,6 +104,7 @@ final class AgentState: @unchecked Sendable {
   var backoff = Backoff()
   var up = false
   var reportedDown = false
+  var stopping = false
 }
 
 /// A token file watched by modification time and content.
