@@ -190,7 +190,6 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     kp__conn_close(c, (int)nread);
     return;
   }
-  if (c->timeout_ms) uv_timer_again(&c->timer);
   rc = kp_tls_feed(c->tls, kp_chunk_data(chunk), (size_t)nread, chunk);
   kp_chunk_unref(chunk); /* the engine holds its own reference */
   if (rc < 0) {
@@ -247,7 +246,7 @@ void kp__conn_set_timeout(kp__conn_t *c, uint64_t ms) {
   if (ms == 0) {
     uv_timer_stop(&c->timer);
   } else {
-    uv_timer_start(&c->timer, conn_timeout, ms, ms);
+    uv_timer_start(&c->timer, conn_timeout, ms, 0);
   }
 }
 

@@ -29,7 +29,7 @@ typedef struct kp__conn_cbs {
 
 struct kp__conn {
   uv_tcp_t tcp;
-  uv_timer_t timer; /* handshake and idle deadlines */
+  uv_timer_t timer; /* handshake and request-head deadlines */
   kp_loop_t *loop;
   struct kp_tls *tls;
   kp_chunk_t *rchunk; /* the read buffer between alloc and read callbacks */
@@ -65,7 +65,9 @@ void kp__conn_read(kp__conn_t *c, int on);
 void kp__conn_shutdown(kp__conn_t *c);
 /* Closes now; on_close(status) follows from the loop. Idempotent. */
 void kp__conn_close(kp__conn_t *c, int status);
-/* Arms a deadline: no read within ms closes with KP_ETIMEDOUT (0: off). */
+/* Arms a deadline: ms from now the conn closes with KP_ETIMEDOUT unless the
+ * deadline is moved or cleared (0) first. Reads do not move it: a peer that
+ * trickles bytes (slowloris) still runs out of time. */
 void kp__conn_set_timeout(kp__conn_t *c, uint64_t ms);
 const char *kp__conn_alpn(kp__conn_t *c, size_t *len);
 

@@ -159,13 +159,27 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   hub_front_t *f = kp__relay_user_data(r);
   (void)raw;
   (void)raw_len;
+  /* The head is in: no deadline while the request and its response run
+   * (a watch or an exec may last hours). */
+  kp__conn_set_timeout(f->conn, 0);
   f->hub->cbs.on_request(f->hub, (kp_hub_request_t *)f, head, f->conn->peer,
                          f->hub->ud);
+}
+
+/* A caller has this long, from the moment the connection is ready or the
+ * previous response ended, to send a complete request head: it bounds both
+ * idle keep-alive connections and callers that trickle a head in. */
+#define HUB_HEAD_DEADLINE_MS 30000
+
+static void front_idle(kp__relay_t *r) {
+  hub_front_t *f = kp__relay_user_data(r);
+  if (f->conn) kp__conn_set_timeout(f->conn, HUB_HEAD_DEADLINE_MS);
 }
 
 static const kp__relay_router_t front_router = {
     .on_request = front_on_request,
     .release_back = front_release_back,
+    .on_idle = front_idle,
     .on_done = front_done,
 };
 
@@ -178,8 +192,7 @@ static void front_ready(kp__conn_t *c, int status) {
     kp__conn_close(c, KP_ENOMEM);
     return;
   }
-  /* A caller has this long to send a complete request head. */
-  kp__conn_set_timeout(c, 30000);
+  kp__conn_set_timeout(c, HUB_HEAD_DEADLINE_MS);
 }
 
 static void front_read(kp__conn_t *c, const uint8_t *p, size_t n,
@@ -365,7 +378,6 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
     kp_mux_stream_set_user_data(st, f->relay);
     ep.ops = &kp__stream_ep_ops;
     ep.h = st;
-    kp__conn_set_timeout(f->conn, 0);
     kp__relay_attach(f->relay, ep, req, req_len);
     free(req);
     return;

@@ -202,6 +202,7 @@ static void exchange_done(kp__relay_t *r) {
   }
   r->req.state = ST_HEAD;
   r->req.hlen = 0;
+  if (r->router->on_idle) r->router->on_idle(r);
   if (r->req.src_eof && r->req.qh == NULL) front_shutdown(r);
 }
 
@@ -351,6 +352,7 @@ static void body_end(kp__relay_t *r, dir_t *d) {
       } else {
         d->state = ST_HEAD;
         d->hlen = 0;
+        if (r->router->on_idle) r->router->on_idle(r);
       }
     }
   } else {
@@ -363,7 +365,10 @@ static void body_end(kp__relay_t *r, dir_t *d) {
  * anything. */
 static int pump_dir(kp__relay_t *r, dir_t *d) {
   int moved = 0;
-  while (d->qh != NULL && !r->done) {
+  /* A front that was closed or taken (e.g. by an agent session) is not
+   * ours any more, and neither is anything queued from it. */
+  if (d->from_front && r->front_closed) return 0;
+  while (d->qh != NULL && !r->done && !(d->from_front && r->front_closed)) {
     qnode_t *q = d->qh;
     if (d->state == ST_HEAD) {
       int n = head_append(r, d, q->s.base, q->s.len);
@@ -446,6 +451,7 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
     break; /* ST_WAIT or ST_DONE: hold */
   }
   /* A body may end with no bytes left to scan (Content-Length: 0). */
+  if (d->from_front && r->front_closed) return 1;
   if (d->qh == NULL && d->state == ST_BODY && d->body.done &&
       !(d->from_front && r->deciding)) {
     body_end(r, d);

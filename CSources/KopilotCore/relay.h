@@ -49,6 +49,9 @@ typedef struct kp__relay_router {
   /* The exchange with the back ended (ok: response complete) or failed;
    * the router releases the back endpoint (it gets no more calls). */
   void (*release_back)(kp__relay_t *r, kp__ep_t back, int ok);
+  /* The front is waiting for its next request head (after a response, or
+   * a local answer); optional. A router arms its idle/head deadline here. */
+  void (*on_idle)(kp__relay_t *r);
   /* The relay is finished: the front is closed or was taken. */
   void (*on_done)(kp__relay_t *r);
 } kp__relay_router_t;

@@ -98,7 +98,11 @@ static void on_done(kp__relay_t *r) {
   relay = NULL;
 }
 
-static const kp__relay_router_t router = {on_request, release_back, on_done};
+static const kp__relay_router_t router = {
+    .on_request = on_request,
+    .release_back = release_back,
+    .on_done = on_done,
+};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   kp__relay_config_t cfg = {1024, 0};
