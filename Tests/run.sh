@@ -22,7 +22,7 @@ step "C warnings gate (-Werror)"
 wflags=$(sed -n 's/^let cWarnings: \[CSetting\] = \[\.unsafeFlags(\[\(.*\)\])\]$/\1/p' Package.swift | tr -d '",')
 [ -n "$wflags" ] || { echo "run.sh: cannot find cWarnings in Package.swift" >&2; exit 1; }
 # The toolchain's clang, the one SwiftPM compiles the C targets with.
-clang=$(dirname "$(command -v swift)")/clang
+clang=$(dirname "$(readlink -f "$(command -v swift)")")/clang
 "$clang" -fsyntax-only $wflags -Werror -D_GNU_SOURCE \
   -ICSources/KopilotCore/include -ICSources/KopilotCore -ITests/KopilotTestSupport/include \
   CSources/KopilotCore/*.c Tests/KopilotTestSupport/*.c Tests/Fuzz/*.c
