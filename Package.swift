@@ -6,6 +6,15 @@ import PackageDescription
 // users' builds.
 let cWarnings: [CSetting] = [.unsafeFlags(["-Wall", "-Wextra", "-Wno-unused-parameter"])]
 
+// KOPILOT_UBSAN=1 compiles the C targets with UndefinedBehaviorSanitizer.
+// This Swift rejects `swift test --sanitize=undefined` on Linux, so CI sets
+// this together with `--sanitize=address` (Tests/run.sh): the ASan runtime
+// that swiftc links already carries the UBSan handlers, so no extra runtime
+// is linked. Every finding aborts (no recovery), so a report fails the run.
+let ubsan: [CSetting] = Context.environment["KOPILOT_UBSAN"] == "1"
+  ? [.unsafeFlags(["-fsanitize=undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"])]
+  : []
+
 let package = Package(
   name: "Kopilot",
   platforms: [.macOS(.v13)],
@@ -21,7 +30,7 @@ let package = Package(
     .target(
       name: "KopilotCore",
       path: "CSources/KopilotCore",
-      cSettings: cWarnings + [.define("_GNU_SOURCE")],
+      cSettings: cWarnings + ubsan + [.define("_GNU_SOURCE")],
       // A module map's link lines apply only when Swift imports the module,
       // so the C target names its libraries itself.
       linkerSettings: [.linkedLibrary("uv"), .linkedLibrary("ssl"), .linkedLibrary("crypto"), .linkedLibrary("pthread")]
@@ -40,6 +49,7 @@ let package = Package(
     .target(
       name: "KopilotTestSupport",
       path: "Tests/KopilotTestSupport",
+      cSettings: ubsan,
       linkerSettings: [.linkedLibrary("crypto")]
     ),
     .testTarget(

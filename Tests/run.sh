@@ -1,23 +1,62 @@
 #!/usr/bin/env bash
-# The test suite, as CI runs it: the plain pass, then the same suite under
-# AddressSanitizer (with UBSan checks compiled into the C core) and under
-# ThreadSanitizer, then a short smoke run of every fuzz target.
+# The test suite, as CI runs it: a -Werror pass over the C sources, the plain
+# `swift test`, the same suite under AddressSanitizer (with UBSan compiled into
+# the C targets) and under ThreadSanitizer, then a short smoke run of every
+# fuzz target.
 #   Tests/run.sh           everything
-#   Tests/run.sh --quick   the plain pass only
+#   Tests/run.sh --quick   the warnings gate and the plain pass only
+# FUZZ_SECONDS (default 10) sets how long each fuzz target runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 bash Tests/setup-debian.sh
 
-echo "== swift test"
+step() { echo; echo "== $* ($(date +%T))"; }
+
+# Warnings gate. Package.swift builds the C core with -Wall -Wextra but
+# without -Werror (a newer compiler's new warning must not break users'
+# builds), so CI fails on any warning here instead. SwiftPM rejects
+# `-Xcc -Werror`, so clang checks the sources directly, with the warning
+# flags read from Package.swift so the two cannot drift apart.
+step "C warnings gate (-Werror)"
+wflags=$(sed -n 's/^let cWarnings: \[CSetting\] = \[\.unsafeFlags(\[\(.*\)\])\]$/\1/p' Package.swift | tr -d '",')
+[ -n "$wflags" ] || { echo "run.sh: cannot find cWarnings in Package.swift" >&2; exit 1; }
+# The toolchain's clang, the one SwiftPM compiles the C targets with.
+clang=$(dirname "$(readlink -f "$(command -v swift)")")/clang
+"$clang" -fsyntax-only $wflags -Werror -D_GNU_SOURCE \
+  -ICSources/KopilotCore/include -ICSources/KopilotCore -ITests/KopilotTestSupport/include \
+  CSources/KopilotCore/*.c Tests/KopilotTestSupport/*.c Tests/Fuzz/*.c
+echo "no warnings"
+
+step "swift test"
 swift test
 
 [ "${1:-}" = "--quick" ] && exit 0
 
-echo "== swift test, AddressSanitizer + UBSan"
-swift test --scratch-path .build-asan --sanitize=address --sanitize=undefined
+# Each sanitizer pass has its own scratch path: sharing .build would rebuild
+# everything at each switch, and SwiftPM keys its build on the flags, so a
+# pass never links objects built for another.
 
-echo "== swift test, ThreadSanitizer"
-swift test --scratch-path .build-tsan --sanitize=thread
+# UBSan: this Swift rejects `swift test --sanitize=undefined` on Linux, so
+# Package.swift adds -fsanitize=undefined to the C targets when KOPILOT_UBSAN=1
+# (it links through the ASan runtime). A UB finding aborts the test process.
+# LeakSanitizer stays on; Tests/lsan.supp hides only the Swift runtime's,
+# XCTest's and Foundation's own allocations, so a leak in the C core still
+# fails the pass. The path is absolute because the tests' child processes
+# (built with ASan too) inherit these variables from another directory.
+step "swift test, AddressSanitizer + UBSan (C targets)"
+KOPILOT_UBSAN=1 \
+LSAN_OPTIONS="suppressions=$root/Tests/lsan.supp:print_suppressions=0" \
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  swift test --scratch-path .build-asan --sanitize=address
 
-echo "== fuzz smoke"
-bash Tests/Fuzz/run.sh 10
+# TSan exits 66 at the end of a run that reported anything, which fails the
+# pass. Tests/tsan.supp exists for runtime-library noise only (see there).
+step "swift test, ThreadSanitizer"
+TSAN_OPTIONS="suppressions=$root/Tests/tsan.supp:second_deadlock_stack=1" \
+  swift test --scratch-path .build-tsan --sanitize=thread
+
+step "fuzz smoke (${FUZZ_SECONDS:-10}s per target)"
+LSAN_OPTIONS="suppressions=$root/Tests/lsan.supp" bash Tests/Fuzz/run.sh "${FUZZ_SECONDS:-10}"
+
+step "all passes done"

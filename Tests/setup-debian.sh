@@ -2,9 +2,12 @@
 # Installs the Debian packages the build and the tests need, if any is missing.
 # Idempotent; needs root (or sudo) only when something must be installed.
 set -euo pipefail
+# clang, ld.lld and the sanitizer and libFuzzer runtimes come with the Swift
+# toolchain, not from Debian.
 pkgs=(
+  git                                       # SwiftPM fetches dependencies with it
   libuv1-dev libssl-dev pkg-config          # the C core
-  curl openssl                              # end-to-end tests
+  curl openssl python3                      # TLS tests' certificates, end-to-end tests
   golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev  # interop peers
 )
 missing=()

@@ -8,7 +8,10 @@ cd "$(dirname "$0")/../.."
 secs=${1:-60}; shift || true
 out=Tests/Fuzz/out
 mkdir -p "$out"
-cc=${CC:-clang}
+# The Swift toolchain's clang: it ships libFuzzer, the sanitizer runtimes and
+# ld.lld, which Debian's clang needs extra packages for. $CC is not used, so a
+# CI that sets CC=gcc still fuzzes; FUZZ_CC overrides.
+cc=${FUZZ_CC:-$(dirname "$(readlink -f "$(command -v swift)")")/clang}
 srcs=$(ls CSources/KopilotCore/*.c)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=($(cd Tests/Fuzz && ls fuzz_*.c | sed 's/\.c$//'))
