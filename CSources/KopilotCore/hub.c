@@ -45,6 +45,11 @@ typedef struct hub_front {
   kp__conn_t *conn;
   kp__relay_t *relay;
   int detached; /* the conn became an agent session */
+  /* An answer is owed from on_request until the owner gives it; the
+   * request handle (this record) must outlive the conn until then. Loop
+   * thread only: answers from other threads are counted when they run. */
+  int owed;
+  int gone;     /* conn closed while an answer was owed: free on answer */
 } hub_front_t;
 
 /* Posts `done` once both the listener and every conn are closed. */
@@ -151,7 +156,13 @@ static void front_release_back(kp__relay_t *r, kp__ep_t back, int ok) {
 static void front_done(kp__relay_t *r) {
   hub_front_t *f = kp__relay_user_data(r);
   f->relay = NULL;
-  if (!f->detached && f->conn) kp__conn_close(f->conn, 0);
+  if (f->detached) {
+    /* The conn went to an agent session; this record is ours to free. The
+     * relay may finish inside take_front or only when its pump unwinds. */
+    free(f);
+    return;
+  }
+  if (f->conn) kp__conn_close(f->conn, 0);
 }
 
 static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
@@ -162,6 +173,7 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   /* The head is in: no deadline while the request and its response run
    * (a watch or an exec may last hours). */
   kp__conn_set_timeout(f->conn, 0);
+  f->owed = 1;
   f->hub->cbs.on_request(f->hub, (kp_hub_request_t *)f, head, f->conn->peer,
                          f->hub->ud);
 }
@@ -218,7 +230,8 @@ static void front_closed(kp__conn_t *c, int status) {
   kp_hub_t *hub = f->hub;
   f->conn = NULL;
   if (f->relay) kp__relay_front_closed(f->relay, status);
-  free(f);
+  if (f->owed) f->gone = 1; /* the owner's answer frees it */
+  else free(f);
   hub->open_conns--;
   maybe_done(hub);
 }
@@ -303,7 +316,10 @@ static void do_accept_agent(hub_front_t *f, const char *cluster);
 
 static void answer_run(void *arg) {
   answer_t *a = arg;
-  if (a->f->relay != NULL) {
+  a->f->owed = 0;
+  if (a->f->gone) {
+    free(a->f);
+  } else if (a->f->relay != NULL) {
     if (a->kind == 0) do_proxy(a->f, a->cluster, a->target);
     else if (a->kind == 2) do_accept_agent(a->f, a->cluster);
     else respond_json(a->f, a->status, reason_phrase(a->status),
@@ -453,8 +469,9 @@ static void do_accept_agent(hub_front_t *f, const char *cluster) {
     return;
   }
   f->detached = 1; /* before take_front: its on_done must not close conn */
-  kp__relay_take_front(f->relay, &rest, &rest_len); /* relay is gone now */
-  f->relay = NULL;
+  /* After this, f belongs to the relay's on_done (front_done frees it). */
+  kp__relay_take_front(f->relay, &rest, &rest_len);
+  f = NULL;
   if (kp__conn_write(conn, (const uint8_t *)resp, (size_t)n) != 0) {
     free(rest);
     kp__conn_close(conn, KP_EIO);
@@ -466,7 +483,6 @@ static void do_accept_agent(hub_front_t *f, const char *cluster) {
                       hub->cfg.keepalive_ms, &hub_sess_owner, hub, rest,
                       rest_len);
   free(rest);
-  free(f);
   if (rc != 0) {
     kp__conn_close(conn, rc);
     return;
@@ -486,6 +502,7 @@ void kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
     post_answer(f, 0, 0, cluster, target, NULL, NULL, 0);
     return;
   }
+  f->owed = 0;
   do_proxy(f, cluster, target);
 }
 
@@ -497,6 +514,7 @@ void kp_hub_request_respond(kp_hub_request_t *req, int status,
     post_answer(f, 1, status, NULL, NULL, content_type, body, body_len);
     return;
   }
+  f->owed = 0;
   respond_json(f, status, reason_phrase(status),
                content_type ? content_type : "application/json", body,
                body_len, 0);
@@ -508,6 +526,7 @@ void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
     post_answer(f, 2, 0, cluster, NULL, NULL, NULL, 0);
     return;
   }
+  f->owed = 0;
   do_accept_agent(f, cluster);
 }
 
