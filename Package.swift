@@ -58,6 +58,11 @@ let package = Package(
       path: "Tests/KopilotCoreTests"
     ),
     .testTarget(
+      name: "KopilotIOTests",
+      dependencies: ["KopilotIO"],
+      path: "Tests/KopilotIOTests"
+    ),
+    .testTarget(
       name: "EndToEndTests",
       dependencies: ["KopilotIO"],
       path: "Tests/EndToEndTests"

@@ -4,6 +4,11 @@ public struct ProxyTarget: Equatable, Sendable {
   public var cluster: String
   /// What the member's API server gets: the rest of the path, with the query.
   public var forwardTarget: String
+
+  public init(cluster: String, forwardTarget: String) {
+    self.cluster = cluster
+    self.forwardTarget = forwardTarget
+  }
 }
 
 /// Parses and normalizes a request target. Dot segments are resolved before
