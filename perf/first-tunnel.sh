@@ -53,7 +53,7 @@ nginx -c "$work/nginx.conf"
 
 wait_for() { for _ in $(seq 300); do grep -qa "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; cat "$1" >&2; exit 1; }
 token=perf-agent-token-0123456789
-"$bin/kopilot-hub" --bind 127.0.0.1:0 --tls-cert hub.crt --tls-key hub.key --agent-token "default/perf=$token" 2> hub.log &
+"$bin/kopilot-hub" --bind 127.0.0.1:0 ${HUB_ARGS:-} --tls-cert hub.crt --tls-key hub.key --agent-token "default/perf=$token" 2> hub.log &
 pids+=($!)
 wait_for hub.log 'listening on'
 hub_port=$(grep -ao 'listening on 127.0.0.1:[0-9]*' hub.log | cut -d: -f2)

@@ -13,6 +13,8 @@ public final class Hub: @unchecked Sendable {
     public var keyFile: String
     /// token -> cluster id (`namespace_name`)
     public var agentTokens: [String: String]
+    /// Receive window per mux stream (bytes); 0 = the yamux default, 256 KiB.
+    public var muxWindow: UInt32 = 0
     public init(certFile: String, keyFile: String, agentTokens: [String: String]) {
       self.certFile = certFile
       self.keyFile = keyFile
@@ -51,6 +53,7 @@ public final class Hub: @unchecked Sendable {
           cfg.port = Int32(config.port)
           cfg.cert_file = cert
           cfg.key_file = key
+          cfg.mux_window = config.muxWindow
           return kp_hub_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
         }
       }

@@ -31,7 +31,11 @@ struct HubCommand: ParsableCommand {
   var agentTokensFileFlag: String?
   var agentTokensFile: String? { agentTokensFileFlag ?? ProcessInfo.processInfo.environment["AGENT_TOKENS_FILE"] }
 
+  @Option(name: .customLong("mux-window"), help: "Receive window per tunnel stream, in KiB (at least 256). Larger windows carry more per round trip; each stream may buffer up to this much. Env: MUX_WINDOW_KIB.")
+  var muxWindowKiB: Int = Int(ProcessInfo.processInfo.environment["MUX_WINDOW_KIB"] ?? "") ?? 256
+
   func validate() throws {
+    guard (256...65536).contains(muxWindowKiB) else { throw ValidationError("--mux-window is 256 to 65536 KiB") }
     guard tlsCert != nil, tlsKey != nil else {
       throw ValidationError("--tls-cert and --tls-key are required")
     }
@@ -63,6 +67,7 @@ struct HubCommand: ParsableCommand {
     var cfg = Hub.Config(certFile: tlsCert!, keyFile: tlsKey!, agentTokens: tokens)
     cfg.bindHost = host
     cfg.port = port
+    cfg.muxWindow = UInt32(muxWindowKiB * 1024)
     let hub = try Hub(loop: loop, config: cfg)
     hub.onSession = { cluster, up, status in
       log(up ? "agent session up: cluster=\(cluster)" : "agent session down: cluster=\(cluster) status=\(status)")
