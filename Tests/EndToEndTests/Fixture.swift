@@ -359,3 +359,43 @@ final class LineReader {
     process.waitUntilExit()
   }
 }
+
+extension E2EWorld {
+  /// `count` requests at once, each for a different size (so a body delivered
+  /// to the wrong request shows), each on its own connection to the hub.
+  func checkParallel(count: Int) throws {
+    let sizes = (0..<count).map { 1000 + $0 * 517 }
+    let outDir = dir.appendingPathComponent("parallel")
+    try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
+    // A curl config file: one url/output pair per request.
+    let config = sizes.map { "url = \"\(proxy("/bytes/\($0)"))\"\noutput = \"\(outDir.path)/\($0)\"\n" }.joined()
+    let cfgURL = dir.appendingPathComponent("parallel.curlrc")
+    try config.write(to: cfgURL, atomically: true, encoding: .utf8)
+    let r = try curl(["--parallel", "--parallel-max", "\(count)", "--parallel-immediate",
+                            "-K", cfgURL.path, "-w", "%{http_code} %{url_effective}\n"], timeout: 90)
+    XCTAssertEqual(r.status, 0, "curl: \(r.stderr)")
+    let codes = r.text.split(separator: "\n")
+    XCTAssertEqual(codes.count, count, "one status line per request")
+    let bad = codes.filter { !$0.hasPrefix("200 ") }
+    // The first failure's body is usually a Status saying why.
+    let firstBad = bad.first.flatMap { $0.split(separator: "/").last }
+      .flatMap { try? String(contentsOfFile: "\(outDir.path)/\($0)", encoding: .utf8) } ?? ""
+    XCTAssertTrue(bad.isEmpty, "\(bad.count) of \(count) requests did not get 200: \(bad.prefix(3)); first body: \(firstBad.prefix(300))")
+    let got = try sha256(files: sizes.map { "\(outDir.path)/\($0)" })
+    let want = try expectedDigests(sizes)
+    let wrong = zip(sizes, zip(got, want)).filter { $0.1.0 != $0.1.1 }.map { $0.0 }
+    XCTAssertEqual(got.count, count)
+    XCTAssertTrue(wrong.isEmpty, "\(wrong.count) bodies differ, e.g. sizes \(wrong.prefix(5))")
+  }
+
+  /// Known bug (see checkUpload16MiB): a request body larger than the mux
+  /// stream window (256 KiB) usually wedges the hub. Without KP_KNOWN_BUGS
+  /// the uploads stay under the window, so the rest of the suite still runs.
+  static var knownBugs: Bool { ProcessInfo.processInfo.environment["KP_KNOWN_BUGS"] != nil }
+
+}
+
+/// Assertions about known product bugs run only with KP_KNOWN_BUGS set
+/// (XCTExpectFailure does not exist on Linux); each such test's comment
+/// says what the bug is and the report has the repro.
+var knownBugs: Bool { ProcessInfo.processInfo.environment["KP_KNOWN_BUGS"] != nil }

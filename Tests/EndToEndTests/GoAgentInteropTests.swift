@@ -92,6 +92,11 @@ final class GoAgentInteropTests: XCTestCase {
   func testBytes1KiB() throws { try checkBytes(1024) }
   func testBytes64MiB() throws { try checkBytes(64 << 20) }
 
+  /// 200 at once through the original design's agent: the same hub that
+  /// gives some 502s with kopilot-agent at this load (see
+  /// CarriageTestCase.checkParallel) must pass here.
+  func testParallel200() throws { try world.checkParallel(count: 200) }
+
   /// The Go agent's reverse proxy sets the token; the hub must still have
   /// dropped the caller's.
   func testHeaders() throws {
