@@ -38,25 +38,49 @@ typedef struct up_req {
   int attached;
 } up_req_t;
 
+typedef struct agent_front {
+  kp_agent_t *agent;
+  kp_mux_stream_t *st;
+  up_req_t *up;
+} agent_front_t;
+
+/* The front record must stop pointing at an upstream request that is going
+ * away: the relay can outlive it. */
+static void up_detach(up_req_t *u) {
+  agent_front_t *f;
+  if (u->relay == NULL) return;
+  f = kp__relay_user_data(u->relay);
+  if (f->up == u) f->up = NULL;
+}
+
+/* The API server could not be reached: the caller gets a 502 Status and
+ * the conn closes (up_closed frees u). */
+static void up_fail(up_req_t *u, int status) {
+  kp__relay_t *r = u->relay;
+  char body[512];
+  size_t n;
+  uint8_t *resp;
+  int bl = snprintf(body, sizeof(body),
+                    "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+                    "\"status\":\"Failure\",\"message\":\"kopilot-agent: cannot "
+                    "reach the API server: %s\",\"reason\":\"ServiceUnavailable\","
+                    "\"code\":502}\n",
+                    kp_strerror(status));
+  up_detach(u);
+  u->relay = NULL;
+  resp = kp__http_build_response(502, "Bad Gateway", "application/json", body,
+                                 (size_t)bl, 1, &n);
+  if (resp) kp__relay_respond(r, resp, n, 1);
+  else kp__relay_abort(r, KP_ENOMEM);
+  free(resp);
+}
+
 static void up_ready(kp__conn_t *c, int status) {
   up_req_t *u = c->ud;
   kp__ep_t ep = {&kp__conn_ep_ops, c};
   if (u->relay == NULL) return;
   if (status != 0) {
-    char body[512];
-    size_t n;
-    uint8_t *resp;
-    int bl = snprintf(body, sizeof(body),
-                      "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
-                      "\"status\":\"Failure\",\"message\":\"kopilot-agent: cannot "
-                      "reach the API server: %s\",\"reason\":\"ServiceUnavailable\","
-                      "\"code\":502}\n",
-                      kp_strerror(status));
-    resp = kp__http_build_response(502, "Bad Gateway", "application/json", body,
-                                   (size_t)bl, 1, &n);
-    if (resp) kp__relay_respond(u->relay, resp, n, 1);
-    free(resp);
-    u->relay = NULL;
+    up_fail(u, status);
     return;
   }
   u->attached = 1;
@@ -81,7 +105,9 @@ static void up_written(kp__conn_t *c, size_t n) {
 }
 static void up_closed(kp__conn_t *c, int status) {
   up_req_t *u = c->ud;
+  up_detach(u);
   if (u->relay && u->attached) kp__relay_back_closed(u->relay, status);
+  else if (u->relay) up_fail(u, status ? status : KP_ECLOSED); /* closed while dialing */
   free(u->head);
   free(u);
 }
@@ -96,11 +122,6 @@ static const kp__conn_cbs_t up_cbs = {
 
 /* ---- streams from the hub ---- */
 
-typedef struct agent_front {
-  kp_agent_t *agent;
-  kp_mux_stream_t *st;
-  up_req_t *up;
-} agent_front_t;
 
 static void af_on_request(kp__relay_t *r, const kp_http_head_t *head,
                           const uint8_t *raw, size_t raw_len) {

@@ -29,6 +29,12 @@ typedef struct dir {
    * but the destination has not taken yet: they must not be scanned twice. */
   size_t scanned;
   int have_scan;
+  /* Bytes the relay itself produced (a head, a local response) that must
+   * reach the destination before anything more from the queue. A stream
+   * may take fewer bytes than offered (window, congested session), so
+   * these wait here like any other. */
+  uint8_t *out;
+  size_t out_len, out_off;
   int src_eof;  /* the source has no more bytes */
   int paused;   /* we stopped the source's reads */
 } dir_t;
@@ -48,6 +54,7 @@ struct kp__relay {
   int close_after;   /* end the front once the response is out */
   int front_closed, done, in_pump;
   int front_shut;
+  int want_front_shut; /* shut once the response bytes are all out */
 };
 
 static void pump(kp__relay_t *r);
@@ -119,6 +126,23 @@ static void q_clear(dir_t *d) {
   d->scanned = 0;
 }
 
+static int out_add(dir_t *d, const uint8_t *p, size_t n) {
+  uint8_t *nb;
+  if (n == 0) return 0;
+  nb = realloc(d->out, d->out_len + n);
+  if (nb == NULL) return KP_ENOMEM;
+  memcpy(nb + d->out_len, p, n);
+  d->out = nb;
+  d->out_len += n;
+  return 0;
+}
+
+static void out_clear(dir_t *d) {
+  free(d->out);
+  d->out = NULL;
+  d->out_len = d->out_off = 0;
+}
+
 static kp__ep_t *src_of(kp__relay_t *r, dir_t *d) {
   return d->from_front ? &r->front : &r->back;
 }
@@ -154,6 +178,8 @@ static void finish(kp__relay_t *r) {
   q_clear(&r->resp);
   free(r->req.hbuf);
   free(r->resp.hbuf);
+  out_clear(&r->req);
+  out_clear(&r->resp);
   if (r->router->on_done) r->router->on_done(r);
   free(r);
 }
@@ -163,6 +189,7 @@ static void release_back(kp__relay_t *r, int ok) {
   if (!r->has_back) return;
   r->has_back = 0;
   q_clear(&r->resp);
+  out_clear(&r->req);
   r->resp.state = ST_DONE;
   r->resp.paused = 0;
   r->router->release_back(r, b, ok);
@@ -182,8 +209,13 @@ void kp__relay_abort(kp__relay_t *r, int err) {
   finish(r);
 }
 
+/* Ends the front's write side once every response byte is out. */
 static void front_shutdown(kp__relay_t *r) {
   if (r->front_shut || r->front_closed) return;
+  if (r->resp.out_off < r->resp.out_len) {
+    r->want_front_shut = 1; /* pump_dir(resp) finishes it */
+    return;
+  }
   r->front_shut = 1;
   r->front.ops->shutdown(r->front.h);
 }
@@ -296,7 +328,6 @@ static int request_head(kp__relay_t *r, dir_t *d) {
 static int response_head(kp__relay_t *r, dir_t *d) {
   kp_http_head_t head;
   int rc = kp_http_parse_response(d->hbuf, d->hlen, r->max_head, &head);
-  int64_t w;
   if (rc == KP_EAGAIN) return 0;
   if (rc < 0) {
     release_back(r, 0);
@@ -309,18 +340,13 @@ static int response_head(kp__relay_t *r, dir_t *d) {
     return 1;
   }
   d->hlen = 0;
-  if (head.status >= 100 && head.status < 200 && head.status != 101) {
-    /* Interim (100 Continue): forward and wait for the final head. */
-    w = r->front.ops->write(r->front.h, d->hbuf, (size_t)rc);
-    if (w < 0) kp__relay_abort(r, (int)w);
+  if (out_add(d, d->hbuf, (size_t)rc) != 0) {
+    kp__relay_abort(r, KP_ENOMEM);
     return 1;
   }
+  if (head.status >= 100 && head.status < 200 && head.status != 101)
+    return 1; /* interim (100 Continue): forwarded; the final head follows */
   r->resp_keep_alive = (head.flags & KP_HTTP_F_KEEP_ALIVE) != 0;
-  w = r->front.ops->write(r->front.h, d->hbuf, (size_t)rc);
-  if (w < 0) {
-    kp__relay_abort(r, (int)w);
-    return 1;
-  }
   if (head.status == 101 && r->upgrade_asked) {
     d->state = ST_RAW;
     r->req.state = ST_RAW;
@@ -368,6 +394,31 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
   /* A front that was closed or taken (e.g. by an agent session) is not
    * ours any more, and neither is anything queued from it. */
   if (d->from_front && r->front_closed) return 0;
+  if (d->out_off < d->out_len) {
+    kp__ep_t *dst = dst_of(r, d);
+    int64_t taken;
+    if (!dst_ok(r, d)) {
+      out_clear(d);
+    } else {
+      taken = dst->ops->write(dst->h, d->out + d->out_off, d->out_len - d->out_off);
+      if (taken < 0) {
+        kp__relay_abort(r, (int)taken);
+        return 1;
+      }
+      d->out_off += (size_t)taken;
+      if (taken > 0) moved = 1;
+      if (d->out_off < d->out_len) {
+        set_paused(r, d, 1);
+        return moved; /* kp__relay_writable resumes */
+      }
+      out_clear(d);
+    }
+  }
+  if (!d->from_front && r->want_front_shut && !r->front_shut) {
+    r->want_front_shut = 0;
+    front_shutdown(r);
+    moved = 1;
+  }
   while (d->qh != NULL && !r->done && !(d->from_front && r->front_closed)) {
     qnode_t *q = d->qh;
     if (d->state == ST_HEAD) {
@@ -381,7 +432,10 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
       q->s.len -= (size_t)n;
       if (q->s.len == 0) q_pop(d);
       moved = 1;
-      if (d->from_front ? request_head(r, d) : response_head(r, d)) continue;
+      if (d->from_front ? request_head(r, d) : response_head(r, d)) {
+        if (d->out_off < d->out_len) return 1; /* pump again: flush it first */
+        continue;
+      }
       if (d->hlen > r->max_head) {
         /* Cannot be: parse says EHEADTOOBIG first. */
         kp__relay_abort(r, KP_EHEADTOOBIG);
@@ -609,7 +663,6 @@ void kp__relay_back_closed(kp__relay_t *r, int err) {
 
 int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
                      size_t head_len) {
-  int64_t w;
   r->deciding = 0;
   r->back = back;
   r->has_back = 1;
@@ -617,12 +670,10 @@ int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
   r->resp.hlen = 0;
   r->resp.src_eof = 0;
   r->resp.paused = 0;
-  w = back.ops->write(back.h, head, head_len);
-  if (w < 0 || (size_t)w < head_len) {
-    /* A fresh stream's window (256 KiB) always takes a head (<= 64 KiB). */
+  if (out_add(&r->req, head, head_len) != 0) {
     release_back(r, 0);
-    respond_status(r, 502, "BadGateway", "could not send the request into the tunnel");
-    return w < 0 ? (int)w : KP_EIO;
+    kp__relay_abort(r, KP_ENOMEM);
+    return KP_ENOMEM;
   }
   pump(r);
   return 0;
@@ -630,15 +681,13 @@ int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
 
 void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,
                        int close_after) {
-  int64_t w;
   r->deciding = 0;
   if (close_after) r->close_after = 1;
   if (!r->req_keep_alive) r->close_after = 1;
   r->req.drop = 1;
   if (r->front_closed) return;
-  w = r->front.ops->write(r->front.h, resp, len);
-  if (w < 0) {
-    kp__relay_abort(r, (int)w);
+  if (out_add(&r->resp, resp, len) != 0) {
+    kp__relay_abort(r, KP_ENOMEM);
     return;
   }
   if (r->close_after) {

@@ -388,14 +388,6 @@ extension E2EWorld {
     XCTAssertTrue(wrong.isEmpty, "\(wrong.count) bodies differ, e.g. sizes \(wrong.prefix(5))")
   }
 
-  /// Known bug (see checkUpload16MiB): a request body larger than the mux
-  /// stream window (256 KiB) usually wedges the hub. Without KP_KNOWN_BUGS
-  /// the uploads stay under the window, so the rest of the suite still runs.
-  static var knownBugs: Bool { ProcessInfo.processInfo.environment["KP_KNOWN_BUGS"] != nil }
-
 }
 
-/// Assertions about known product bugs run only with KP_KNOWN_BUGS set
-/// (XCTExpectFailure does not exist on Linux); each such test's comment
-/// says what the bug is and the report has the repro.
-var knownBugs: Bool { ProcessInfo.processInfo.environment["KP_KNOWN_BUGS"] != nil }
+
