@@ -73,12 +73,12 @@ struct AgentCommand: ParsableCommand {
       }
       if up {
         state.backoff.reset()
-        if !state.up { agentLog("connected to the hub") }
+        if !state.up { logLine("connected to the hub") }
         state.up = true
         return
       }
-      if state.up { agentLog("session to the hub ended: status \(status); reconnecting") }
-      else if !state.reportedDown { agentLog("cannot reach the hub (status \(status)); retrying with backoff") }
+      if state.up { logLine("session to the hub ended: status \(status); reconnecting") }
+      else if !state.reportedDown { logLine("cannot reach the hub (status \(status)); retrying with backoff") }
       state.up = false
       state.reportedDown = true
       let delay = state.backoff.next()
@@ -92,11 +92,11 @@ struct AgentCommand: ParsableCommand {
     timer.resume()
     waitForTermination()
     state.stopping = true
-    agentLog("stopping: GoAway sent; requests in flight get \(gracePeriod)s")
+    logLine("stopping: GoAway sent; requests in flight get \(gracePeriod)s")
     session.shutdown(graceMs: UInt64(gracePeriod * 1000))
     _ = stopped.wait(timeout: .now() + gracePeriod + 1)
     session.close()
-    agentLog("stopped")
+    logLine("stopped")
   }
 }
 
@@ -121,21 +121,4 @@ final class TokenFile: @unchecked Sendable {
   }
 }
 
-func agentLog(_ s: String) {
-  let ts = ISO8601DateFormatter().string(from: Date())
-  FileHandle.standardError.write(Data("\(ts) \(s)\n".utf8))
-}
 
-func waitForTermination() {
-  let sem = DispatchSemaphore(value: 0)
-  var sources: [DispatchSourceSignal] = []
-  for sig in [SIGINT, SIGTERM] {
-    signal(sig, SIG_IGN)
-    let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-    src.setEventHandler { sem.signal() }
-    src.resume()
-    sources.append(src)
-  }
-  sem.wait()
-  _ = sources
-}

@@ -70,11 +70,11 @@ struct HubCommand: ParsableCommand {
     cfg.muxWindow = UInt32(muxWindowKiB * 1024)
     let hub = try Hub(loop: loop, config: cfg)
     hub.onSession = { cluster, up, status in
-      log(up ? "agent session up: cluster=\(cluster)" : "agent session down: cluster=\(cluster) status=\(status)")
+      logLine(up ? "agent session up: cluster=\(cluster)" : "agent session down: cluster=\(cluster) status=\(status)")
     }
-    log("kopilot-hub listening on \(host):\(hub.port) clusters=\(Set(tokens.values).count)")
+    logLine("kopilot-hub listening on \(host):\(hub.port) clusters=\(Set(tokens.values).count)")
     waitForTermination()
-    log("kopilot-hub stopping")
+    logLine("kopilot-hub stopping")
     hub.stop()
   }
 }
@@ -88,22 +88,4 @@ func splitHostPort(_ s: String) throws -> (String, Int) {
   return (host.isEmpty ? "0.0.0.0" : host, port)
 }
 
-func log(_ s: String) {
-  let ts = ISO8601DateFormatter().string(from: Date())
-  FileHandle.standardError.write(Data("\(ts) \(s)\n".utf8))
-}
 
-/// Blocks until SIGINT or SIGTERM.
-func waitForTermination() {
-  let sem = DispatchSemaphore(value: 0)
-  var sources: [DispatchSourceSignal] = []
-  for sig in [SIGINT, SIGTERM] {
-    signal(sig, SIG_IGN)
-    let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-    src.setEventHandler { sem.signal() }
-    src.resume()
-    sources.append(src)
-  }
-  sem.wait()
-  _ = sources
-}
