@@ -27,6 +27,9 @@ struct AgentCommand: ParsableCommand {
   @Flag(name: .customLong("insecure-skip-tls-verify"), help: "Do not verify the hub's certificate (unsafe; explicit opt-in).")
   var insecure = false
 
+  @Option(help: "Parallel sessions to the hub; the hub spreads requests over them.")
+  var sessions: Int = 2
+
   @Option(name: .customLong("grace-period"), help: "Seconds that requests in flight get to finish after SIGTERM.")
   var gracePeriod: Double = 30
 
@@ -38,6 +41,7 @@ struct AgentCommand: ParsableCommand {
       throw ValidationError("--connect wss://HUB/connect?token=T is required")
     }
     guard wire == "framed" || wire == "raw" else { throw ValidationError("--wire is framed or raw") }
+    guard (1...64).contains(sessions) else { throw ValidationError("--sessions is 1 to 64") }
   }
 
   func run() throws {
@@ -60,52 +64,87 @@ struct AgentCommand: ParsableCommand {
     cfg.framed = wire == "framed"
     cfg.apiserverCAFile = FileManager.default.fileExists(atPath: caFile) ? caFile : nil
     let loop = try Loop()
-    let session = try AgentSession(loop: loop, config: cfg)
     let tokens = TokenFile(path: tokenFile)
-    if let t = tokens.readIfChanged() { session.setToken(t) }
-
-    let state = AgentState()
-    let stopped = DispatchSemaphore(value: 0)
-    session.onState = { up, status in
-      if state.stopping {
-        if !up { stopped.signal() }
-        return
-      }
-      if up {
-        state.backoff.reset()
-        if !state.up { logLine("connected to the hub") }
-        state.up = true
-        return
-      }
-      if state.up { logLine("session to the hub ended: status \(status); reconnecting") }
-      else if !state.reportedDown { logLine("cannot reach the hub (status \(status)); retrying with backoff") }
-      state.up = false
-      state.reportedDown = true
-      let delay = state.backoff.next()
-      DispatchQueue.global().asyncAfter(deadline: .now() + delay) { session.connect() }
+    let firstToken = tokens.readIfChanged()
+    let supervisors = try (1...sessions).map { i in
+      try SessionSupervisor(index: i, of: sessions, session: AgentSession(loop: loop, config: cfg))
     }
-    session.connect()
+    for s in supervisors {
+      if let t = firstToken { s.session.setToken(t) }
+      s.start()
+    }
     // Kubernetes rotates projected tokens: look for a new one now and then.
     let timer = DispatchSource.makeTimerSource(queue: .global())
     timer.schedule(deadline: .now() + 10, repeating: 10)
-    timer.setEventHandler { if let t = tokens.readIfChanged() { session.setToken(t) } }
+    timer.setEventHandler {
+      if let t = tokens.readIfChanged() { for s in supervisors { s.session.setToken(t) } }
+    }
     timer.resume()
     waitForTermination()
-    state.stopping = true
+    timer.cancel()
     logLine("stopping: GoAway sent; requests in flight get \(gracePeriod)s")
-    session.shutdown(graceMs: UInt64(gracePeriod * 1000))
-    _ = stopped.wait(timeout: .now() + gracePeriod + 1)
-    session.close()
+    for s in supervisors { s.stop(graceMs: UInt64(gracePeriod * 1000)) }
+    for s in supervisors { s.waitStopped(timeout: gracePeriod + 1) }
+    for s in supervisors { s.session.close() }
     logLine("stopped")
   }
 }
 
-final class AgentState: @unchecked Sendable {
-  var backoff = Backoff()
-  var up = false
-  var reportedDown = false
-  var stopping = false
+/// Keeps one session to the hub up: reconnects with backoff and full jitter,
+/// and logs each change of state once rather than every retry.
+final class SessionSupervisor: @unchecked Sendable {
+  let session: AgentSession
+  private let label: String
+  private let lock = NSLock()
+  private var backoff = Backoff()
+  private var up = false
+  private var reportedDown = false
+  private var stopping = false
+  private let stopped = DispatchSemaphore(value: 0)
+
+  init(index: Int, of total: Int, session: AgentSession) {
+    self.session = session
+    self.label = total > 1 ? "session \(index)/\(total): " : ""
+    session.onState = { [unowned self] up, status in self.changed(up: up, status: status) }
+  }
+
+  func start() { session.connect() }
+
+  private func changed(up isUp: Bool, status: Int32) {
+    lock.lock()
+    defer { lock.unlock() }
+    if stopping {
+      if !isUp { stopped.signal() }
+      return
+    }
+    if isUp {
+      backoff.reset()
+      if !up { logLine("\(label)connected to the hub") }
+      up = true
+      reportedDown = false
+      return
+    }
+    if up {
+      logLine("\(label)session to the hub ended (\(CoreError(code: status, context: "session"))); reconnecting")
+    } else if !reportedDown {
+      logLine("\(label)cannot reach the hub (\(CoreError(code: status, context: "connect"))); retrying with backoff")
+    }
+    up = false
+    reportedDown = true
+    let delay = backoff.next()
+    DispatchQueue.global().asyncAfter(deadline: .now() + delay) { [session] in session.connect() }
+  }
+
+  func stop(graceMs: UInt64) {
+    lock.lock()
+    stopping = true
+    lock.unlock()
+    session.shutdown(graceMs: graceMs)
+  }
+
+  func waitStopped(timeout: Double) { _ = stopped.wait(timeout: .now() + timeout) }
 }
+
 
 /// A token file watched by modification time and content.
 final class TokenFile: @unchecked Sendable {
