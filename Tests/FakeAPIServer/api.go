@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"strings"
 	"time"
@@ -107,11 +106,17 @@ func age(ts string, now time.Time) string {
 	case d < 2*time.Minute:
 		return fmt.Sprintf("%ds", int(d.Seconds()))
 	case d < 10*time.Minute:
-		return fmt.Sprintf("%dm%ds", int(d.Minutes()), int(d.Seconds())%60)
+		if sec := int(d.Seconds()) % 60; sec != 0 {
+			return fmt.Sprintf("%dm%ds", int(d.Minutes()), sec)
+		}
+		return fmt.Sprintf("%dm", int(d.Minutes()))
 	case d < 3*time.Hour:
 		return fmt.Sprintf("%dm", int(d.Minutes()))
 	case d < 8*time.Hour:
-		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
+		if m := int(d.Minutes()) % 60; m != 0 {
+			return fmt.Sprintf("%dh%dm", int(d.Hours()), m)
+		}
+		return fmt.Sprintf("%dh", int(d.Hours()))
 	case d < 48*time.Hour:
 		return fmt.Sprintf("%dh", int(d.Hours()))
 	default:
@@ -137,16 +142,21 @@ func writeJSON(w http.ResponseWriter, code int, v interface{}) {
 	w.Write(b)
 }
 
-// statusBody is metav1.Status as the apiserver encodes errors.
-func statusBody(code int, reason, message string, details map[string]interface{}) map[string]interface{} {
-	st := map[string]interface{}{
-		"kind": "Status", "apiVersion": "v1", "metadata": map[string]interface{}{},
-		"status": "Failure", "message": message, "reason": reason, "code": code,
-	}
-	if details != nil {
-		st["details"] = details
-	}
-	return st
+// status is metav1.Status, field order as the apiserver encodes it (the
+// tests compare the 401 body byte for byte).
+type status struct {
+	Kind       string                 `json:"kind"`
+	APIVersion string                 `json:"apiVersion"`
+	Metadata   struct{}               `json:"metadata"`
+	Status     string                 `json:"status"`
+	Message    string                 `json:"message"`
+	Reason     string                 `json:"reason"`
+	Details    map[string]interface{} `json:"details,omitempty"`
+	Code       int                    `json:"code"`
+}
+
+func statusBody(code int, reason, message string, details map[string]interface{}) *status {
+	return &status{Kind: "Status", APIVersion: "v1", Status: "Failure", Message: message, Reason: reason, Details: details, Code: code}
 }
 
 func writeStatus(w http.ResponseWriter, code int, reason, message string, details map[string]interface{}) {
@@ -180,11 +190,8 @@ func (s *server) route(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, map[string]interface{}{"kind": "APIGroupList", "apiVersion": "v1", "groups": []interface{}{}})
 	case p == "/api/v1":
 		s.serveResourceList(w)
-	case p == "/openapi/v3":
-		// Minimal OpenAPI v3 index: no group-versions documented. kubectl
-		// (1.29+ validation, 1.27+ explain) finds no schema and goes on
-		// without client-side validation.
-		writeJSON(w, 200, map[string]interface{}{"paths": map[string]interface{}{}})
+	case strings.HasPrefix(p, "/openapi/v3"):
+		serveOpenAPIv3(w, r, p)
 	case p == "/healthz" || p == "/readyz" || p == "/livez":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok")
@@ -498,5 +505,3 @@ func (s *server) serveHook(w http.ResponseWriter, r *http.Request, what string) 
 		writeStatus(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "POST or DELETE", nil)
 	}
 }
-
-var _ = log.Printf

@@ -97,9 +97,9 @@ func newServer(cfg *config, st *store) *server { return &server{cfg: cfg, store:
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.verbose {
-		log.Printf("%s %s Accept=%q Content-Type=%q Upgrade=%q Protocols=%q", r.Method, r.URL.RequestURI(),
-			r.Header.Get("Accept"), r.Header.Get("Content-Type"), r.Header.Get("Upgrade"),
-			r.Header.Values("X-Stream-Protocol-Version"))
+		log.Printf("%s %s Accept=%q Content-Type=%q Upgrade=%q X-Stream-Protocol-Version=%q Sec-WebSocket-Protocol=%q",
+			r.Method, r.URL.RequestURI(), r.Header.Get("Accept"), r.Header.Get("Content-Type"), r.Header.Get("Upgrade"),
+			r.Header.Values("X-Stream-Protocol-Version"), r.Header.Values("Sec-WebSocket-Protocol"))
 	}
 	if !s.authorized(r) {
 		writeStatus(w, http.StatusUnauthorized, "Unauthorized", "Unauthorized", nil)
