@@ -165,6 +165,9 @@ func decodeConfigMapProto(body []byte) (*configMap, error) {
 	if err != nil {
 		return nil, err
 	}
+	if raw == nil {
+		return nil, errors.New("protobuf: envelope holds no object")
+	}
 	if (kind != "" && kind != "ConfigMap") || (apiVersion != "" && apiVersion != "v1") {
 		return nil, fmt.Errorf("expected v1 ConfigMap, got %s %s", apiVersion, kind)
 	}
