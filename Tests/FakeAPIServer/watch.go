@@ -8,6 +8,12 @@ import (
 	"time"
 )
 
+// eventJSON is metav1.WatchEvent on the wire: "type" first, as the apiserver writes it.
+type eventJSON struct {
+	Type   string      `json:"type"`
+	Object interface{} `json:"object"`
+}
+
 // serveWatch streams watch events (metav1.WatchEvent, one JSON document
 // each, newline-separated, in a chunked response that stays open).
 //
@@ -30,7 +36,7 @@ func (s *server) serveWatch(w http.ResponseWriter, r *http.Request, res *resourc
 
 	if n, err := strconv.ParseInt(rv, 10, 64); err == nil && rv != "0" && (n == 1 || n < s.cfg.compactedBefore) {
 		w.WriteHeader(http.StatusOK)
-		enc.Encode(map[string]interface{}{"type": "ERROR", "object": statusBody(http.StatusGone, "Expired",
+		enc.Encode(eventJSON{"ERROR", statusBody(http.StatusGone, "Expired",
 			fmt.Sprintf("too old resource version: %s (%d)", rv, firstRV), nil)})
 		return
 	}
@@ -55,7 +61,7 @@ func (s *server) serveWatch(w http.ResponseWriter, r *http.Request, res *resourc
 		if asTable {
 			payload = s.table(r, res, []object{obj}, obj.meta().ResourceVersion, true)
 		}
-		if err := enc.Encode(map[string]interface{}{"type": typ, "object": payload}); err != nil {
+		if err := enc.Encode(eventJSON{typ, payload}); err != nil {
 			return false
 		}
 		if flusher != nil {
