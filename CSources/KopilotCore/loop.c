@@ -5,6 +5,7 @@
  * coalesces wake-ups, so the queue (not the async) carries the work. */
 #include "loop_internal.h"
 
+#include <signal.h>
 #include <stdio.h>
 
 typedef struct kp__work {
@@ -54,6 +55,10 @@ int kp_loop_new(kp_loop_t **out) {
   kp_loop_t *l;
   int rc;
   *out = NULL;
+  /* A write to a socket the peer already closed raises SIGPIPE, whose
+   * default action ends the process: one caller hanging up would kill the
+   * hub. libuv does not ignore it for us; EPIPE from the write is enough. */
+  signal(SIGPIPE, SIG_IGN);
   l = calloc(1, sizeof(*l));
   if (l == NULL) return KP_ENOMEM;
   rc = uv_loop_init(&l->uv);

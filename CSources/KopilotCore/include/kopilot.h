@@ -103,7 +103,8 @@ typedef struct kp_slice {
 typedef struct kp_loop kp_loop_t;
 
 /* Creates a loop and starts its thread. Returns 0, KP_ENOMEM or a libuv
- * error. */
+ * error. Sets SIGPIPE to be ignored, process-wide: a peer that hangs up must
+ * cost one connection (EPIPE), not the process. */
 int kp_loop_new(kp_loop_t **out);
 /* Runs fn(arg) on the loop thread, after work posted before it. Callable
  * from any thread, including the loop's own. Returns KP_ECLOSED once the
