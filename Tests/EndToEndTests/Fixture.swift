@@ -183,6 +183,44 @@ final class ManagedProcess {
   }
 }
 
+/// Builds a Go program of this repository once per test process, offline, in
+/// GOPATH mode against Debian's Go packages (golang-go and the
+/// golang-github-* libraries); skips with the reason when go is absent, and
+/// fails when go is here but the build breaks.
+enum GoBuild {
+  private static var built: [String: String] = [:]
+  private static var failed: [String: String] = [:]
+  private static let lock = NSLock()
+
+  static func binary(_ package: String, name: String) throws -> String {
+    lock.lock()
+    defer { lock.unlock() }
+    if let p = built[package] { return p }
+    if let e = failed[package] { throw XCTSkip(e) }
+    guard let go = Paths.tool("go") else {
+      failed[package] = "go is not installed: \(package) needs golang-go and Debian's golang-github-* packages"
+      throw XCTSkip(failed[package]!)
+    }
+    let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("kp-e2e-go-\(getpid())")
+    try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+    let out = tmp.appendingPathComponent(name).path
+    var env = ProcessInfo.processInfo.environment
+    env["GO111MODULE"] = "off"
+    env["GOPATH"] = tmp.path + ":/usr/share/gocode"
+    env["GOFLAGS"] = ""
+    env["GOPROXY"] = "off"
+    env["GOCACHE"] = tmp.appendingPathComponent("cache").path
+    let r = try runCommand(go, ["build", "-o", out, "./" + package], timeout: 180, in: Paths.root, environment: env)
+    guard r.status == 0 else {
+      XCTFail("building \(package) failed: \(r.stderr)")
+      failed[package] = "\(package) did not build"
+      throw XCTSkip(failed[package]!)
+    }
+    built[package] = out
+    return out
+  }
+}
+
 /// The hub's agent tokens: `default/sample` gets an agent, `default/idle`
 /// is registered but never gets one (the 503 case).
 enum Tokens {

@@ -12,44 +12,11 @@ import XCTest
 /// the raw connection, http.Serve on the session): existing agents must keep
 /// working against the new hub.
 final class GoAgentInteropTests: XCTestCase {
-  private static var agentPath: String?
-  private static var buildError: String?
   var world: E2EWorld!
-
-  /// Builds the Go agent once per test process, offline, in GOPATH mode
-  /// against the Debian packages of gorilla/websocket and hashicorp/yamux.
-  private func goAgent() throws -> String {
-    if let p = Self.agentPath { return p }
-    if let e = Self.buildError { throw XCTSkip(e) }
-    guard let go = Paths.tool("go") else {
-      Self.buildError = "go is not installed: the Go agent interop test needs golang-go, "
-        + "golang-github-hashicorp-yamux-dev and golang-github-gorilla-websocket-dev"
-      throw XCTSkip(Self.buildError!)
-    }
-    let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("kp-e2e-goagent-\(getpid())")
-    try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
-    let out = tmp.appendingPathComponent("goagent").path
-    var env = ProcessInfo.processInfo.environment
-    env["GO111MODULE"] = "off"
-    env["GOPATH"] = tmp.path + ":/usr/share/gocode"
-    env["GOFLAGS"] = ""
-    env["GOPROXY"] = "off"
-    env["GOCACHE"] = tmp.appendingPathComponent("cache").path
-    let r = try runCommand(go, ["build", "-o", out, "./Tests/Interop/goagent"], timeout: 120, in: Paths.root,
-                           environment: env)
-    guard r.status == 0 else {
-      // Go is here but the build failed: that is a failure, not a skip.
-      XCTFail("building Tests/Interop/goagent failed: \(r.stderr)")
-      Self.buildError = "the Go agent did not build"
-      throw XCTSkip(Self.buildError!)
-    }
-    Self.agentPath = out
-    return out
-  }
 
   override func setUpWithError() throws {
     try super.setUpWithError()
-    let agent = try goAgent()
+    let agent = try GoBuild.binary("Tests/Interop/goagent", name: "goagent")
     world = try E2EWorld()
     do {
       try world.startUpstream()

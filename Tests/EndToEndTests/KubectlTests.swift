@@ -1,0 +1,285 @@
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The real kubectl through hub -> agent -> a faithful fake kube-apiserver
+/// (Tests/FakeAPIServer), with the oldest and the newest kubectl on this
+/// machine: 1.27 upgrades over SPDY/3.1, 1.33 over WebSocket, so both kinds
+/// of upgrade cross the tunnel.
+class KubectlTestCase: XCTestCase {
+  var kubectlName: String { fatalError("a subclass names its kubectl") }
+  var world: E2EWorld!
+  var kubectl = ""
+  var fakePort = 0
+  var kubeconfig: URL { world.dir.appendingPathComponent("kubeconfig") }
+
+  static let kubectlDir = "/usr/lib/google-cloud-sdk/bin"
+
+  override func setUpWithError() throws {
+    try super.setUpWithError()
+    let path = "\(Self.kubectlDir)/\(kubectlName)"
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+      throw XCTSkip("\(path) is not installed")
+    }
+    kubectl = path
+    let fake = try GoBuild.binary("Tests/FakeAPIServer", name: "fakeapi")
+    world = try E2EWorld()
+    do {
+      let api = try world.start("fakeapi", fake, [
+        "--cert", world.certs.cert, "--key", world.certs.key, "--token", Tokens.apiserver, "-v",
+      ])
+      fakePort = Int(try api.waitFor("PORT ").split(separator: " ").last ?? "") ?? 0
+      try world.startHub()
+      let agent = try world.start("agent", try Paths.binary("kopilot-agent"), [
+        "--connect", "wss://127.0.0.1:\(world.hubPort)/connect?token=\(Tokens.sample)",
+        "--apiserver", "https://127.0.0.1:\(fakePort)", "--token-file", world.tokenFile.path,
+        "--ca-file", world.certs.ca, "--hub-ca", world.certs.ca,
+      ])
+      try agent.waitFor("connected to the hub")
+      try world.hub.waitFor("agent session up: cluster=default_sample")
+      try """
+        apiVersion: v1
+        kind: Config
+        clusters:
+        - name: member
+          cluster:
+            server: \(world.hubURL)/proxy/default_sample
+            certificate-authority: \(world.certs.ca)
+        users:
+        - name: caller
+          user:
+            token: \(Tokens.caller)
+        contexts:
+        - name: member
+          context: {cluster: member, user: caller}
+        current-context: member
+        """.write(to: kubeconfig, atomically: true, encoding: .utf8)
+    } catch {
+      world.tearDown()
+      throw error
+    }
+  }
+
+  override func tearDown() {
+    if let run = testRun, run.failureCount + run.unexpectedExceptionCount > 0 {
+      print("logs of \(name):\n\(world?.logs ?? "")")
+    }
+    world?.tearDown()
+    world = nil
+    super.tearDown()
+  }
+
+  /// kubectl with the tunnel's kubeconfig and a cache of its own (discovery
+  /// from another run must not leak in).
+  @discardableResult
+  func run(_ args: [String], timeout: TimeInterval = 60) throws -> CommandResult {
+    let cache = world.dir.appendingPathComponent("cache-\(kubectlName)").path
+    return try runCommand(kubectl, ["--kubeconfig", kubeconfig.path, "--cache-dir", cache] + args, timeout: timeout)
+  }
+
+  func checkGetAllNamespaces() throws {
+    let r = try run(["get", "pods", "-A"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertTrue(r.text.hasPrefix("NAMESPACE"), r.text)
+    XCTAssertTrue(r.text.contains("kube-system"), r.text)
+    XCTAssertTrue(r.text.contains("web-0"), r.text)
+  }
+
+  func checkGetJSON() throws {
+    let r = try run(["get", "pods", "-o", "json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let obj = try JSONSerialization.jsonObject(with: r.stdout) as? [String: Any]
+    XCTAssertEqual(obj?["kind"] as? String, "List")
+    XCTAssertFalse((obj?["items"] as? [Any] ?? []).isEmpty)
+  }
+
+  /// A watch streams through the tunnel: a pod added on the member side
+  /// while kubectl watches shows up without the watch ending.
+  func checkWatch() throws {
+    let out = world.dir.appendingPathComponent("watch.out")
+    FileManager.default.createFile(atPath: out.path, contents: nil)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: kubectl)
+    p.arguments = ["--kubeconfig", kubeconfig.path, "--cache-dir", world.dir.appendingPathComponent("cache-w").path,
+                   "get", "pods", "-w"]
+    p.standardOutput = try FileHandle(forWritingTo: out)
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    defer {
+      if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+      p.waitUntilExit()
+    }
+    func seen(_ s: String) -> Bool { (try? String(contentsOf: out, encoding: .utf8))?.contains(s) ?? false }
+    try waitUntil("the first rows") { seen("web-0") }
+    // Straight to the fake (not through the tunnel): a new pod appears.
+    let added = try world.curl(["-X", "POST", "-H", "Authorization: Bearer \(Tokens.apiserver)",
+                                "https://127.0.0.1:\(fakePort)/_fake/pods?namespace=default&name=watched-pod"])
+    XCTAssertEqual(added.status, 0, added.stderr)
+    try waitUntil("the added pod in the watch") { seen("watched-pod") }
+    XCTAssertTrue(p.isRunning, "the watch ended instead of staying open")
+  }
+
+  func checkLogsFollow() throws {
+    let out = world.dir.appendingPathComponent("logs.out")
+    FileManager.default.createFile(atPath: out.path, contents: nil)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: kubectl)
+    p.arguments = ["--kubeconfig", kubeconfig.path, "--cache-dir", world.dir.appendingPathComponent("cache-l").path,
+                   "logs", "-f", "web-0"]
+    p.standardOutput = try FileHandle(forWritingTo: out)
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    defer {
+      if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+      p.waitUntilExit()
+    }
+    // Lines arrive one by one while the stream stays open: not buffered.
+    func lines() -> Int { ((try? String(contentsOf: out, encoding: .utf8)) ?? "").split(separator: "\n").count }
+    try waitUntil("a first log line") { lines() >= 1 }
+    let first = lines()
+    try waitUntil("more log lines while following") { lines() >= first + 3 }
+    XCTAssertTrue(p.isRunning)
+  }
+
+  func checkExec() throws {
+    let hello = try run(["exec", "web-0", "--", "echo", "hello"])
+    XCTAssertEqual(hello.status, 0, hello.stderr)
+    XCTAssertEqual(hello.text, "hello\n")
+    let failing = try run(["exec", "web-0", "--", "sh", "-c", "exit 3"])
+    XCTAssertEqual(failing.status, 3, "kubectl must see the exit status: \(failing.stderr)")
+  }
+
+  func checkExecStdin() throws {
+    let input = world.dir.appendingPathComponent("stdin.txt")
+    try "through the tunnel and back\n".write(to: input, atomically: true, encoding: .utf8)
+    let sh = try XCTUnwrap(Paths.tool("sh"))
+    let cache = world.dir.appendingPathComponent("cache-i").path
+    let r = try runCommand(sh, ["-c", "\"$0\" --kubeconfig \"$1\" --cache-dir \"$2\" exec -i web-0 -- cat < \"$3\"",
+                                kubectl, kubeconfig.path, cache, input.path])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertEqual(r.text, "through the tunnel and back\n")
+  }
+
+  func checkPortForward() throws {
+    let out = world.dir.appendingPathComponent("pf.out")
+    FileManager.default.createFile(atPath: out.path, contents: nil)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: kubectl)
+    p.arguments = ["--kubeconfig", kubeconfig.path, "--cache-dir", world.dir.appendingPathComponent("cache-p").path,
+                   "port-forward", "pod/web-0", "0:80"]
+    p.standardOutput = try FileHandle(forWritingTo: out)
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    defer {
+      if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+      p.waitUntilExit()
+    }
+    var port = 0
+    try waitUntil("port-forward to listen") {
+      let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
+      guard let r = text.range(of: "Forwarding from 127.0.0.1:") else { return false }
+      port = Int(text[r.upperBound...].prefix { $0.isNumber }) ?? 0
+      return port > 0
+    }
+    // The fake's port 80 echoes: bytes go through kubectl, the hub, the
+    // agent and the fake's port-forward stream, and come back.
+    for round in 0..<2 {
+      let payload = "echo round \(round) " + String(repeating: "x", count: 1000)
+      XCTAssertEqual(try echo(port: port, payload), payload)
+    }
+  }
+
+  func checkCreateDelete() throws {
+    let c = try run(["create", "configmap", "through-tunnel", "--from-literal=a=b"])
+    XCTAssertEqual(c.status, 0, c.stderr)
+    let g = try run(["get", "configmap", "through-tunnel", "-o", "jsonpath={.data.a}"])
+    XCTAssertEqual(g.text, "b", g.stderr)
+    let d = try run(["delete", "configmap", "through-tunnel"], timeout: 60)
+    XCTAssertEqual(d.status, 0, d.stderr)
+    let gone = try run(["get", "configmap", "through-tunnel"])
+    XCTAssertNotEqual(gone.status, 0)
+    XCTAssertTrue(gone.stderr.contains("NotFound") || gone.stderr.contains("not found"), gone.stderr)
+  }
+
+  /// A 16 MiB object, compared by SHA-256 with what the fake says it serves.
+  func checkBigObject() throws {
+    let fake = try GoBuild.binary("Tests/FakeAPIServer", name: "fakeapi")
+    let digests = try runCommand(fake, ["--print-big-digest"]).text
+    let want = digests.split(separator: "\n").first { $0.hasPrefix("raw ") }.map { String($0.dropFirst(4)) }
+    let r = try run(["get", "--raw", "/proxy/default_sample/api/v1/namespaces/default/configmaps/big"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertGreaterThan(r.stdout.count, 16 << 20)
+    let file = world.dir.appendingPathComponent("big.json")
+    try r.stdout.write(to: file)
+    XCTAssertEqual(try world.sha256(files: [file.path]).first, want)
+  }
+
+  // MARK: helpers
+
+  func waitUntil(_ what: String, timeout: TimeInterval = 20, _ ok: () -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while !ok() {
+      if Date() > deadline { throw E2EError("timed out waiting for \(what)") }
+      usleep(50_000)
+    }
+  }
+
+  /// Writes payload to 127.0.0.1:port and reads the same number of bytes back.
+  func echo(port: Int, _ payload: String) throws -> String {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw E2EError("socket failed") }
+    defer { close(fd) }
+    var tv = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let rc = withUnsafePointer(to: &addr) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else { throw E2EError("connect to the forwarded port failed") }
+    let bytes = Array(payload.utf8)
+    guard write(fd, bytes, bytes.count) == bytes.count else { throw E2EError("write failed") }
+    var got: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while got.count < bytes.count {
+      let n = read(fd, &buf, buf.count)
+      if n <= 0 { break }
+      got += buf[0..<n]
+    }
+    return String(decoding: got, as: UTF8.self)
+  }
+}
+
+/// kubectl 1.27: exec and port-forward upgrade to SPDY/3.1.
+final class Kubectl127Tests: KubectlTestCase {
+  override var kubectlName: String { "kubectl.1.27" }
+  func testGetAllNamespaces() throws { try checkGetAllNamespaces() }
+  func testGetJSON() throws { try checkGetJSON() }
+  func testWatch() throws { try checkWatch() }
+  func testLogsFollow() throws { try checkLogsFollow() }
+  func testExec() throws { try checkExec() }
+  func testExecStdin() throws { try checkExecStdin() }
+  func testPortForward() throws { try checkPortForward() }
+  func testCreateDelete() throws { try checkCreateDelete() }
+  func testBigObject() throws { try checkBigObject() }
+}
+
+/// kubectl 1.33: exec over WebSocket (v5.channel.k8s.io), port-forward over
+/// WebSocket carrying SPDY, create in protobuf.
+final class Kubectl133Tests: KubectlTestCase {
+  override var kubectlName: String { "kubectl.1.33" }
+  func testGetAllNamespaces() throws { try checkGetAllNamespaces() }
+  func testGetJSON() throws { try checkGetJSON() }
+  func testWatch() throws { try checkWatch() }
+  func testLogsFollow() throws { try checkLogsFollow() }
+  func testExec() throws { try checkExec() }
+  func testExecStdin() throws { try checkExecStdin() }
+  func testPortForward() throws { try checkPortForward() }
+  func testCreateDelete() throws { try checkCreateDelete() }
+  func testBigObject() throws { try checkBigObject() }
+}
