@@ -50,6 +50,8 @@ typedef struct hub_front {
    * thread only: answers from other threads are counted when they run. */
   int owed;
   int gone;     /* conn closed while an answer was owed: free on answer */
+  uint64_t started_ns; /* when the current request head was complete */
+  char cluster[256];   /* of the current proxied request */
 } hub_front_t;
 
 /* Posts `done` once both the listener and every conn are closed. */
@@ -174,6 +176,7 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
    * (a watch or an exec may last hours). */
   kp__conn_set_timeout(f->conn, 0);
   f->owed = 1;
+  f->started_ns = uv_hrtime();
   f->hub->cbs.on_request(f->hub, (kp_hub_request_t *)f, head, f->conn->peer,
                          f->hub->ud);
 }
@@ -188,8 +191,18 @@ static void front_idle(kp__relay_t *r) {
   if (f->conn) kp__conn_set_timeout(f->conn, HUB_HEAD_DEADLINE_MS);
 }
 
+static void front_exchange(kp__relay_t *r, int status, uint64_t up,
+                           uint64_t down) {
+  hub_front_t *f = kp__relay_user_data(r);
+  kp_hub_t *hub = f->hub;
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, f->cluster, status, up, down,
+                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+}
+
 static const kp__relay_router_t front_router = {
     .on_request = front_on_request,
+    .on_exchange = front_exchange,
     .release_back = front_release_back,
     .on_idle = front_idle,
     .on_done = front_done,
@@ -392,6 +405,7 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
       continue;
     }
     kp_mux_stream_set_user_data(st, f->relay);
+    snprintf(f->cluster, sizeof(f->cluster), "%s", cluster);
     ep.ops = &kp__stream_ep_ops;
     ep.h = st;
     kp__relay_attach(f->relay, ep, req, req_len);
@@ -677,4 +691,51 @@ static int current_head(hub_front_t *f, kp_http_head_t *head) {
   size_t len;
   kp__relay_current_head(f->relay, &raw, &len);
   return kp_http_parse_request(raw, len, 0, head) > 0 ? 0 : KP_EBADMSG;
+}
+
+/* ---- listing sessions ---- */
+
+typedef struct list_req {
+  kp_hub_t *hub;
+  void (*cb)(const kp_hub_session_info_t *info, void *arg);
+  void *arg;
+  uv_sem_t done;
+} list_req_t;
+
+static void list_run(void *arg) {
+  list_req_t *l = arg;
+  size_t b;
+  for (b = 0; b < HUB_BUCKETS; b++) {
+    hub_cluster_t *c;
+    for (c = l->hub->buckets[b]; c; c = c->next) {
+      kp__sess_t *s;
+      for (s = c->sessions; s; s = s->next) {
+        kp_hub_session_info_t info;
+        if (s->closing || s->mux_closed) continue;
+        info.cluster = c->id;
+        info.session = s->id;
+        info.streams = kp_mux_num_streams(s->mux);
+        info.framed = s->framed;
+        info.peer = s->conn->peer;
+        l->cb(&info, l->arg);
+      }
+    }
+  }
+  uv_sem_post(&l->done);
+}
+
+int kp_hub_list_sessions(kp_hub_t *hub,
+                         void (*cb)(const kp_hub_session_info_t *info,
+                                    void *arg),
+                         void *arg) {
+  list_req_t l;
+  int rc;
+  l.hub = hub;
+  l.cb = cb;
+  l.arg = arg;
+  if (uv_sem_init(&l.done, 0) != 0) return KP_ENOMEM;
+  rc = kp_loop_post(hub->loop, list_run, &l);
+  if (rc == 0) uv_sem_wait(&l.done);
+  uv_sem_destroy(&l.done);
+  return rc;
 }

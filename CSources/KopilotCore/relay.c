@@ -55,6 +55,8 @@ struct kp__relay {
   int front_closed, done, in_pump;
   int front_shut;
   int want_front_shut; /* shut once the response bytes are all out */
+  int resp_status;      /* of the current exchange, 0 until its head */
+  uint64_t bytes_up, bytes_down;
 };
 
 static void pump(kp__relay_t *r);
@@ -187,6 +189,10 @@ static void finish(kp__relay_t *r) {
 static void release_back(kp__relay_t *r, int ok) {
   kp__ep_t b = r->back;
   if (!r->has_back) return;
+  if (r->router->on_exchange)
+    r->router->on_exchange(r, r->resp_status, r->bytes_up, r->bytes_down);
+  r->resp_status = 0;
+  r->bytes_up = r->bytes_down = 0;
   r->has_back = 0;
   q_clear(&r->resp);
   out_clear(&r->req);
@@ -347,6 +353,7 @@ static int response_head(kp__relay_t *r, dir_t *d) {
   if (head.status >= 100 && head.status < 200 && head.status != 101)
     return 1; /* interim (100 Continue): forwarded; the final head follows */
   r->resp_keep_alive = (head.flags & KP_HTTP_F_KEEP_ALIVE) != 0;
+  r->resp_status = head.status;
   if (head.status == 101 && r->upgrade_asked) {
     d->state = ST_RAW;
     r->req.state = ST_RAW;
@@ -406,6 +413,8 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
         return 1;
       }
       d->out_off += (size_t)taken;
+      if (d->from_front) r->bytes_up += (uint64_t)taken;
+      else r->bytes_down += (uint64_t)taken;
       if (taken > 0) moved = 1;
       if (d->out_off < d->out_len) {
         set_paused(r, d, 1);
@@ -484,6 +493,10 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
         }
       }
       consumed(r, d, (size_t)taken);
+      if (!d->drop && !(d->from_front && !r->has_back)) {
+        if (d->from_front) r->bytes_up += (uint64_t)taken;
+        else r->bytes_down += (uint64_t)taken;
+      }
       q->s.base += taken;
       q->s.len -= (size_t)taken;
       if (q->s.len == 0) q_pop(d);
@@ -631,6 +644,11 @@ void kp__relay_front_closed(kp__relay_t *r, int err) {
 
 void kp__relay_back_closed(kp__relay_t *r, int err) {
   if (!r->has_back) return;
+  /* The back is gone without a release: report the exchange here. */
+  if (r->router->on_exchange)
+    r->router->on_exchange(r, r->resp_status, r->bytes_up, r->bytes_down);
+  r->resp_status = 0;
+  r->bytes_up = r->bytes_down = 0;
   /* Treat a vanished back as an EOF that cannot be reused. */
   r->resp.src_eof = 1;
   if (r->resp.state == ST_HEAD && r->resp.hlen == 0) {

@@ -49,6 +49,11 @@ typedef struct kp__relay_router {
   /* The exchange with the back ended (ok: response complete) or failed;
    * the router releases the back endpoint (it gets no more calls). */
   void (*release_back)(kp__relay_t *r, kp__ep_t back, int ok);
+  /* An exchange with a back ended, just before release_back: the response
+   * status (0 if no response head came back) and the bytes relayed each
+   * way (heads included). Optional; for metrics and access logs. */
+  void (*on_exchange)(kp__relay_t *r, int status, uint64_t bytes_up,
+                      uint64_t bytes_down);
   /* The front is waiting for its next request head (after a response, or
    * a local answer); optional. A router arms its idle/head deadline here. */
   void (*on_idle)(kp__relay_t *r);

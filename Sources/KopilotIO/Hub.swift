@@ -29,6 +29,27 @@ public final class Hub: @unchecked Sendable {
   public private(set) var port: Int = 0
   /// Called on the loop thread when an agent session comes or goes.
   public var onSession: ((String, Bool, Int32) -> Void)?
+  /// Called on the loop thread when a proxied request ends.
+  public var onProxied: ((ProxiedRequest) -> Void)?
+
+  /// What the hub saw of one proxied request.
+  public struct ProxiedRequest: Sendable {
+    public var cluster: String
+    /// The member's status; 0 when the tunnel broke before a response head.
+    public var status: Int
+    public var bytesUp: UInt64
+    public var bytesDown: UInt64
+    public var durationMicros: UInt64
+  }
+
+  /// A live agent session.
+  public struct SessionInfo: Sendable, Equatable {
+    public var cluster: String
+    public var id: UInt64
+    public var openStreams: UInt32
+    public var framed: Bool
+    public var peer: String
+  }
 
   public init(loop: Loop, config: Config) throws {
     self.loop = loop
@@ -43,6 +64,11 @@ public final class Hub: @unchecked Sendable {
     cbs.on_session = { _, cluster, _, up, status, ud in
       let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
       me.onSession?(String(cString: cluster!), up != 0, status)
+    }
+    cbs.on_proxied = { _, cluster, status, up, down, micros, ud in
+      let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
+      me.onProxied?(ProxiedRequest(cluster: String(cString: cluster!), status: Int(status), bytesUp: up,
+                                   bytesDown: down, durationMicros: micros))
     }
     var err = [CChar](repeating: 0, count: 512)
     var h: OpaquePointer?
@@ -63,6 +89,20 @@ public final class Hub: @unchecked Sendable {
     }
     handle = h
     port = Int(kp_hub_port(h))
+  }
+
+  /// Every live agent session, from the loop's own view.
+  public func sessions() -> [SessionInfo] {
+    guard let h = handle else { return [] }
+    final class Box { var list: [SessionInfo] = [] }
+    let box = Box()
+    _ = kp_hub_list_sessions(h, { info, arg in
+      let b = Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue()
+      let i = info!.pointee
+      b.list.append(SessionInfo(cluster: String(cString: i.cluster), id: i.session, openStreams: i.streams,
+                                framed: i.framed != 0, peer: String(cString: i.peer)))
+    }, Unmanaged.passUnretained(box).toOpaque())
+    return box.list
   }
 
   /// Stops serving: closes the listener, every caller and every session.

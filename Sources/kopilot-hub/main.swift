@@ -34,6 +34,9 @@ struct HubCommand: ParsableCommand {
   @Option(name: .customLong("mux-window"), help: "Receive window per tunnel stream, in KiB (at least 256). Larger windows carry more per round trip; each stream may buffer up to this much. Env: MUX_WINDOW_KIB.")
   var muxWindowKiB: Int = Int(ProcessInfo.processInfo.environment["MUX_WINDOW_KIB"] ?? "") ?? 256
 
+  @Flag(name: .customLong("access-log"), help: "Log one line per proxied request: cluster, status, bytes each way, duration.")
+  var accessLog = false
+
   func validate() throws {
     guard (256...65536).contains(muxWindowKiB) else { throw ValidationError("--mux-window is 256 to 65536 KiB") }
     guard tlsCert != nil, tlsKey != nil else {
@@ -71,6 +74,11 @@ struct HubCommand: ParsableCommand {
     let hub = try Hub(loop: loop, config: cfg)
     hub.onSession = { cluster, up, status in
       logLine(up ? "agent session up: cluster=\(cluster)" : "agent session down: cluster=\(cluster) status=\(status)")
+    }
+    if accessLog {
+      hub.onProxied = { r in
+        logLine("proxied cluster=\(r.cluster) status=\(r.status) up=\(r.bytesUp) down=\(r.bytesDown) ms=\(Double(r.durationMicros) / 1000)")
+      }
     }
     logLine("kopilot-hub listening on \(host):\(hub.port) clusters=\(Set(tokens.values).count)")
     waitForTermination()

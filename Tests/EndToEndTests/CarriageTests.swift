@@ -51,6 +51,16 @@ class CarriageTestCase: XCTestCase {
   /// 200 concurrent requests of different sizes. This once caught the agent
   /// dropping a response head when its session was congested (a stream
   /// write that took 0 bytes), which the hub saw as a malformed response.
+  /// The hub reports each proxied request (status, bytes, time) once it
+  /// ends; a request for a cluster without an agent is no proxied request.
+  func checkAccessLog() throws {
+    let r = try world.curl(["-o", "/dev/null", "-w", "%{http_code}", world.proxy("/bytes/4096")])
+    XCTAssertEqual(r.text, "200")
+    let line = try world.hub.waitFor("proxied cluster=default_sample status=200")
+    let down = line.components(separatedBy: "down=").last.flatMap { Int($0.prefix { $0.isNumber }) } ?? 0
+    XCTAssertGreaterThan(down, 4096, "the response body and its head: \(line)")
+  }
+
   func checkParallel() throws {
     try world.checkParallel(count: 200)
   }
@@ -258,6 +268,7 @@ final class FramedCarriageTests: CarriageTestCase {
   func testUnknown404() throws { try checkUnknown404() }
   func testDotDot() throws { try checkDotDot() }
   func testKeepAlive() throws { try checkKeepAlive() }
+  func testAccessLog() throws { try checkAccessLog() }
 }
 
 final class RawCarriageTests: CarriageTestCase {
@@ -277,4 +288,5 @@ final class RawCarriageTests: CarriageTestCase {
   func testUnknown404() throws { try checkUnknown404() }
   func testDotDot() throws { try checkDotDot() }
   func testKeepAlive() throws { try checkKeepAlive() }
+  func testAccessLog() throws { try checkAccessLog() }
 }

@@ -278,6 +278,7 @@ final class E2EWorld {
     hub = try start("hub", try Paths.binary("kopilot-hub"), [
       "--bind", "127.0.0.1:0", "--tls-cert", certs.cert, "--tls-key", certs.key,
       "--agent-token", "default/sample=\(Tokens.sample)", "--agent-token", "default/idle=\(Tokens.idle)",
+      "--access-log",
     ])
     let line = try hub.waitFor("kopilot-hub listening on 127.0.0.1:")
     // "... listening on 127.0.0.1:PORT clusters=N"

@@ -148,7 +148,30 @@ typedef struct kp_hub_callbacks {
    * status says why). */
   void (*on_session)(kp_hub_t *hub, const char *cluster, uint64_t session,
                      int up, int status, void *ud);
+  /* A proxied request ended (optional; for metrics and access logs): the
+   * member's status (0 when no response head came back: the tunnel broke),
+   * bytes each way including heads, and the time from the request head to
+   * the end of the exchange. Loop thread; cluster is borrowed. */
+  void (*on_proxied)(kp_hub_t *hub, const char *cluster, int status,
+                     uint64_t bytes_up, uint64_t bytes_down,
+                     uint64_t duration_us, void *ud);
 } kp_hub_callbacks_t;
+
+/* A live agent session, as kp_hub_list_sessions reports it. */
+typedef struct kp_hub_session_info {
+  const char *cluster; /* borrowed for the callback */
+  uint64_t session;    /* the id on_session reported */
+  uint32_t streams;    /* open mux streams (requests in flight) */
+  int framed;          /* 1: kopilot.v2 WebSocket messages; 0: raw */
+  const char *peer;    /* the agent's address, "ip:port" */
+} kp_hub_session_info_t;
+
+/* Calls cb for every live session, on the loop thread, and returns when
+ * done (0) or an error. Not from the loop thread. */
+int kp_hub_list_sessions(kp_hub_t *hub,
+                         void (*cb)(const kp_hub_session_info_t *info,
+                                    void *arg),
+                         void *arg);
 
 /* Binds and starts serving on `loop`. Returns 0, or an error with a message
  * in err (certificate, bind). Callable from any thread but the loop's. */
