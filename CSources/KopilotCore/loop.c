@@ -146,3 +146,64 @@ void kp_loop_free(kp_loop_t *l) {
 }
 
 uv_loop_t *kp__loop_uv(kp_loop_t *l) { return &l->uv; }
+
+/* ---- one-shot timers ---- */
+
+struct kp_timer {
+  uv_timer_t uv;
+  kp_loop_t *loop;
+  uint64_t ms;
+  void (*fn)(void *);
+  void *arg;
+  int done; /* fired or cancelled */
+};
+
+static void timer_closed(uv_handle_t *h) { free(h->data); }
+
+static void timer_fire(uv_timer_t *h) {
+  kp_timer_t *t = h->data;
+  t->done = 1;
+  t->fn(t->arg);
+  uv_close((uv_handle_t *)&t->uv, timer_closed);
+}
+
+static void timer_arm(void *arg) {
+  kp_timer_t *t = arg;
+  uv_timer_init(&t->loop->uv, &t->uv);
+  t->uv.data = t;
+  if (t->done) { /* cancelled before it was armed */
+    uv_close((uv_handle_t *)&t->uv, timer_closed);
+    return;
+  }
+  uv_timer_start(&t->uv, timer_fire, t->ms, 0);
+}
+
+int kp_timer_start(kp_loop_t *l, uint64_t ms, void (*fn)(void *), void *arg,
+                   kp_timer_t **out) {
+  kp_timer_t *t = calloc(1, sizeof(*t));
+  int rc;
+  if (t == NULL) return KP_ENOMEM;
+  t->loop = l;
+  t->ms = ms;
+  t->fn = fn;
+  t->arg = arg;
+  if (out) *out = t;
+  /* Armed on the loop thread: uv handles are not thread-safe. */
+  rc = kp_loop_post(l, timer_arm, t);
+  if (rc != 0) {
+    free(t);
+    if (out) *out = NULL;
+  }
+  return rc;
+}
+
+int kp_timer_cancel(kp_timer_t *t) {
+  if (t->done) return KP_ECLOSED;
+  t->done = 1;
+  /* Not armed yet (the post is still queued): timer_arm sees done. */
+  if (t->uv.data == t) {
+    uv_timer_stop(&t->uv);
+    uv_close((uv_handle_t *)&t->uv, timer_closed);
+  }
+  return 0;
+}

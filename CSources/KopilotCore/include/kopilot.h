@@ -114,6 +114,17 @@ int kp_loop_post(kp_loop_t *l, void (*fn)(void *), void *arg);
 int kp_loop_is_current(kp_loop_t *l);
 /* The loop's cached clock in ms (libuv's uv_now); loop thread only. */
 uint64_t kp_loop_now(kp_loop_t *l);
+/* One-shot timers on the loop. */
+typedef struct kp_timer kp_timer_t;
+/* Runs fn(arg) on the loop thread about `ms` from now. Callable from any
+ * thread; *out (may be NULL) gets a handle for kp_timer_cancel, valid until
+ * fn has run or the cancel completed. Returns 0, KP_ENOMEM or KP_ECLOSED. */
+int kp_timer_start(kp_loop_t *l, uint64_t ms, void (*fn)(void *), void *arg,
+                   kp_timer_t **out);
+/* Cancels a timer that has not fired; fn will not run. Loop thread only
+ * (from a posted function or a callback). Returns 0, or KP_ECLOSED when the
+ * timer already fired. */
+int kp_timer_cancel(kp_timer_t *t);
 /* Runs work already posted, closes what is left and joins the thread.
  * Free the hubs and agents running on it first. Not from the loop thread. */
 void kp_loop_free(kp_loop_t *l);
