@@ -1,0 +1,3 @@
+import XCTest
+@testable import KopilotHub
+final class SmokeTests: XCTestCase { func testNothing() {} }
