@@ -117,7 +117,8 @@ public enum TokenFile {
     var out: [TokenEntry] = []
     var seen: [String: Int] = [:]
     var lineNo = 0
-    for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+    // "\r\n" is one Character in Swift, so it is a separator of its own.
+    for raw in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
       lineNo += 1
       var line = Substring(raw)
       if line.hasSuffix("\r") { line = line.dropLast() }

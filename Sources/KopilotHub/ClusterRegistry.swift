@@ -148,12 +148,13 @@ public enum ClusterFile {
     for obj in try KubeYAML.objects(in: text, file: file, listKinds: ["ClusterList"]) {
       let c = try cluster(from: obj, file: file)
       let line = obj.line ?? 0
+      let label = "Cluster \(c)"
       if let first = lineOfID[c.id] {
-        throw HubError(.duplicate, "defined twice (first at line \(first))", file: file, line: obj.line, object: obj.label)
+        throw HubError(.duplicate, "defined twice (first at line \(first))", file: file, line: obj.line, object: label)
       }
       if let (first, other) = lineOfToken[c.token] {
         throw HubError(.duplicate, "uses the same token as Cluster \(other) (line \(first)); every cluster needs its own",
-                       file: file, line: obj.line, object: obj.label)
+                       file: file, line: obj.line, object: label)
       }
       lineOfID[c.id] = line
       lineOfToken[c.token] = (line, c.description)

@@ -149,7 +149,7 @@ final class ReloadingFile<Value: Sendable>: @unchecked Sendable {
   private func apply(_ data: Data?) {
     let parsed: Value
     do {
-      guard let data else { throw HubError(.io, "the file is gone or unreadable; keeping the last good \(what)", file: path) }
+      guard let data else { throw HubError(.io, "the file is gone or unreadable", file: path) }
       parsed = try parse(data)
     } catch {
       let e = error as? HubError ?? HubError(.io, "\(error)", file: path)

@@ -23,9 +23,12 @@ enum KubeYAML {
   /// apply -f` takes a file: empty documents are skipped, and a `List` (or a
   /// kind in `listKinds`, such as `ClusterList`) is replaced by its `items`.
   static func objects(in text: String, file: String, listKinds: Set<String> = []) throws -> [KubeObject] {
-    let roots: [Node]
+    var roots: [Node] = []
     do {
-      roots = Array(try Yams.compose_all(yaml: text))
+      // The Parser itself, not compose_all: compose_all's sequence ends
+      // quietly at a syntax error, which would drop the rest of the file.
+      let parser = try Parser(yaml: text)
+      while let root = try parser.nextRoot() { roots.append(root) }
     } catch {
       throw HubError(.syntax, "not valid YAML: \(error)", file: file)
     }
@@ -100,8 +103,8 @@ enum KubeYAML {
 
   private static func typeName(_ t: Any.Type) -> String {
     let n = String(describing: t)
-    if n.hasPrefix("Array") { return "a sequence" }
-    if n.hasPrefix("Dictionary") { return "a mapping" }
+    if n.hasPrefix("Array") || n.hasSuffix("Sequence") { return "a sequence" }
+    if n.hasPrefix("Dictionary") || n.hasSuffix("Mapping") { return "a mapping" }
     if n == "String" { return "a string" }
     return n
   }

@@ -1,3 +1,0 @@
-import XCTest
-@testable import KopilotHub
-final class SmokeTests: XCTestCase { func testNothing() {} }
