@@ -54,7 +54,8 @@ let package = Package(
         .product(name: "SwiftASN1", package: "swift-asn1"),
         .product(name: "Logging", package: "swift-log"),
       ],
-      path: "Sources/KopilotHub"
+      path: "Sources/KopilotHub",
+      exclude: ["README.md"]
     ),
     .executableTarget(
       name: "kopilot-hub",

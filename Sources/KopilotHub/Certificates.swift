@@ -27,9 +27,11 @@ public enum HubPKI {
   public struct KeyPair {
     public var certificate: Certificate
     public var key: P256.Signing.PrivateKey
-    public var certificatePEM: String { (try? certificate.serializeAsPEM().pemString) ?? "" }
+    /// Ends with a newline, as PEM files conventionally do.
+    public var certificatePEM: String { lined((try? certificate.serializeAsPEM().pemString) ?? "") }
     /// PKCS#8 (`BEGIN PRIVATE KEY`), which OpenSSL and Go both read.
-    public var keyPEM: String { key.pemRepresentation }
+    public var keyPEM: String { lined(key.pemRepresentation) }
+    private func lined(_ s: String) -> String { s.isEmpty || s.hasSuffix("\n") ? s : s + "\n" }
   }
 
   public static func makeCA(commonName: String = "kopilot-ca", now: Date = Date()) throws -> KeyPair {

@@ -93,7 +93,10 @@ struct TokenBody: Encodable { var token: String }
 /// looks like a number stays a string) and nothing is pasted as text.
 enum YAMLStream {
   static func node<T: Encodable>(_ value: T) throws -> Node {
-    let text = try YAMLEncoder().encode(value)
+    let encoder = YAMLEncoder()
+    // Multi-line values (a PEM bundle) as `|` blocks, readable and diffable.
+    encoder.options.newLineScalarStyle = .literal
+    let text = try encoder.encode(value)
     guard let node = try Yams.compose(yaml: text) else { throw HubError(.invalid, "encoded an empty document") }
     return node
   }

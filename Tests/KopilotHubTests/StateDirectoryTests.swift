@@ -60,7 +60,7 @@ final class StateDirectoryTests: XCTestCase {
 
     for (host, ip) in [("localhost", nil), ("hub.example.com", nil), (nil, "127.0.0.1"), (nil, "::1"), (nil, "10.1.2.3")] as [(String?, String?)] {
       var verifier = Verifier(rootCertificates: CertificateStore([ca])) {
-        RFC5280Policy(validationTime: Date())
+        RFC5280Policy()
         ServerIdentityPolicy(serverHostname: host, serverIP: ip)
       }
       let result = await verifier.validate(leaf: hub, intermediates: CertificateStore())
@@ -68,7 +68,7 @@ final class StateDirectoryTests: XCTestCase {
       XCTAssertEqual(chain.count, 2)
     }
     var wrong = Verifier(rootCertificates: CertificateStore([ca])) {
-      RFC5280Policy(validationTime: Date())
+      RFC5280Policy()
       ServerIdentityPolicy(serverHostname: "evil.example.com", serverIP: nil)
     }
     guard case .couldNotValidate = await wrong.validate(leaf: hub, intermediates: CertificateStore()) else {
@@ -76,7 +76,7 @@ final class StateDirectoryTests: XCTestCase {
     }
     // Another CA does not vouch for it.
     let other = try HubPKI.makeCA()
-    var foreign = Verifier(rootCertificates: CertificateStore([other.certificate])) { RFC5280Policy(validationTime: Date()) }
+    var foreign = Verifier(rootCertificates: CertificateStore([other.certificate])) { RFC5280Policy() }
     guard case .couldNotValidate = await foreign.validate(leaf: hub, intermediates: CertificateStore()) else {
       return XCTFail("verified under a foreign CA")
     }
