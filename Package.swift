@@ -25,6 +25,12 @@ let package = Package(
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    // KopilotHub: YAML for Cluster/RBAC objects and manifests, P-256 certificates, logging.
+    .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+    .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
   ],
   targets: [
     .target(
@@ -36,6 +42,21 @@ let package = Package(
       linkerSettings: [.linkedLibrary("uv"), .linkedLibrary("ssl"), .linkedLibrary("crypto"), .linkedLibrary("pthread")]
     ),
     .target(name: "KopilotIO", dependencies: ["KopilotCore"], path: "Sources/KopilotIO"),
+    // The hub's control plane in embedded mode: state folder and certificates,
+    // cluster registry, caller authentication and RBAC, agent manifests.
+    .target(
+      name: "KopilotHub",
+      dependencies: [
+        "KopilotIO",
+        .product(name: "Yams", package: "Yams"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      path: "Sources/KopilotHub",
+      exclude: ["README.md"]
+    ),
     .executableTarget(
       name: "kopilot-hub",
       dependencies: ["KopilotIO", .product(name: "ArgumentParser", package: "swift-argument-parser")],
@@ -61,6 +82,16 @@ let package = Package(
       name: "KopilotIOTests",
       dependencies: ["KopilotIO"],
       path: "Tests/KopilotIOTests"
+    ),
+    .testTarget(
+      name: "KopilotHubTests",
+      dependencies: [
+        "KopilotHub",
+        .product(name: "Yams", package: "Yams"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "Crypto", package: "swift-crypto"),
+      ],
+      path: "Tests/KopilotHubTests"
     ),
     .testTarget(
       name: "EndToEndTests",
