@@ -59,7 +59,11 @@ let package = Package(
     ),
     .executableTarget(
       name: "kopilot-hub",
-      dependencies: ["KopilotIO", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: [
+        "KopilotIO", "KopilotHub",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
       path: "Sources/kopilot-hub"
     ),
     .executableTarget(

@@ -757,7 +757,7 @@ typedef struct sbuf {
 } sbuf_t;
 
 static void sb_add(sbuf_t *b, const void *p, size_t n) {
-  if (b->failed) return;
+  if (b->failed || n == 0) return;
   if (b->len + n > b->cap) {
     size_t cap = b->cap ? b->cap : 1024;
     uint8_t *np;

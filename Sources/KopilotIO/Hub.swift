@@ -1,31 +1,68 @@
 import Foundation
 import KopilotCore
 
-/// The hub's data plane with a routing policy: agents connect with a token
-/// that names their cluster; callers reach `/proxy/{namespace}_{name}/...`.
-/// This is the first tunnel's policy (issue 2): authorization of callers
-/// comes with the embedded registry.
+/// A caller's request head, as the hub's router sees it.
+public struct HubRequest: Sendable {
+  public var method: String
+  /// The request target as sent: path and query.
+  public var target: String
+  /// Header lines in order; names as sent.
+  public var headers: [(name: String, value: String)]
+  /// The caller's address, "ip:port".
+  public var peer: String
+
+  public init(method: String, target: String, headers: [(name: String, value: String)], peer: String) {
+    self.method = method
+    self.target = target
+    self.headers = headers
+    self.peer = peer
+  }
+
+  /// The path without the query.
+  public var path: String { target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? target }
+
+  /// The first header of that name (case-insensitive).
+  public func header(_ name: String) -> String? {
+    headers.first { $0.name.caseInsensitiveCompare(name) == .orderedSame }?.value
+  }
+}
+
+/// What to do with a request.
+public enum HubAnswer: Sendable {
+  /// Forward to a live session of the cluster, with this request target.
+  case proxy(cluster: String, target: String)
+  /// Answer here.
+  case respond(status: Int, contentType: String, body: String)
+  /// Upgrade to an agent session of the cluster.
+  case acceptAgent(cluster: String)
+
+  /// A Kubernetes `Status` error answer.
+  public static func status(_ code: Int, _ reason: String, _ message: String) -> HubAnswer {
+    .respond(status: code, contentType: "application/json",
+             body: kubernetesStatus(code: code, reason: reason, message: message))
+  }
+}
+
+/// The hub's data plane, with policy supplied by a router: the C core calls
+/// `router` on its loop thread for every caller request head, and does what
+/// the answer says. The router must be quick (it runs on the loop).
 public final class Hub: @unchecked Sendable {
   public struct Config {
     public var bindHost = "0.0.0.0"
     public var port = 8443
     public var certFile: String
     public var keyFile: String
-    /// token -> cluster id (`namespace_name`)
-    public var agentTokens: [String: String]
     /// Receive window per mux stream (bytes); 0 = the yamux default, 256 KiB.
     public var muxWindow: UInt32 = 0
-    public init(certFile: String, keyFile: String, agentTokens: [String: String]) {
+    public init(certFile: String, keyFile: String) {
       self.certFile = certFile
       self.keyFile = keyFile
-      self.agentTokens = agentTokens
     }
   }
 
   private let loop: Loop
   private var handle: OpaquePointer?
-  private let tokens: [(token: String, cluster: String)]
-  private let clusters: Set<String>
+  private let router: (HubRequest) -> HubAnswer
   public private(set) var port: Int = 0
   /// Called on the loop thread when an agent session comes or goes.
   public var onSession: ((String, Bool, Int32) -> Void)?
@@ -51,15 +88,14 @@ public final class Hub: @unchecked Sendable {
     public var peer: String
   }
 
-  public init(loop: Loop, config: Config) throws {
+  public init(loop: Loop, config: Config, router: @escaping (HubRequest) -> HubAnswer) throws {
     self.loop = loop
-    self.tokens = config.agentTokens.map { ($0.key, $0.value) }
-    self.clusters = Set(config.agentTokens.values)
+    self.router = router
     var cfg = kp_hub_config_t()
     var cbs = kp_hub_callbacks_t()
     cbs.on_request = { hub, req, head, peer, ud in
       let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
-      me.route(req!, head!.pointee)
+      me.handle(req!, head!.pointee, String(cString: peer!))
     }
     cbs.on_session = { _, cluster, _, up, status, ud in
       let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
@@ -113,53 +149,33 @@ public final class Hub: @unchecked Sendable {
 
   deinit { stop() }
 
-  private func route(_ req: OpaquePointer, _ head: kp_http_head_t) {
-    let method = String(decoding: UnsafeRawBufferPointer(start: head.method, count: head.method_len), as: UTF8.self)
-    let target = String(decoding: UnsafeRawBufferPointer(start: head.target, count: head.target_len), as: UTF8.self)
-    let path = target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? target
+  /// Closes every session of a cluster (removed, or its token changed).
+  public func dropCluster(_ id: String) {
+    if let h = handle { _ = id.withCString { kp_hub_drop_cluster(h, $0) } }
+  }
 
-    if path == "/connect" {
-      let token = queryValue(target, "token") ?? ""
-      guard method == "GET", let cluster = clusterFor(token: token) else {
-        respondStatus(req, 401, "Unauthorized", "a valid agent token is required")
-        return
+  private func handle(_ req: OpaquePointer, _ head: kp_http_head_t, _ peer: String) {
+    func str(_ p: UnsafePointer<CChar>?, _ n: Int) -> String {
+      String(decoding: UnsafeRawBufferPointer(start: p, count: n), as: UTF8.self)
+    }
+    var headers: [(name: String, value: String)] = []
+    headers.reserveCapacity(head.num_headers)
+    withUnsafeBytes(of: head.headers) { raw in
+      let hs = raw.bindMemory(to: kp_http_header_t.self)
+      for i in 0..<head.num_headers {
+        headers.append((str(hs[i].name, hs[i].name_len), str(hs[i].value, hs[i].value_len)))
       }
+    }
+    let request = HubRequest(method: str(head.method, head.method_len), target: str(head.target, head.target_len),
+                             headers: headers, peer: peer)
+    switch router(request) {
+    case .proxy(let cluster, let target):
+      cluster.withCString { c in target.withCString { t in kp_hub_request_proxy(req, c, t) } }
+    case .acceptAgent(let cluster):
       cluster.withCString { kp_hub_request_accept_agent(req, $0) }
-      return
+    case .respond(let status, let type, var body):
+      body.withUTF8 { b in type.withCString { t in kp_hub_request_respond(req, Int32(status), t, b.baseAddress, b.count) } }
     }
-    if path == "/healthz" || path == "/readyz" {
-      respond(req, 200, "text/plain", "ok")
-      return
-    }
-    if path.hasPrefix("/proxy/") {
-      guard let p = parseProxyTarget(target) else {
-        respondStatus(req, 400, "BadRequest", "the path must be /proxy/{namespace}_{name}/...")
-        return
-      }
-      guard clusters.contains(p.cluster) else {
-        respondStatus(req, 404, "NotFound", "cluster \(p.cluster) is not registered")
-        return
-      }
-      p.cluster.withCString { c in p.forwardTarget.withCString { t in kp_hub_request_proxy(req, c, t) } }
-      return
-    }
-    respondStatus(req, 404, "NotFound", "the server could not find the requested resource")
-  }
-
-  private func clusterFor(token: String) -> String? {
-    var found: String?
-    // Every entry is compared, in constant time each, whatever matches.
-    for entry in tokens where constantTimeEquals(entry.token, token) { found = entry.cluster }
-    return token.isEmpty ? nil : found
-  }
-
-  private func respond(_ req: OpaquePointer, _ status: Int32, _ type: String, _ body: String) {
-    var b = Array(body.utf8)
-    type.withCString { t in kp_hub_request_respond(req, status, t, &b, b.count) }
-  }
-
-  private func respondStatus(_ req: OpaquePointer, _ code: Int32, _ reason: String, _ message: String) {
-    respond(req, code, "application/json", kubernetesStatus(code: Int(code), reason: reason, message: message))
   }
 }
 
@@ -169,7 +185,7 @@ public func kubernetesStatus(code: Int, reason: String, message: String) -> Stri
     "kind": "Status", "apiVersion": "v1", "metadata": [String: Any](),
     "status": "Failure", "message": message, "reason": reason, "code": code,
   ]
-  let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) ?? Data()
+  let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
   return String(decoding: data, as: UTF8.self) + "\n"
 }
 

@@ -1,89 +1,226 @@
 import ArgumentParser
 import Foundation
+import KopilotHub
 import KopilotIO
+import Logging
 
 @main
 struct HubCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "kopilot-hub",
-    abstract: "Serve agents' tunnels and proxy /proxy/{namespace}_{name}/... to member clusters.",
+    abstract: "The Kopilot hub: agents' tunnels in, callers' Kubernetes API requests out to member clusters.",
     discussion: """
-      Agents dial wss://HUB/connect?token=T; the token names the cluster. Callers send any
-      Kubernetes API request to https://HUB/proxy/{namespace}_{name}/<path>.
-      Every flag can also come from the environment variable shown.
-      """)
+      Agents dial wss://HUB/connect?token=T; callers send any Kubernetes API request to
+      https://HUB/proxy/{namespace}_{name}/<path>. With no Kubernetes around (the embedded
+      default) everything the hub needs lives in a state folder created on first start.
+      """,
+    subcommands: [Serve.self, Clusters.self],
+    defaultSubcommand: Serve.self)
+}
+
+/// Flags shared by every subcommand that touches the state folder. Each one
+/// can also come from the environment variable named in its help.
+struct StateOptions: ParsableArguments {
+  @Option(name: .customLong("state-dir"), help: "The state folder. Env: STATE_DIR.")
+  var stateDirFlag: String?
+
+  @Option(name: .customLong("clusters-file"), help: "Cluster objects (default: STATE/clusters.yaml). Env: CLUSTERS_FILE.")
+  var clustersFile: String?
+
+  @Option(name: .customLong("tokens-file"), help: "Callers, kube-apiserver --token-auth-file format (default: STATE/tokens.csv). Env: TOKENS_FILE.")
+  var tokensFile: String?
+
+  @Option(name: .customLong("rbac-file"), help: "ClusterRoles and ClusterRoleBindings (default: STATE/rbac.yaml). Env: RBAC_FILE.")
+  var rbacFile: String?
+
+  @Option(name: .customLong("tls-cert"), help: "PEM serving certificate (default: STATE/hub.crt, made on first start). Env: TLS_CERT.")
+  var tlsCert: String?
+
+  @Option(name: .customLong("tls-key"), help: "PEM private key (default: STATE/hub.key). Env: TLS_KEY.")
+  var tlsKey: String?
+
+  func env(_ name: String) -> String? {
+    let v = ProcessInfo.processInfo.environment[name]
+    return v?.isEmpty == false ? v : nil
+  }
+
+  var paths: StatePaths {
+    var p = StatePaths(directory: stateDirFlag ?? env("STATE_DIR") ?? StatePaths.defaultDirectory)
+    if let f = clustersFile ?? env("CLUSTERS_FILE") { p.clusters = f }
+    if let f = tokensFile ?? env("TOKENS_FILE") { p.tokens = f }
+    if let f = rbacFile ?? env("RBAC_FILE") { p.rbac = f }
+    if let f = tlsCert ?? env("TLS_CERT") { p.hubCert = f }
+    if let f = tlsKey ?? env("TLS_KEY") { p.hubKey = f }
+    return p
+  }
+}
+
+struct Serve: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Run the hub (the default).")
+
+  @OptionGroup var state: StateOptions
 
   @Option(help: "Address to listen on, HOST:PORT (port 0 picks a free one). Env: BIND_ADDR.")
-  var bind: String = ProcessInfo.processInfo.environment["BIND_ADDR"] ?? "0.0.0.0:8443"
+  var bind: String?
 
-  @Option(name: .customLong("tls-cert"), help: "PEM serving certificate (chain). Env: TLS_CERT.")
-  var tlsCertFlag: String?
-  var tlsCert: String? { tlsCertFlag ?? ProcessInfo.processInfo.environment["TLS_CERT"] }
+  @Option(name: .customLong("public-addr"), help: "host[:port] that agent manifests point agents at. Env: PUBLIC_ADDR.")
+  var publicAddr: String?
 
-  @Option(name: .customLong("tls-key"), help: "PEM private key. Env: TLS_KEY.")
-  var tlsKeyFlag: String?
-  var tlsKey: String? { tlsKeyFlag ?? ProcessInfo.processInfo.environment["TLS_KEY"] }
+  @Option(name: .customLong("agent-image"), help: "Container image in agent manifests. Env: AGENT_IMAGE.")
+  var agentImage: String?
 
-  @Option(name: .customLong("agent-token"), help: "NAMESPACE/NAME=TOKEN: an agent token and its cluster (repeatable).")
-  var agentTokens: [String] = []
-
-  @Option(name: .customLong("agent-tokens-file"), help: "File of 'NAMESPACE/NAME TOKEN' lines (# comments). Env: AGENT_TOKENS_FILE.")
-  var agentTokensFileFlag: String?
-  var agentTokensFile: String? { agentTokensFileFlag ?? ProcessInfo.processInfo.environment["AGENT_TOKENS_FILE"] }
-
-  @Option(name: .customLong("mux-window"), help: "Receive window per tunnel stream, in KiB (at least 256). Larger windows carry more per round trip; each stream may buffer up to this much. Env: MUX_WINDOW_KIB.")
-  var muxWindowKiB: Int = Int(ProcessInfo.processInfo.environment["MUX_WINDOW_KIB"] ?? "") ?? 256
+  @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. Env: LOG_LEVEL.")
+  var logLevel: String?
 
   @Flag(name: .customLong("access-log"), help: "Log one line per proxied request: cluster, status, bytes each way, duration.")
   var accessLog = false
 
+  @Option(name: .customLong("mux-window"), help: "Receive window per tunnel stream, in KiB (256 to 65536). Each stream may buffer up to this much. Env: MUX_WINDOW_KIB.")
+  var muxWindowKiB: Int?
+
   func validate() throws {
-    guard (256...65536).contains(muxWindowKiB) else { throw ValidationError("--mux-window is 256 to 65536 KiB") }
-    guard tlsCert != nil, tlsKey != nil else {
-      throw ValidationError("--tls-cert and --tls-key are required")
+    if let w = muxWindowKiB, !(256...65536).contains(w) { throw ValidationError("--mux-window is 256 to 65536 KiB") }
+    if let l = logLevel ?? state.env("LOG_LEVEL"), Logger.Level(rawValue: l) == nil {
+      throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
     }
   }
 
   func run() throws {
-    let (host, port) = try splitHostPort(bind)
-    var tokens: [String: String] = [:]
-    var entries = agentTokens
-    if let f = agentTokensFile {
-      let text = try String(contentsOfFile: f, encoding: .utf8)
-      for line in text.split(separator: "\n") where !line.hasPrefix("#") && !line.trimmingCharacters(in: .whitespaces).isEmpty {
-        let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-        guard parts.count == 2 else { throw ValidationError("\(f): expected 'NAMESPACE/NAME TOKEN', got a line with \(parts.count) fields") }
-        entries.append("\(parts[0])=\(parts[1])")
-      }
+    let level = Logger.Level(rawValue: logLevel ?? state.env("LOG_LEVEL") ?? "info") ?? .info
+    LoggingSystem.bootstrap { label in
+      var h = StreamLogHandler.standardError(label: label)
+      h.logLevel = level
+      return h
     }
-    for e in entries {
-      let kv = e.split(separator: "=", maxSplits: 1)
-      let nn = kv.first?.split(separator: "/") ?? []
-      guard kv.count == 2, nn.count == 2, kv[1].utf8.count >= 16 else {
-        throw ValidationError("agent token entries are NAMESPACE/NAME=TOKEN with a token of at least 16 characters")
-      }
-      let cluster = "\(nn[0])_\(nn[1])"
-      guard isValidClusterID(cluster) else { throw ValidationError("\(nn[0])/\(nn[1]) is not a valid namespace/name") }
-      tokens[String(kv[1])] = cluster
+    let log = Logger(label: "kopilot.hub")
+    let (host, port) = try splitHostPort(bind ?? state.env("BIND_ADDR") ?? "0.0.0.0:8443")
+    let given = publicAddr ?? state.env("PUBLIC_ADDR")
+    let paths = state.paths
+    log.notice("mode: embedded (no Kubernetes configuration given); state folder \(paths.directory)")
+
+    let report = try StateDirectory(paths: paths, hosts: given.map { [$0] } ?? []).prepare()
+    for f in report.created { log.info("created \(f)") }
+    for n in report.notices { log.warning("\(n)") }
+    if let t = report.adminToken {
+      // Printed once, on the start that made it, so a newcomer can use it.
+      FileHandle.standardOutput.write(Data("admin caller token (user kopilot-admin, in \(paths.tokens)): \(t)\n".utf8))
     }
+
+    let registry = try EmbeddedClusterRegistry(path: paths.clusters)
+    // The router is made once the port is known: without --public-addr,
+    // manifests point at the address the hub really listens on.
+    let box = RouterBox()
     let loop = try Loop()
-    var cfg = Hub.Config(certFile: tlsCert!, keyFile: tlsKey!, agentTokens: tokens)
+    var cfg = Hub.Config(certFile: paths.hubCert, keyFile: paths.hubKey)
     cfg.bindHost = host
     cfg.port = port
-    cfg.muxWindow = UInt32(muxWindowKiB * 1024)
-    let hub = try Hub(loop: loop, config: cfg)
+    cfg.muxWindow = UInt32((muxWindowKiB ?? Int(state.env("MUX_WINDOW_KIB") ?? "") ?? 256) * 1024)
+    let hub = try Hub(loop: loop, config: cfg) { box.route($0) }
+    let pub = given ?? "\(host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host):\(hub.port)"
+    box.router = HubRouter(
+      registry: registry,
+      authenticator: try TokenFileAuthenticator(path: paths.tokens),
+      authorizer: try RBACAuthorizer(path: paths.rbac),
+      publicAddr: pub,
+      agentImage: agentImage ?? state.env("AGENT_IMAGE") ?? "ghcr.io/kopilot/kopilot-agent:latest",
+      caPEM: try String(contentsOfFile: paths.caCert, encoding: .utf8),
+      logger: log)
+    let sessions = SessionFile(path: (paths.directory as NSString).appendingPathComponent("sessions.json"))
     hub.onSession = { cluster, up, status in
-      logLine(up ? "agent session up: cluster=\(cluster)" : "agent session down: cluster=\(cluster) status=\(status)")
+      if up {
+        log.info("agent session up: cluster=\(cluster)")
+      } else {
+        log.info("agent session down: cluster=\(cluster) status=\(CoreError(code: status, context: "session"))")
+      }
+      sessions.note(cluster: cluster, up: up)
     }
     if accessLog {
       hub.onProxied = { r in
-        logLine("proxied cluster=\(r.cluster) status=\(r.status) up=\(r.bytesUp) down=\(r.bytesDown) ms=\(Double(r.durationMicros) / 1000)")
+        log.info("proxied cluster=\(r.cluster) status=\(r.status) up=\(r.bytesUp) down=\(r.bytesDown) ms=\(Double(r.durationMicros) / 1000)")
       }
     }
-    logLine("kopilot-hub listening on \(host):\(hub.port) clusters=\(Set(tokens.values).count)")
+    // A cluster removed or given a new token loses its sessions at once.
+    registry.onChange { changes in
+      for c in changes where c.closesSessions {
+        log.notice("closing the sessions of \(c.clusterID): \(c.kind)")
+        hub.dropCluster(c.clusterID)
+      }
+    }
+    log.notice("kopilot-hub listening on \(host):\(hub.port) clusters=\(registry.clusters().count) public-addr=\(pub)")
     waitForTermination()
-    logLine("kopilot-hub stopping")
+    log.notice("kopilot-hub stopping")
     hub.stop()
+    sessions.clear()
+  }
+}
+
+struct Clusters: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Manage the embedded registry's clusters (clusters.yaml); a running hub picks changes up by itself.",
+    subcommands: [Add.self, List.self, Remove.self])
+
+  struct Add: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Register NAMESPACE/NAME and print its new agent token.")
+    @OptionGroup var state: StateOptions
+    @Argument(help: "NAMESPACE/NAME (NAME alone means default/NAME).") var cluster: String
+
+    func run() throws {
+      let (ns, name) = try splitCluster(cluster)
+      let report = try StateDirectory(paths: state.paths).prepare()
+      if let t = report.adminToken {
+        FileHandle.standardError.write(Data("created \(state.paths.directory); admin caller token (user kopilot-admin, in \(state.paths.tokens)): \(t)\n".utf8))
+      }
+      print(try ClusterAdmin(path: state.paths.clusters).addCluster(namespace: ns, name: name))
+    }
+  }
+
+  struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show every cluster and its live agent sessions.")
+    @OptionGroup var state: StateOptions
+
+    func run() throws {
+      let clusters = try ClusterAdmin(path: state.paths.clusters).listClusters()
+      let live = SessionFile(path: (state.paths.directory as NSString).appendingPathComponent("sessions.json")).read()
+      print("NAMESPACE".padding(toLength: 24, withPad: " ", startingAt: 0) + "NAME".padding(toLength: 32, withPad: " ", startingAt: 0) + "SESSIONS")
+      for c in clusters {
+        print(c.namespace.padding(toLength: 24, withPad: " ", startingAt: 0) + c.name.padding(toLength: 32, withPad: " ", startingAt: 0) + "\(live[c.id] ?? 0)")
+      }
+    }
+  }
+
+  struct Remove: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Unregister NAMESPACE/NAME; its agents are disconnected.")
+    @OptionGroup var state: StateOptions
+    @Argument(help: "NAMESPACE/NAME (NAME alone means default/NAME).") var cluster: String
+
+    func run() throws {
+      let (ns, name) = try splitCluster(cluster)
+      try ClusterAdmin(path: state.paths.clusters).removeCluster(namespace: ns, name: name)
+    }
+  }
+}
+
+/// Holds the router for the hub's callback: set once, before any request
+/// can arrive that needs more than a 503.
+final class RouterBox: @unchecked Sendable {
+  private let lock = NSLock()
+  private var value: HubRouter?
+  var router: HubRouter? {
+    get { lock.lock(); defer { lock.unlock() }; return value }
+    set { lock.lock(); value = newValue; lock.unlock() }
+  }
+  func route(_ r: HubRequest) -> HubAnswer {
+    guard let router else { return .status(503, "ServiceUnavailable", "the hub is starting") }
+    return router.route(r)
+  }
+}
+
+func splitCluster(_ s: String) throws -> (String, String) {
+  let parts = s.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+  switch parts.count {
+  case 1: return ("default", parts[0])
+  case 2: return (parts[0], parts[1])
+  default: throw ValidationError("expected NAMESPACE/NAME, got \(s)")
   }
 }
 
@@ -96,4 +233,30 @@ func splitHostPort(_ s: String) throws -> (String, Int) {
   return (host.isEmpty ? "0.0.0.0" : host, port)
 }
 
+/// Live sessions per cluster, written by the running hub for `clusters list`
+/// (a separate process). Rewritten whole, atomically, on every change.
+final class SessionFile: @unchecked Sendable {
+  let path: String
+  private let lock = NSLock()
+  private var counts: [String: Int] = [:]
 
+  init(path: String) { self.path = path }
+
+  func note(cluster: String, up: Bool) {
+    lock.lock()
+    defer { lock.unlock() }
+    counts[cluster, default: 0] += up ? 1 : -1
+    if counts[cluster] ?? 0 <= 0 { counts[cluster] = nil }
+    if let data = try? JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys]) {
+      try? data.write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+  }
+
+  func clear() { try? FileManager.default.removeItem(atPath: path) }
+
+  func read() -> [String: Int] {
+    guard let d = FileManager.default.contents(atPath: path),
+          let obj = try? JSONSerialization.jsonObject(with: d) as? [String: Int] else { return [:] }
+    return obj
+  }
+}

@@ -99,7 +99,7 @@ class CarriageTestCase: XCTestCase {
   func checkStreamingGated(lines: Int = 4) throws {
     let gate = UUID().uuidString
     let reader = try LineReader(exe: world.curl, args: [
-      "-sS", "-N", "--cacert", world.certs.ca, "--max-time", "60",
+      "-sS", "-N", "--cacert", world.certs.ca, "-H", "Authorization: Bearer \(Tokens.caller)", "--max-time", "60",
       world.proxy("/stream?n=\(lines)&gate=\(gate)"),
     ])
     defer { reader.stop() }
@@ -125,7 +125,7 @@ class CarriageTestCase: XCTestCase {
   func checkStreamingPaced() throws {
     let start = Date()
     let reader = try LineReader(exe: world.curl, args: [
-      "-sS", "-N", "--cacert", world.certs.ca, "--max-time", "30",
+      "-sS", "-N", "--cacert", world.certs.ca, "-H", "Authorization: Bearer \(Tokens.caller)", "--max-time", "30",
       world.proxy("/stream?n=5&delay_ms=400"),
     ])
     defer { reader.stop() }

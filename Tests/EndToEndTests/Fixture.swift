@@ -274,10 +274,31 @@ final class E2EWorld {
     XCTAssertGreaterThan(upstreamPort, 0)
   }
 
+  /// The hub's state folder: the test writes clusters.yaml and tokens.csv
+  /// (fixed tokens); the hub makes the rest (CA, rbac.yaml) on first start.
+  var stateDir: URL { dir.appendingPathComponent("state") }
+
   func startHub() throws {
+    try FileManager.default.createDirectory(at: stateDir, withIntermediateDirectories: true)
+    try """
+      apiVersion: kopilot.smartx.com/v1alpha1
+      kind: Cluster
+      metadata: {namespace: default, name: sample}
+      token: \(Tokens.sample)
+      ---
+      apiVersion: kopilot.smartx.com/v1alpha1
+      kind: Cluster
+      metadata: {namespace: default, name: idle}
+      token: \(Tokens.idle)
+
+      """.write(to: stateDir.appendingPathComponent("clusters.yaml"), atomically: true, encoding: .utf8)
+    // The caller is in the group the hub's first-start rbac.yaml lets use
+    // every verb on /proxy/*.
+    try "\(Tokens.caller),e2e-caller,e2e-caller-uid,\"kopilot:admins\"\n"
+      .write(to: stateDir.appendingPathComponent("tokens.csv"), atomically: true, encoding: .utf8)
     hub = try start("hub", try Paths.binary("kopilot-hub"), [
+      "--state-dir", stateDir.path,
       "--bind", "127.0.0.1:0", "--tls-cert", certs.cert, "--tls-key", certs.key,
-      "--agent-token", "default/sample=\(Tokens.sample)", "--agent-token", "default/idle=\(Tokens.idle)",
       "--access-log",
     ])
     let line = try hub.waitFor("kopilot-hub listening on 127.0.0.1:")
@@ -317,8 +338,12 @@ final class E2EWorld {
   /// --path-as-is so the test's target reaches the hub exactly as written.
   @discardableResult
   func curl(_ args: [String], timeout: TimeInterval = 60) throws -> CommandResult {
-    try runCommand(curl, ["-sS", "--path-as-is", "--cacert", certs.ca, "--max-time", "\(Int(timeout))"] + args,
-                   timeout: timeout + 10)
+    // Callers must authenticate: the test's caller token goes with every
+    // request unless the test sends an Authorization header of its own.
+    let auth = args.contains { $0.lowercased().hasPrefix("authorization:") }
+      ? [] : ["-H", "Authorization: Bearer \(Tokens.caller)"]
+    return try runCommand(curl, ["-sS", "--path-as-is", "--cacert", certs.ca, "--max-time", "\(Int(timeout))"]
+                            + auth + args, timeout: timeout + 10)
   }
 
   /// SHA-256 of /bytes/N, computed by upstream.py's generator in a process of

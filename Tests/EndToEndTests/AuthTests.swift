@@ -1,0 +1,140 @@
+import Foundation
+import XCTest
+
+/// Callers through the real hub: authentication against tokens.csv, RBAC from
+/// rbac.yaml evaluated by the hub on the normalized path, and edits to those
+/// files applied without a restart.
+final class AuthTests: XCTestCase {
+  var world: E2EWorld!
+  static let getOnly = "e2e-get-only-caller-0123456789"
+  static let idleOnly = "e2e-idle-only-caller-0123456789"
+
+  override func setUpWithError() throws {
+    try super.setUpWithError()
+    world = try E2EWorld()
+    do {
+      try world.startUpstream()
+      try world.startHub()
+      try world.startAgent(wire: "framed")
+    } catch {
+      world.tearDown()
+      throw error
+    }
+  }
+
+  override func tearDown() {
+    if let run = testRun, run.failureCount + run.unexpectedExceptionCount > 0 {
+      print("logs of \(name):\n\(world?.logs ?? "")")
+    }
+    world?.tearDown()
+    world = nil
+    super.tearDown()
+  }
+
+  func status(_ url: String, method: String = "GET", auth: String?) throws -> (Int, String) {
+    var args = ["-X", method, "-w", "\n%{http_code}"]
+    // An empty header value still counts as "the test set Authorization",
+    // so the fixture adds no token of its own.
+    args += ["-H", auth.map { "Authorization: \($0)" } ?? "Authorization:"]
+    let r = try world.curl(args + [url], timeout: 15)
+    let lines = r.text.split(separator: "\n", omittingEmptySubsequences: false)
+    return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+  }
+
+  /// Adds callers and rules, then waits until the hub has reloaded them.
+  func addPolicy() throws {
+    let tokens = world.stateDir.appendingPathComponent("tokens.csv")
+    var csv = try String(contentsOf: tokens, encoding: .utf8)
+    csv += "\(Self.getOnly),reader,reader-uid\n\(Self.idleOnly),idler,idler-uid,\"idlers\"\n"
+    try csv.write(to: tokens, atomically: true, encoding: .utf8)
+    let rbac = world.stateDir.appendingPathComponent("rbac.yaml")
+    var yaml = try String(contentsOf: rbac, encoding: .utf8)
+    // The seed README's rule, as written (verb get on /proxy/*), for a User;
+    // and one cluster's path for a Group.
+    yaml += """
+
+      ---
+      apiVersion: rbac.authorization.k8s.io/v1
+      kind: ClusterRole
+      metadata: {name: kubectl}
+      rules:
+        - nonResourceURLs:
+            - /proxy/*
+          verbs:
+            - get
+      ---
+      apiVersion: rbac.authorization.k8s.io/v1
+      kind: ClusterRoleBinding
+      metadata: {name: reader}
+      roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kubectl}
+      subjects:
+        - {kind: User, name: reader}
+      ---
+      apiVersion: rbac.authorization.k8s.io/v1
+      kind: ClusterRole
+      metadata: {name: idle-only}
+      rules:
+        - nonResourceURLs: ["/proxy/default_idle/*"]
+          verbs: ["*"]
+      ---
+      apiVersion: rbac.authorization.k8s.io/v1
+      kind: ClusterRoleBinding
+      metadata: {name: idlers}
+      roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: idle-only}
+      subjects:
+        - {kind: Group, name: idlers, apiGroup: rbac.authorization.k8s.io}
+
+      """
+    try yaml.write(to: rbac, atomically: true, encoding: .utf8)
+    let deadline = Date().addingTimeInterval(15)
+    while try status(world.proxy("/headers"), auth: "Bearer \(Self.getOnly)").0 != 200 {
+      if Date() > deadline { throw E2EError("the hub did not pick up tokens.csv and rbac.yaml") }
+      usleep(200_000)
+    }
+  }
+
+  func testMissingOrBadCredentialsGet401() throws {
+    for auth in [nil, "Bearer", "Bearer  two-spaces", "Basic dXNlcjpwYXNz", "Bearer not-a-known-token-000000"] {
+      let (code, body) = try status(world.proxy("/headers"), auth: auth)
+      XCTAssertEqual(code, 401, "Authorization: \(auth ?? "<none>") -> \(body)")
+      XCTAssertTrue(body.contains("\"kind\":\"Status\""), body)
+    }
+    XCTAssertEqual(try world.upstreamRequests().count, 0, "nothing unauthenticated reached the member")
+  }
+
+  func testRBACByVerbAndByClusterAfterAReload() throws {
+    try addPolicy()
+    // reader: get anywhere under /proxy/, nothing else.
+    XCTAssertEqual(try status(world.proxy("/headers"), auth: "Bearer \(Self.getOnly)").0, 200)
+    let (code, body) = try status(world.proxy("/echo"), method: "POST", auth: "Bearer \(Self.getOnly)")
+    XCTAssertEqual(code, 403)
+    XCTAssertTrue(body.contains(#"User \"reader\" cannot create path \"/proxy/default_sample/echo\""#), body)
+    XCTAssertEqual(try status(world.proxy("/x"), method: "DELETE", auth: "Bearer \(Self.getOnly)").0, 403)
+    // idler: every verb, but only on default_idle (no agent there: 503).
+    XCTAssertEqual(try status(world.proxy("/headers"), auth: "Bearer \(Self.idleOnly)").0, 403)
+    XCTAssertEqual(try status(world.proxy("/x", cluster: "default_idle"), auth: "Bearer \(Self.idleOnly)").0, 503)
+    // A path that climbs out of default_idle is authorized where it lands.
+    XCTAssertEqual(try status(world.hubURL + "/proxy/default_idle/../default_sample/headers",
+                              auth: "Bearer \(Self.idleOnly)").0, 403)
+  }
+
+  func testEveryRequestOnAKeepAliveConnectionIsAuthorizedOnItsOwnPath() throws {
+    try addPolicy()
+    // One connection, two requests: the first allowed, the second not.
+    let r = try world.curl(["-H", "Authorization: Bearer \(Self.idleOnly)",
+                            "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n",
+                            world.proxy("/x", cluster: "default_idle"), world.proxy("/headers")], timeout: 20)
+    let lines = r.text.split(separator: "\n").map(String.init)
+    XCTAssertEqual(lines, ["503 1", "403 0"], "the second request reused the connection and was refused")
+  }
+
+  /// A cluster removed from clusters.yaml loses its agent's sessions.
+  func testRemovingAClusterClosesItsSessions() throws {
+    let file = world.stateDir.appendingPathComponent("clusters.yaml")
+    let text = try String(contentsOf: file, encoding: .utf8)
+    let keep = text.components(separatedBy: "---\n").filter { !$0.contains("name: sample") }.joined(separator: "---\n")
+    try keep.write(to: file, atomically: true, encoding: .utf8)
+    try world.hub.waitFor("agent session down: cluster=default_sample", timeout: 15)
+    XCTAssertEqual(try status(world.proxy("/headers"), auth: "Bearer \(Tokens.caller)").0, 404)
+  }
+}
