@@ -4,31 +4,17 @@ import XCTest
 /// Callers through the real hub: authentication against tokens.csv, RBAC from
 /// rbac.yaml evaluated by the hub on the normalized path, and edits to those
 /// files applied without a restart.
-final class AuthTests: XCTestCase {
-  var world: E2EWorld!
+final class AuthTests: E2ETestCase {
   static let getOnly = "e2e-get-only-caller-0123456789"
   static let idleOnly = "e2e-idle-only-caller-0123456789"
 
   override func setUpWithError() throws {
     try super.setUpWithError()
-    world = try E2EWorld()
-    do {
-      try world.startUpstream()
-      try world.startHub()
-      try world.startAgent(wire: "framed")
-    } catch {
-      world.tearDown()
-      throw error
+    try startWorld { w in
+      try w.startUpstream()
+      try w.startHub()
+      try w.startAgent(wire: "framed")
     }
-  }
-
-  override func tearDown() {
-    if let run = testRun, run.failureCount + run.unexpectedExceptionCount > 0 {
-      print("logs of \(name):\n\(world?.logs ?? "")")
-    }
-    world?.tearDown()
-    world = nil
-    super.tearDown()
   }
 
   func status(_ url: String, method: String = "GET", auth: String?) throws -> (Int, String) {

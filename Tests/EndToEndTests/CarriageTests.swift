@@ -6,32 +6,17 @@ import XCTest
 /// Each scenario runs in both carriages (FramedCarriageTests, RawCarriageTests);
 /// the scenarios live here and each subclass lists them, because XCTest on
 /// Linux does not discover test methods a subclass inherits.
-class CarriageTestCase: XCTestCase {
+class CarriageTestCase: E2ETestCase {
   /// "framed" (kopilot.v2 WebSocket messages) or "raw" (mux bytes after the 101).
   var wire: String { fatalError("a subclass names its carriage") }
-  var world: E2EWorld!
 
   override func setUpWithError() throws {
     try super.setUpWithError()
-    world = try E2EWorld()
-    do {
-      try world.startUpstream()
-      try world.startHub()
-      try world.startAgent(wire: wire)
-    } catch {
-      world.tearDown()
-      throw error
+    try startWorld { w in
+      try w.startUpstream()
+      try w.startHub()
+      try w.startAgent(wire: wire)
     }
-  }
-
-  override func tearDown() {
-    // The processes' logs explain most end-to-end failures; show them then.
-    if let run = testRun, run.failureCount + run.unexpectedExceptionCount > 0 {
-      print("logs of \(name):\n\(world?.logs ?? "")")
-    }
-    world?.tearDown()
-    world = nil
-    super.tearDown()
   }
 
   // MARK: scenarios

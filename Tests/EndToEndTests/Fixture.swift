@@ -66,8 +66,8 @@ func runCommand(_ exe: String, _ args: [String], timeout: TimeInterval = 60, in 
   try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
   defer { try? FileManager.default.removeItem(at: tmp) }
   let outURL = tmp.appendingPathComponent("out"), errURL = tmp.appendingPathComponent("err")
-  FileManager.default.createFile(atPath: outURL.path, contents: nil)
-  FileManager.default.createFile(atPath: errURL.path, contents: nil)
+  _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
+  _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
   let p = Process()
   p.executableURL = URL(fileURLWithPath: exe)
   p.arguments = args
@@ -142,7 +142,7 @@ final class ManagedProcess {
   init(name: String, exe: String, args: [String], logDir: URL) throws {
     self.name = name
     logURL = logDir.appendingPathComponent("\(name).log")
-    FileManager.default.createFile(atPath: logURL.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
     let log = try FileHandle(forWritingTo: logURL)
     process.executableURL = URL(fileURLWithPath: exe)
     process.arguments = args
@@ -455,3 +455,30 @@ extension E2EWorld {
 }
 
 
+
+/// The base of every end-to-end test class: a world per test, torn down
+/// after it, with every process's log printed when the test failed.
+class E2ETestCase: XCTestCase {
+  var world: E2EWorld!
+
+  /// Makes the world and runs `start` on it; a failure tears it down again.
+  func startWorld(_ start: (E2EWorld) throws -> Void) throws {
+    world = try E2EWorld()
+    do {
+      try start(world)
+    } catch {
+      world.tearDown()
+      throw error
+    }
+  }
+
+  override func tearDown() {
+    // The processes' logs explain most end-to-end failures; show them then.
+    if let run = testRun, run.failureCount + run.unexpectedExceptionCount > 0 {
+      print("logs of \(name):\n\(world?.logs ?? "")")
+    }
+    world?.tearDown()
+    world = nil
+    super.tearDown()
+  }
+}

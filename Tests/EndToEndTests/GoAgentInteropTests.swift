@@ -11,36 +11,22 @@ import XCTest
 /// (Tests/Interop/goagent: gorilla/websocket, then a yamux client session on
 /// the raw connection, http.Serve on the session): existing agents must keep
 /// working against the new hub.
-final class GoAgentInteropTests: XCTestCase {
-  var world: E2EWorld!
+final class GoAgentInteropTests: E2ETestCase {
 
   override func setUpWithError() throws {
     try super.setUpWithError()
     let agent = try GoBuild.binary("Tests/Interop/goagent", name: "goagent")
-    world = try E2EWorld()
-    do {
-      try world.startUpstream()
-      try world.startHub()
-      let p = try world.start("goagent", agent, [
-        "-connect", "wss://127.0.0.1:\(world.hubPort)/connect?token=\(Tokens.sample)",
-        "-hub-ca", world.certs.ca, "-apiserver", world.upstreamURL, "-ca-file", world.certs.ca,
-        "-token-file", world.tokenFile.path,
+    try startWorld { w in
+      try w.startUpstream()
+      try w.startHub()
+      let p = try w.start("goagent", agent, [
+        "-connect", "wss://127.0.0.1:\(w.hubPort)/connect?token=\(Tokens.sample)",
+        "-hub-ca", w.certs.ca, "-apiserver", w.upstreamURL, "-ca-file", w.certs.ca,
+        "-token-file", w.tokenFile.path,
       ])
       try p.waitFor("connected to the hub")
-      try world.hub.waitFor("agent session up: cluster=default_sample")
-    } catch {
-      world.tearDown()
-      throw error
+      try w.hub.waitFor("agent session up: cluster=default_sample")
     }
-  }
-
-  override func tearDown() {
-    if let run = testRun, run.failureCount + run.unexpectedExceptionCount > 0 {
-      print("logs of \(name):\n\(world?.logs ?? "")")
-    }
-    world?.tearDown()
-    world = nil
-    super.tearDown()
   }
 
   /// Debian's yamux is a 2019 snapshot whose Stream.Read returns EOF early

@@ -9,9 +9,8 @@ import XCTest
 /// (Tests/FakeAPIServer), with the oldest and the newest kubectl on this
 /// machine: 1.27 upgrades over SPDY/3.1, 1.33 over WebSocket, so both kinds
 /// of upgrade cross the tunnel.
-class KubectlTestCase: XCTestCase {
+class KubectlTestCase: E2ETestCase {
   var kubectlName: String { fatalError("a subclass names its kubectl") }
-  var world: E2EWorld!
   var kubectl = ""
   var fakePort = 0
   var kubeconfig: URL { world.dir.appendingPathComponent("kubeconfig") }
@@ -26,28 +25,27 @@ class KubectlTestCase: XCTestCase {
     }
     kubectl = path
     let fake = try GoBuild.binary("Tests/FakeAPIServer", name: "fakeapi")
-    world = try E2EWorld()
-    do {
-      let api = try world.start("fakeapi", fake, [
-        "--cert", world.certs.cert, "--key", world.certs.key, "--token", Tokens.apiserver, "-v",
+    try startWorld { w in
+      let api = try w.start("fakeapi", fake, [
+        "--cert", w.certs.cert, "--key", w.certs.key, "--token", Tokens.apiserver, "-v",
       ])
       fakePort = Int(try api.waitFor("PORT ").split(separator: " ").last ?? "") ?? 0
-      try world.startHub()
-      let agent = try world.start("agent", try Paths.binary("kopilot-agent"), [
-        "--connect", "wss://127.0.0.1:\(world.hubPort)/connect?token=\(Tokens.sample)",
-        "--apiserver", "https://127.0.0.1:\(fakePort)", "--token-file", world.tokenFile.path,
-        "--ca-file", world.certs.ca, "--hub-ca", world.certs.ca,
+      try w.startHub()
+      let agent = try w.start("agent", try Paths.binary("kopilot-agent"), [
+        "--connect", "wss://127.0.0.1:\(w.hubPort)/connect?token=\(Tokens.sample)",
+        "--apiserver", "https://127.0.0.1:\(fakePort)", "--token-file", w.tokenFile.path,
+        "--ca-file", w.certs.ca, "--hub-ca", w.certs.ca,
       ])
       try agent.waitFor("connected to the hub")
-      try world.hub.waitFor("agent session up: cluster=default_sample")
+      try w.hub.waitFor("agent session up: cluster=default_sample")
       try """
         apiVersion: v1
         kind: Config
         clusters:
         - name: member
           cluster:
-            server: \(world.hubURL)/proxy/default_sample
-            certificate-authority: \(world.certs.ca)
+            server: \(w.hubURL)/proxy/default_sample
+            certificate-authority: \(w.certs.ca)
         users:
         - name: caller
           user:
@@ -57,19 +55,7 @@ class KubectlTestCase: XCTestCase {
           context: {cluster: member, user: caller}
         current-context: member
         """.write(to: kubeconfig, atomically: true, encoding: .utf8)
-    } catch {
-      world.tearDown()
-      throw error
     }
-  }
-
-  override func tearDown() {
-    if let run = testRun, run.failureCount + run.unexpectedExceptionCount > 0 {
-      print("logs of \(name):\n\(world?.logs ?? "")")
-    }
-    world?.tearDown()
-    world = nil
-    super.tearDown()
   }
 
   /// kubectl with the tunnel's kubeconfig and a cache of its own (discovery
@@ -99,49 +85,24 @@ class KubectlTestCase: XCTestCase {
   /// A watch streams through the tunnel: a pod added on the member side
   /// while kubectl watches shows up without the watch ending.
   func checkWatch() throws {
-    let out = world.dir.appendingPathComponent("watch.out")
-    FileManager.default.createFile(atPath: out.path, contents: nil)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: kubectl)
-    p.arguments = ["--kubeconfig", kubeconfig.path, "--cache-dir", world.dir.appendingPathComponent("cache-w").path,
-                   "get", "pods", "-w"]
-    p.standardOutput = try FileHandle(forWritingTo: out)
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    defer {
-      if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-      p.waitUntilExit()
+    try withBackground(["get", "pods", "-w"]) { output in
+      try waitUntil("the first rows") { output().contains("web-0") }
+      // Straight to the fake (not through the tunnel): a new pod appears.
+      let added = try world.curl(["-X", "POST", "-H", "Authorization: Bearer \(Tokens.apiserver)",
+                                  "https://127.0.0.1:\(fakePort)/_fake/pods?namespace=default&name=watched-pod"])
+      XCTAssertEqual(added.status, 0, added.stderr)
+      try waitUntil("the added pod in the watch") { output().contains("watched-pod") }
     }
-    func seen(_ s: String) -> Bool { (try? String(contentsOf: out, encoding: .utf8))?.contains(s) ?? false }
-    try waitUntil("the first rows") { seen("web-0") }
-    // Straight to the fake (not through the tunnel): a new pod appears.
-    let added = try world.curl(["-X", "POST", "-H", "Authorization: Bearer \(Tokens.apiserver)",
-                                "https://127.0.0.1:\(fakePort)/_fake/pods?namespace=default&name=watched-pod"])
-    XCTAssertEqual(added.status, 0, added.stderr)
-    try waitUntil("the added pod in the watch") { seen("watched-pod") }
-    XCTAssertTrue(p.isRunning, "the watch ended instead of staying open")
   }
 
   func checkLogsFollow() throws {
-    let out = world.dir.appendingPathComponent("logs.out")
-    FileManager.default.createFile(atPath: out.path, contents: nil)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: kubectl)
-    p.arguments = ["--kubeconfig", kubeconfig.path, "--cache-dir", world.dir.appendingPathComponent("cache-l").path,
-                   "logs", "-f", "web-0"]
-    p.standardOutput = try FileHandle(forWritingTo: out)
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    defer {
-      if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-      p.waitUntilExit()
+    try withBackground(["logs", "-f", "web-0"]) { output in
+      // Lines arrive one by one while the stream stays open: not buffered.
+      func lines() -> Int { output().split(separator: "\n").count }
+      try waitUntil("a first log line") { lines() >= 1 }
+      let first = lines()
+      try waitUntil("more log lines while following") { lines() >= first + 3 }
     }
-    // Lines arrive one by one while the stream stays open: not buffered.
-    func lines() -> Int { ((try? String(contentsOf: out, encoding: .utf8)) ?? "").split(separator: "\n").count }
-    try waitUntil("a first log line") { lines() >= 1 }
-    let first = lines()
-    try waitUntil("more log lines while following") { lines() >= first + 3 }
-    XCTAssertTrue(p.isRunning)
   }
 
   func checkExec() throws {
@@ -164,31 +125,20 @@ class KubectlTestCase: XCTestCase {
   }
 
   func checkPortForward() throws {
-    let out = world.dir.appendingPathComponent("pf.out")
-    FileManager.default.createFile(atPath: out.path, contents: nil)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: kubectl)
-    p.arguments = ["--kubeconfig", kubeconfig.path, "--cache-dir", world.dir.appendingPathComponent("cache-p").path,
-                   "port-forward", "pod/web-0", "0:80"]
-    p.standardOutput = try FileHandle(forWritingTo: out)
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    defer {
-      if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-      p.waitUntilExit()
-    }
-    var port = 0
-    try waitUntil("port-forward to listen") {
-      let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
-      guard let r = text.range(of: "Forwarding from 127.0.0.1:") else { return false }
-      port = Int(text[r.upperBound...].prefix { $0.isNumber }) ?? 0
-      return port > 0
-    }
-    // The fake's port 80 echoes: bytes go through kubectl, the hub, the
-    // agent and the fake's port-forward stream, and come back.
-    for round in 0..<2 {
-      let payload = "echo round \(round) " + String(repeating: "x", count: 1000)
-      XCTAssertEqual(try echo(port: port, payload), payload)
+    try withBackground(["port-forward", "pod/web-0", "0:80"]) { output in
+      var port = 0
+      try waitUntil("port-forward to listen") {
+        let text = output()
+        guard let r = text.range(of: "Forwarding from 127.0.0.1:") else { return false }
+        port = Int(text[r.upperBound...].prefix { $0.isNumber }) ?? 0
+        return port > 0
+      }
+      // The fake's port 80 echoes: bytes go through kubectl, the hub, the
+      // agent and the fake's port-forward stream, and come back.
+      for round in 0..<2 {
+        let payload = "echo round \(round) " + String(repeating: "x", count: 1000)
+        XCTAssertEqual(try echo(port: port, payload), payload)
+      }
     }
   }
 
@@ -218,6 +168,26 @@ class KubectlTestCase: XCTestCase {
   }
 
   // MARK: helpers
+
+  /// kubectl left running (watch, logs -f, port-forward), its stdout in a
+  /// file the test polls; killed when `body` returns.
+  func withBackground(_ args: [String], _ body: (_ output: () -> String) throws -> Void) throws {
+    let out = world.dir.appendingPathComponent("bg-\(UUID().uuidString.prefix(8)).out")
+    _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: kubectl)
+    p.arguments = ["--kubeconfig", kubeconfig.path, "--cache-dir", world.dir.appendingPathComponent("cache-bg").path]
+      + args
+    p.standardOutput = try FileHandle(forWritingTo: out)
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    defer {
+      if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+      p.waitUntilExit()
+    }
+    try body { (try? String(contentsOf: out, encoding: .utf8)) ?? "" }
+    XCTAssertTrue(p.isRunning, "kubectl \(args.joined(separator: " ")) ended while it should stream")
+  }
 
   func waitUntil(_ what: String, timeout: TimeInterval = 20, _ ok: () -> Bool) throws {
     let deadline = Date().addingTimeInterval(timeout)
