@@ -415,6 +415,9 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   free(req);
   snprintf(msg, sizeof(msg), "no agent of cluster %s is connected", cluster);
   status_json(f, 503, "ServiceUnavailable", msg);
+  /* Every proxy answer ends in exactly one on_proxied, this one too. */
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, cluster, 503, 0, 0, (uv_hrtime() - f->started_ns) / 1000, hub->ud);
 }
 
 /* RFC 6455 4.2.1: what makes a valid opening handshake. */

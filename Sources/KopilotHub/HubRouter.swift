@@ -16,10 +16,13 @@ public struct HubRouter: Sendable {
   /// The hub's CA, PEM, pinned in agent manifests.
   public var caPEM: String
   public var logger: Logger
+  /// Counts answers and decisions, and renders /metrics; nil: no metrics.
+  public var metrics: HubMetrics?
 
   public init(registry: any ClusterRegistry, authenticator: TokenFileAuthenticator, authorizer: RBACAuthorizer,
               publicAddr: String, agentImage: String, caPEM: String,
-              logger: Logger = Logger(label: "kopilot.hub")) {
+              logger: Logger = Logger(label: "kopilot.hub"), metrics: HubMetrics? = nil) {
+    self.metrics = metrics
     self.registry = registry
     self.authenticator = authenticator
     self.authorizer = authorizer
@@ -30,9 +33,22 @@ public struct HubRouter: Sendable {
   }
 
   public func route(_ r: HubRequest) -> HubAnswer {
+    let answer = answer(r)
+    // A proxied request is counted when it ends (Hub.onProxied); the rest now.
+    switch answer {
+    case .respond(let status, _, _): metrics?.answered(status: status)
+    case .proxy(let cluster, _): metrics?.proxyStarted(cluster: cluster)
+    case .acceptAgent: break
+    }
+    return answer
+  }
+
+  func answer(_ r: HubRequest) -> HubAnswer {
     let path = r.path
     if path.hasPrefix("/proxy/") || path == "/proxy" { return proxy(r) }
     switch path {
+    case "/metrics":
+      return metricsPage(r)
     case "/connect":
       return connect(r)
     case "/kopilot-agent.yaml":
@@ -85,15 +101,13 @@ public struct HubRouter: Sendable {
     guard let target = parseProxyTarget(r.target) else {
       return .status(400, "BadRequest", "the path must be /proxy/{namespace}_{name}/... without encoded dots or slashes")
     }
-    let token: String
-    switch BearerToken.parse(authorization: r.header("Authorization")) {
-    case .success(let t): token = t
-    case .failure(let e): return .status(401, "Unauthorized", e.message)
-    }
-    guard let user = authenticator.user(for: token) else {
-      return .status(401, "Unauthorized", "Unauthorized")
+    let user: UserInfo
+    switch authenticate(r) {
+    case .success(let u): user = u
+    case .failure(let answer): return answer.answer
     }
     let decision = authorizer.decide(AuthorizationRequest(user: user, method: r.method, target: target))
+    metrics?.decided(allowed: decision.allowed)
     guard decision.allowed else {
       logger.info("forbidden", metadata: ["user": "\(user.name)", "method": "\(r.method)",
                                           "cluster": "\(target.cluster)", "reason": "\(decision.reason)"])
@@ -103,6 +117,40 @@ public struct HubRouter: Sendable {
       return .status(404, "NotFound", "cluster \(target.cluster.replacingOccurrences(of: "_", with: "/")) is not registered")
     }
     return .proxy(cluster: target.cluster, target: target.forwardTarget)
+  }
+
+  struct Refusal: Error { var answer: HubAnswer }
+
+  /// The caller behind the bearer token, or the 401 to send.
+  func authenticate(_ r: HubRequest) -> Result<UserInfo, Refusal> {
+    let token: String
+    switch BearerToken.parse(authorization: r.header("Authorization")) {
+    case .success(let t): token = t
+    case .failure(let e):
+      metrics?.unauthenticated()
+      return .failure(Refusal(answer: .status(401, "Unauthorized", e.message)))
+    }
+    guard let user = authenticator.user(for: token) else {
+      metrics?.unauthenticated()
+      return .failure(Refusal(answer: .status(401, "Unauthorized", "Unauthorized")))
+    }
+    return .success(user)
+  }
+
+  /// `GET /metrics`: for callers RBAC lets `get` the non-resource URL
+  /// /metrics, as kube-apiserver does.
+  func metricsPage(_ r: HubRequest) -> HubAnswer {
+    guard let metrics else { return .status(404, "NotFound", "metrics are off") }
+    guard r.method == "GET" else { return methodNotAllowed(r) }
+    let user: UserInfo
+    switch authenticate(r) {
+    case .success(let u): user = u
+    case .failure(let refusal): return refusal.answer
+    }
+    let decision = authorizer.decide(AuthorizationRequest(user: user, method: r.method, path: "/metrics"))
+    metrics.decided(allowed: decision.allowed)
+    guard decision.allowed else { return .status(403, "Forbidden", decision.forbiddenMessage) }
+    return .respond(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render())
   }
 
   func methodNotAllowed(_ r: HubRequest) -> HubAnswer {

@@ -179,7 +179,10 @@ public struct StateDirectory: Sendable {
   static func initialRBAC() throws -> String {
     let role = KubeDocument(
       apiVersion: RBACPolicy.apiVersion, kind: "ClusterRole", metadata: ObjectMeta(name: "kopilot-admin"),
-      body: ClusterRoleBody(rules: [PolicyRuleModel(nonResourceURLs: ["/proxy/*"], verbs: ["*"])]))
+      body: ClusterRoleBody(rules: [
+        PolicyRuleModel(nonResourceURLs: ["/proxy/*"], verbs: ["*"]),
+        PolicyRuleModel(nonResourceURLs: ["/metrics"], verbs: ["get"]),
+      ]))
     let binding = KubeDocument(
       apiVersion: RBACPolicy.apiVersion, kind: "ClusterRoleBinding", metadata: ObjectMeta(name: "kopilot-admins"),
       body: ClusterRoleBindingBody(

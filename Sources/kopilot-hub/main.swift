@@ -117,6 +117,7 @@ struct Serve: ParsableCommand {
     cfg.muxWindow = UInt32((muxWindowKiB ?? Int(state.env("MUX_WINDOW_KIB") ?? "") ?? 256) * 1024)
     let hub = try Hub(loop: loop, config: cfg) { box.route($0) }
     let pub = given ?? "\(host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host):\(hub.port)"
+    let metrics = HubMetrics()
     box.router = HubRouter(
       registry: registry,
       authenticator: try TokenFileAuthenticator(path: paths.tokens),
@@ -124,7 +125,8 @@ struct Serve: ParsableCommand {
       publicAddr: pub,
       agentImage: agentImage ?? state.env("AGENT_IMAGE") ?? "ghcr.io/kopilot/kopilot-agent:latest",
       caPEM: try String(contentsOfFile: paths.caCert, encoding: .utf8),
-      logger: log)
+      logger: log,
+      metrics: metrics)
     let sessions = SessionFile(path: (paths.directory as NSString).appendingPathComponent("sessions.json"))
     hub.onSession = { cluster, up, status in
       if up {
@@ -133,9 +135,12 @@ struct Serve: ParsableCommand {
         log.info("agent session down: cluster=\(cluster) status=\(CoreError(code: status, context: "session"))")
       }
       sessions.note(cluster: cluster, up: up)
+      metrics.sessionChanged(cluster: cluster, up: up)
     }
-    if accessLog {
-      hub.onProxied = { r in
+    let access = accessLog
+    hub.onProxied = { r in
+      metrics.proxyEnded(r)
+      if access {
         log.info("proxied cluster=\(r.cluster) status=\(r.status) up=\(r.bytesUp) down=\(r.bytesDown) ms=\(Double(r.durationMicros) / 1000)")
       }
     }

@@ -114,6 +114,28 @@ final class AuthTests: E2ETestCase {
     XCTAssertEqual(lines, ["503 1", "403 0"], "the second request reused the connection and was refused")
   }
 
+  /// /metrics in the Prometheus text format, for callers RBAC lets get it
+  /// (the first-start rbac.yaml lets the admins group).
+  func testMetrics() throws {
+    XCTAssertEqual(try status(world.proxy("/bytes/2048"), auth: "Bearer \(Tokens.caller)").0, 200)
+    XCTAssertEqual(try status(world.proxy("/x", cluster: "default_idle"), auth: "Bearer \(Tokens.caller)").0, 503)
+    XCTAssertEqual(try status(world.hubURL + "/metrics", auth: nil).0, 401)
+    let (code, body) = try status(world.hubURL + "/metrics", auth: "Bearer \(Tokens.caller)")
+    XCTAssertEqual(code, 200, body)
+    for line in [
+      #"kopilot_hub_agent_sessions{cluster="default_sample"} 2"#,
+      #"kopilot_hub_requests_total{code="200"} 1"#,
+      #"kopilot_hub_requests_total{code="503"} 1"#,
+      #"kopilot_hub_requests_in_flight{cluster="default_sample"} 0"#,
+      #"kopilot_hub_authorization_decisions_total{decision="unauthenticated"} 1"#,
+      "kopilot_hub_request_duration_seconds_count 2",
+    ] {
+      XCTAssertTrue(body.contains(line), "\(line) missing from:\n\(body)")
+    }
+    let down = body.split(separator: "\n").first { $0.hasPrefix(#"kopilot_hub_bytes_total{cluster="default_sample",direction="down"}"#) }
+    XCTAssertGreaterThan(Double(down?.split(separator: " ").last ?? "") ?? 0, 2048, String(down ?? "no bytes line"))
+  }
+
   /// A cluster removed from clusters.yaml loses its agent's sessions.
   func testRemovingAClusterClosesItsSessions() throws {
     let file = world.stateDir.appendingPathComponent("clusters.yaml")

@@ -37,7 +37,7 @@ class CarriageTestCase: E2ETestCase {
   /// dropping a response head when its session was congested (a stream
   /// write that took 0 bytes), which the hub saw as a malformed response.
   /// The hub reports each proxied request (status, bytes, time) once it
-  /// ends; a request for a cluster without an agent is no proxied request.
+  /// ends.
   func checkAccessLog() throws {
     let r = try world.curl(["-o", "/dev/null", "-w", "%{http_code}", world.proxy("/bytes/4096")])
     XCTAssertEqual(r.text, "200")

@@ -1,0 +1,92 @@
+import Foundation
+import KopilotIO
+import Prometheus
+
+/// The hub's metrics, served at /metrics in the Prometheus text format.
+/// Everything is counted from events the hub already has (sessions coming
+/// and going, answers given, proxied requests ending), so a scrape costs no
+/// round trip to the loop.
+public final class HubMetrics: @unchecked Sendable {
+  public let registry = PrometheusCollectorRegistry()
+  private let lock = NSLock()
+  private var sessions: [String: Gauge] = [:]
+  private var inFlight: [String: Gauge] = [:]
+  private var bytes: [String: (up: Counter, down: Counter)] = [:]
+  private var codes: [Int: Counter] = [:]
+  private let decisions: (allowed: Counter, denied: Counter, unauthenticated: Counter)
+  private let latency: DurationHistogram
+
+  public init() {
+    decisions = (
+      registry.makeCounter(name: "kopilot_hub_authorization_decisions_total", labels: [("decision", "allowed")],
+                           help: "Caller requests by authentication and authorization outcome."),
+      registry.makeCounter(name: "kopilot_hub_authorization_decisions_total", labels: [("decision", "denied")],
+                           help: "Caller requests by authentication and authorization outcome."),
+      registry.makeCounter(name: "kopilot_hub_authorization_decisions_total", labels: [("decision", "unauthenticated")],
+                           help: "Caller requests by authentication and authorization outcome."))
+    latency = registry.makeDurationHistogram(
+      name: "kopilot_hub_request_duration_seconds",
+      buckets: [.milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+                .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5), .seconds(30)],
+      help: "Time from a proxied request's head to the end of its response.")
+  }
+
+  public func sessionChanged(cluster: String, up: Bool) {
+    gauge(&sessions, cluster, "kopilot_hub_agent_sessions", "Live agent sessions per cluster.")
+      .increment(by: up ? 1 : -1)
+  }
+
+  public func proxyStarted(cluster: String) {
+    gauge(&inFlight, cluster, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
+      .increment()
+  }
+
+  public func proxyEnded(_ r: Hub.ProxiedRequest) {
+    gauge(&inFlight, r.cluster, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
+      .decrement()
+    let b = byteCounters(r.cluster)
+    b.up.increment(by: Int64(r.bytesUp))
+    b.down.increment(by: Int64(r.bytesDown))
+    answered(status: r.status)
+    latency.recordNanoseconds(Int64(r.durationMicros) * 1000)
+  }
+
+  /// Any answer to a caller, proxied or local; status 0 is a tunnel that
+  /// broke before the response began.
+  public func answered(status: Int) {
+    lock.lock()
+    let c = codes[status] ?? {
+      let made = registry.makeCounter(name: "kopilot_hub_requests_total", labels: [("code", String(status))],
+                                      help: "Caller requests by response status (0: the tunnel broke first).")
+      codes[status] = made
+      return made
+    }()
+    lock.unlock()
+    c.increment()
+  }
+
+  public func decided(allowed: Bool) { (allowed ? decisions.allowed : decisions.denied).increment() }
+  public func unauthenticated() { decisions.unauthenticated.increment() }
+
+  public func render() -> String { registry.emitToString() }
+
+  private func gauge(_ table: inout [String: Gauge], _ cluster: String, _ name: String, _ help: String) -> Gauge {
+    lock.lock()
+    defer { lock.unlock() }
+    if let g = table[cluster] { return g }
+    let g = registry.makeGauge(name: name, labels: [("cluster", cluster)], help: help)
+    table[cluster] = g
+    return g
+  }
+
+  private func byteCounters(_ cluster: String) -> (up: Counter, down: Counter) {
+    lock.lock()
+    defer { lock.unlock() }
+    if let b = bytes[cluster] { return b }
+    let help = "Bytes relayed through the tunnel, heads included: up to the member, down to callers."
+    let b = (registry.makeCounter(name: "kopilot_hub_bytes_total", labels: [("cluster", cluster), ("direction", "up")], help: help),
+             registry.makeCounter(name: "kopilot_hub_bytes_total", labels: [("cluster", cluster), ("direction", "down")], help: help))
+    bytes[cluster] = b
+    return b
+  }
+}
