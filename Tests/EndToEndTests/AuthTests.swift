@@ -136,6 +136,22 @@ final class AuthTests: E2ETestCase {
     XCTAssertGreaterThan(Double(down?.split(separator: " ").last ?? "") ?? 0, 2048, String(down ?? "no bytes line"))
   }
 
+  /// The manifest that installs an agent: only for a cluster's token, only
+  /// for providers the hub knows, pointing at the hub with the token.
+  func testAgentManifest() throws {
+    let base = world.hubURL + "/kopilot-agent.yaml?token=\(Tokens.sample)"
+    let (code, yaml) = try status(base + "&provider=kind", auth: nil)
+    XCTAssertEqual(code, 200, yaml)
+    for want in ["kind: Namespace", "kind: ServiceAccount", "kind: ClusterRoleBinding", "kind: DaemonSet",
+                 "kopilot-system", "connect?token=\(Tokens.sample)"] {
+      XCTAssertTrue(yaml.contains(want), "\(want) missing from the manifest:\n\(yaml)")
+    }
+    let (bad, body) = try status(base + "&provider=no-such", auth: nil)
+    XCTAssertEqual(bad, 400)
+    XCTAssertTrue(body.contains("minikube") && body.contains("kind"), "the known providers are named: \(body)")
+    XCTAssertEqual(try status(world.hubURL + "/kopilot-agent.yaml?token=wrong-token-0123456789", auth: nil).0, 401)
+  }
+
   /// A cluster removed from clusters.yaml loses its agent's sessions.
   func testRemovingAClusterClosesItsSessions() throws {
     let file = world.stateDir.appendingPathComponent("clusters.yaml")
