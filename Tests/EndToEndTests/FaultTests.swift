@@ -1,0 +1,94 @@
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Agents that die or freeze: requests in flight end at once with an error
+/// (never a hang), and the cluster is served again by what is left.
+final class FaultTests: E2ETestCase {
+  override func setUpWithError() throws {
+    try super.setUpWithError()
+    try startWorld { w in
+      try w.startUpstream()
+      try w.startHub()
+    }
+  }
+
+  func startAgent(_ name: String, sessions: Int = 1) throws -> ManagedProcess {
+    let agent = try world.start(name, try Paths.binary("kopilot-agent"), [
+      "--connect", "wss://127.0.0.1:\(world.hubPort)/connect?token=\(Tokens.sample)",
+      "--apiserver", world.upstreamURL, "--token-file", world.tokenFile.path, "--ca-file", world.certs.ca,
+      "--hub-ca", world.certs.ca, "--sessions", "\(sessions)",
+    ])
+    try agent.waitFor("connected to the hub")
+    return agent
+  }
+
+  func get(_ path: String) throws -> Int {
+    let r = try world.curl(["-o", "/dev/null", "-w", "%{http_code}", world.proxy(path)], timeout: 15)
+    return Int(r.text) ?? 0
+  }
+
+  /// The agent dies in the middle of a watch-like stream: the caller's
+  /// response ends (curl reports a transfer cut short) instead of hanging,
+  /// and once an agent is back, requests succeed again.
+  func testAgentKilledDuringAWatch() throws {
+    let agent = try startAgent("agent-1")
+    try world.hub.waitFor("agent session up: cluster=default_sample")
+    let reader = try LineReader(exe: world.curl, args: [
+      "-sS", "-N", "--cacert", world.certs.ca, "-H", "Authorization: Bearer \(Tokens.caller)", "--max-time", "60",
+      world.proxy("/stream?n=1000&delay_ms=50"),
+    ])
+    defer { reader.stop() }
+    XCTAssertNotNil(try reader.nextLine(timeout: 10), "the stream started")
+    kill(agent.process.processIdentifier, SIGKILL)
+    // The stream ends soon: lines stop and EOF comes, well before --max-time.
+    let deadline = Date().addingTimeInterval(10)
+    while try reader.nextLine(timeout: 10) != nil {
+      XCTAssertLessThan(Date(), deadline, "the watch kept going after its agent died")
+    }
+    try world.hub.waitFor("agent session down: cluster=default_sample")
+    XCTAssertEqual(try get("/bytes/10"), 503, "no agent left: a clear 503")
+    _ = try startAgent("agent-2")
+    try waitUntil("a request through the new agent") { (try? self.get("/bytes/10")) == 200 }
+  }
+
+  /// Two agents serve one cluster; one is killed. At most the requests that
+  /// were in flight on it fail; every later request succeeds.
+  func testTwoAgentsOneKilled() throws {
+    let a = try startAgent("agent-a")
+    _ = try startAgent("agent-b")
+    for _ in 0..<10 { XCTAssertEqual(try get("/bytes/100"), 200) }
+    kill(a.process.processIdentifier, SIGKILL)
+    // The first request may still meet the dead session (a 502 from the
+    // broken tunnel, never a hang); from then on all go to the live one.
+    let first = try get("/bytes/100")
+    XCTAssertTrue([200, 502].contains(first), "first request after the kill: \(first)")
+    try world.hub.waitFor("agent session down: cluster=default_sample")
+    for i in 0..<20 { XCTAssertEqual(try get("/bytes/\(100 + i)"), 200, "request \(i) after the kill") }
+  }
+
+  /// A Go agent in the original style and ours serve the same cluster side
+  /// by side; requests spread over both succeed.
+  func testOriginalGoAgentBesideOurs() throws {
+    let go = try GoBuild.binary("Tests/Interop/goagent", name: "goagent")
+    let p = try world.start("goagent", go, [
+      "-connect", "wss://127.0.0.1:\(world.hubPort)/connect?token=\(Tokens.sample)",
+      "-hub-ca", world.certs.ca, "-apiserver", world.upstreamURL, "-ca-file", world.certs.ca,
+      "-token-file", world.tokenFile.path,
+    ])
+    try p.waitFor("connected to the hub")
+    _ = try startAgent("agent-ours")
+    try world.checkParallel(count: 60)
+  }
+
+  func waitUntil(_ what: String, timeout: TimeInterval = 20, _ ok: () -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while !ok() {
+      if Date() > deadline { throw E2EError("timed out waiting for \(what)") }
+      usleep(100_000)
+    }
+  }
+}
