@@ -275,7 +275,12 @@ int kp__sess_start(kp__sess_t **out, kp__conn_t *conn, int is_server,
   if (s == NULL) return KP_ENOMEM;
   kp_mux_config_default(&cfg, is_server);
   if (window > cfg.window) cfg.window = window;
-  if (keepalive_ms) cfg.keepalive_ms = keepalive_ms;
+  if (keepalive_ms) {
+    /* A ping unanswered for one interval means the peer is gone (frozen,
+     * or a half-open connection). */
+    cfg.keepalive_ms = keepalive_ms;
+    cfg.keepalive_timeout_ms = keepalive_ms;
+  }
   rc = kp_mux_new(&s->mux, &cfg, &sess_mux_cbs, s);
   if (rc != 0) {
     free(s);

@@ -12,6 +12,8 @@ public final class AgentSession: @unchecked Sendable {
     public var apiserver: URL       // https://HOST:PORT
     public var apiserverCAFile: String?
     public var apiserverInsecure = false
+    /// Keepalive ping interval and timeout (ms); 0 = 30 s.
+    public var keepaliveMs: UInt64 = 0
     public init(hubURL: URL, apiserver: URL) {
       self.hubURL = hubURL
       self.apiserver = apiserver
@@ -54,6 +56,7 @@ public final class AgentSession: @unchecked Sendable {
               cfg.upstream_port = Int32(upPort)
               cfg.upstream_ca_file = upCA
               cfg.upstream_insecure = config.apiserverInsecure ? 1 : 0
+              cfg.keepalive_ms = config.keepaliveMs
               return kp_agent_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
             }
           }

@@ -54,6 +54,9 @@ public final class Hub: @unchecked Sendable {
     public var keyFile: String
     /// Receive window per mux stream (bytes); 0 = the yamux default, 256 KiB.
     public var muxWindow: UInt32 = 0
+    /// Keepalive ping interval (ms), also how long a ping may go unanswered
+    /// before the session is dropped; 0 = 30 s.
+    public var keepaliveMs: UInt64 = 0
     public init(certFile: String, keyFile: String) {
       self.certFile = certFile
       self.keyFile = keyFile
@@ -116,6 +119,7 @@ public final class Hub: @unchecked Sendable {
           cfg.cert_file = cert
           cfg.key_file = key
           cfg.mux_window = config.muxWindow
+          cfg.keepalive_ms = config.keepaliveMs
           return kp_hub_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
         }
       }

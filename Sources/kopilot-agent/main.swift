@@ -30,6 +30,9 @@ struct AgentCommand: ParsableCommand {
   @Option(help: "Parallel sessions to the hub; the hub spreads requests over them.")
   var sessions: Int = 2
 
+  @Option(help: "Seconds between keepalive pings to the hub; a ping unanswered that long ends the session.")
+  var keepalive: Double = 30
+
   @Option(name: .customLong("grace-period"), help: "Seconds that requests in flight get to finish after SIGTERM.")
   var gracePeriod: Double = 30
 
@@ -62,6 +65,7 @@ struct AgentCommand: ParsableCommand {
     cfg.hubCAFile = hubCA
     cfg.hubInsecure = insecure
     cfg.framed = wire == "framed"
+    cfg.keepaliveMs = UInt64(max(0.1, keepalive) * 1000)
     cfg.apiserverCAFile = FileManager.default.fileExists(atPath: caFile) ? caFile : nil
     let loop = try Loop()
     let tokens = TokenFile(path: tokenFile)

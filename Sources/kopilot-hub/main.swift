@@ -78,7 +78,11 @@ struct Serve: ParsableCommand {
   @Option(name: .customLong("mux-window"), help: "Receive window per tunnel stream, in KiB (256 to 65536). Each stream may buffer up to this much. Env: MUX_WINDOW_KIB.")
   var muxWindowKiB: Int?
 
+  @Option(help: "Seconds between keepalive pings to each agent; a ping unanswered that long drops the session. Env: KEEPALIVE_SECONDS.")
+  var keepalive: Double?
+
   func validate() throws {
+    if let k = keepalive, !(0.1...3600).contains(k) { throw ValidationError("--keepalive is 0.1 to 3600 seconds") }
     if let w = muxWindowKiB, !(256...65536).contains(w) { throw ValidationError("--mux-window is 256 to 65536 KiB") }
     if let l = logLevel ?? state.env("LOG_LEVEL"), Logger.Level(rawValue: l) == nil {
       throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
@@ -115,6 +119,7 @@ struct Serve: ParsableCommand {
     cfg.bindHost = host
     cfg.port = port
     cfg.muxWindow = UInt32((muxWindowKiB ?? Int(state.env("MUX_WINDOW_KIB") ?? "") ?? 256) * 1024)
+    cfg.keepaliveMs = UInt64((keepalive ?? Double(state.env("KEEPALIVE_SECONDS") ?? "") ?? 30) * 1000)
     let hub = try Hub(loop: loop, config: cfg) { box.route($0) }
     let pub = given ?? "\(host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host):\(hub.port)"
     let metrics = HubMetrics()

@@ -12,7 +12,8 @@ final class FaultTests: E2ETestCase {
     try super.setUpWithError()
     try startWorld { w in
       try w.startUpstream()
-      try w.startHub()
+      // Pings every second: a frozen agent is noticed within two.
+      try w.startHub(extraArgs: ["--keepalive", "1"])
     }
   }
 
@@ -68,6 +69,20 @@ final class FaultTests: E2ETestCase {
     XCTAssertTrue([200, 502].contains(first), "first request after the kill: \(first)")
     try world.hub.waitFor("agent session down: cluster=default_sample")
     for i in 0..<20 { XCTAssertEqual(try get("/bytes/\(100 + i)"), 200, "request \(i) after the kill") }
+  }
+
+  /// An agent frozen with SIGSTOP (its TCP connection stays open, nothing
+  /// answers): the hub's keepalive notices and drops its session, and the
+  /// other agent serves every request.
+  func testFrozenAgentIsDroppedByTheKeepalive() throws {
+    let frozen = try startAgent("agent-frozen")
+    try world.hub.waitFor("agent session up: cluster=default_sample")
+    _ = try startAgent("agent-live")
+    kill(frozen.process.processIdentifier, SIGSTOP)
+    defer { kill(frozen.process.processIdentifier, SIGCONT) }
+    try world.hub.waitFor("agent session down: cluster=default_sample", timeout: 10)
+    XCTAssertTrue(world.hub.log.contains("KP_ETIMEDOUT"), "dropped by the keepalive: \(world.hub.log)")
+    for i in 0..<20 { XCTAssertEqual(try get("/bytes/\(200 + i)"), 200, "request \(i) after the freeze") }
   }
 
   /// A Go agent in the original style and ours serve the same cluster side

@@ -278,7 +278,7 @@ final class E2EWorld {
   /// (fixed tokens); the hub makes the rest (CA, rbac.yaml) on first start.
   var stateDir: URL { dir.appendingPathComponent("state") }
 
-  func startHub() throws {
+  func startHub(extraArgs: [String] = []) throws {
     try FileManager.default.createDirectory(at: stateDir, withIntermediateDirectories: true)
     try """
       apiVersion: kopilot.smartx.com/v1alpha1
@@ -300,7 +300,7 @@ final class E2EWorld {
       "--state-dir", stateDir.path,
       "--bind", "127.0.0.1:0", "--tls-cert", certs.cert, "--tls-key", certs.key,
       "--access-log",
-    ])
+    ] + extraArgs)
     let line = try hub.waitFor("kopilot-hub listening on 127.0.0.1:")
     // "... listening on 127.0.0.1:PORT clusters=N"
     let afterHost = line.components(separatedBy: "listening on 127.0.0.1:").last ?? ""
