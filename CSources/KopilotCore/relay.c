@@ -592,7 +592,8 @@ void kp__relay_front_data(kp__relay_t *r, const uint8_t *p, size_t n,
                           kp_chunk_t *chunk) {
   if (r->front_closed || r->req.state == ST_DONE) {
     /* Nobody wants these bytes; a stream still needs its window back. */
-    if (!r->front_closed) r->front.ops->consumed(r->front.h, n);
+    if (!r->front_closed && r->front.ops->consumed)
+      r->front.ops->consumed(r->front.h, n);
     return;
   }
   if (q_push(&r->req, p, n, chunk, 0) != 0) {
@@ -606,7 +607,7 @@ void kp__relay_back_data(kp__relay_t *r, const uint8_t *p, size_t n,
                          kp_chunk_t *chunk) {
   if (!r->has_back) return;
   if (r->resp.state == ST_DONE) {
-    r->back.ops->consumed(r->back.h, n);
+    if (r->back.ops->consumed) r->back.ops->consumed(r->back.h, n);
     return;
   }
   if (q_push(&r->resp, p, n, chunk, 0) != 0) {

@@ -46,9 +46,18 @@ static uint64_t fake_pending(void *h) { (void)h; return 0; }
 static void fake_shutdown(void *h) { ((fake_ep_t *)h)->shut = 1; }
 static void fake_abort(void *h, int err) { (void)err; ((fake_ep_t *)h)->closed = 1; }
 
-static const kp__ep_ops_t fake_ops = {
-    fake_write, fake_read, fake_consumed, fake_pending, fake_shutdown, fake_abort,
+/* Shaped like the two real endpoints: a conn can pause and has a queue but
+ * nothing to give back; a stream cannot pause but returns window. The
+ * relay must only call what an endpoint has. */
+static const kp__ep_ops_t conn_like = {
+    .write = fake_write, .read = fake_read, .consumed = NULL,
+    .pending = fake_pending, .shutdown = fake_shutdown, .abort = fake_abort,
 };
+static const kp__ep_ops_t stream_like = {
+    .write = fake_write, .read = NULL, .consumed = fake_consumed,
+    .pending = NULL, .shutdown = fake_shutdown, .abort = fake_abort,
+};
+static const kp__ep_ops_t *front_ops, *back_ops;
 
 static void on_request(kp__relay_t *r, const kp_http_head_t *head,
                        const uint8_t *raw, size_t raw_len) {
@@ -57,7 +66,7 @@ static void on_request(kp__relay_t *r, const kp_http_head_t *head,
   (void)raw;
   switch (raw_len % 3) {
   case 0: {
-    kp__ep_t back = {&fake_ops, &back_ep};
+    kp__ep_t back = {back_ops, &back_ep};
     req = kp__http_build_request(head, "/x", 2, NULL, "X: y\r\n", 6, &len);
     if (req == NULL) abort();
     memset(&back_ep, 0, sizeof(back_ep));
@@ -106,7 +115,7 @@ static const kp__relay_router_t router = {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   kp__relay_config_t cfg = {1024, 0};
-  kp__ep_t front = {&fake_ops, &front_ep};
+  kp__ep_t front;
   size_t split, fi = 0, bi, step = 0;
   if (size < 2) return 0;
   split = 1 + data[0] % (size - 1);
@@ -114,6 +123,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   memset(&front_ep, 0, sizeof(front_ep));
   memset(&back_ep, 0, sizeof(back_ep));
   front_ep.accept_pattern = data[1];
+  /* The hub's shape (conn front, stream back) or the agent's (stream
+   * front, conn back), from the input. */
+  front_ops = (data[1] & 0x80) ? &stream_like : &conn_like;
+  back_ops = (data[1] & 0x80) ? &conn_like : &stream_like;
+  front.ops = front_ops;
+  front.h = &front_ep;
   relay_done = 0;
   back_attached = 0;
   if (kp__relay_new(&relay, front, &router, &cfg, NULL) != 0) return 0;

@@ -1,0 +1,53 @@
+import Foundation
+import XCTest
+
+/// Hostile or broken peers get a clear answer or a closed connection, and
+/// nobody else notices: the hub keeps serving the good agent's cluster.
+final class BadInputTests: E2ETestCase {
+  override func setUpWithError() throws {
+    try super.setUpWithError()
+    try startWorld { w in
+      try w.startUpstream()
+      try w.startHub()
+      try w.startAgent(wire: "framed")
+    }
+  }
+
+  /// Runs Tests/EndToEndTests/badpeer.py in one of its modes; returns its
+  /// lines (the status line it got, then "closed" or "open").
+  func badPeer(_ mode: String, token: String = "") throws -> [String] {
+    let script = Paths.root.appendingPathComponent("Tests/EndToEndTests/badpeer.py").path
+    let r = try runCommand(world.python, [script, "\(world.hubPort)", world.certs.ca, mode, token], timeout: 30)
+    XCTAssertEqual(r.status, 0, r.stderr)
+    return r.text.split(separator: "\n").map(String.init)
+  }
+
+  func stillServing() throws {
+    let r = try world.curl(["-o", "/dev/null", "-w", "%{http_code}", world.proxy("/bytes/100")], timeout: 15)
+    XCTAssertEqual(r.text, "200", "the good agent's cluster is still served")
+  }
+
+  func testMalformedRequestHeadGets400AndClose() throws {
+    XCTAssertEqual(try badPeer("http-garbage"), ["HTTP/1.1 400 Bad Request", "closed"])
+    try stillServing()
+  }
+
+  func testOversizedRequestHeadGets431AndClose() throws {
+    XCTAssertEqual(try badPeer("http-huge"), ["HTTP/1.1 431 Request Header Fields Too Large", "closed"])
+    try stillServing()
+  }
+
+  func testAgentSendingAnUnmaskedFrameLosesOnlyItsSession() throws {
+    XCTAssertEqual(try badPeer("ws-unmasked", token: Tokens.sample), ["HTTP/1.1 101 Switching Protocols", "closed"])
+    try stillServing()
+  }
+
+  func testAgentSendingABadMuxFrameLosesOnlyItsSession() throws {
+    XCTAssertEqual(try badPeer("mux-bad", token: Tokens.sample), ["HTTP/1.1 101 Switching Protocols", "closed"])
+    try stillServing()
+  }
+
+  func testWrongAgentTokenGets401BeforeAnyUpgrade() throws {
+    XCTAssertEqual(try badPeer("mux-bad", token: "not-a-cluster-token-0000").first, "HTTP/1.1 401 Unauthorized")
+  }
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Misbehaving peers for the hub, for the bad-input end-to-end tests.
+
+  badpeer.py PORT CA MODE [TOKEN]
+
+MODE:
+  http-garbage   a caller that sends a malformed request head
+  http-huge      a caller whose request head passes 64 KiB
+  ws-unmasked    an agent that upgrades (kopilot.v2) and then sends an
+                 unmasked WebSocket frame (RFC 6455 5.1: the hub must close)
+  mux-bad        an agent that upgrades raw and sends a mux frame with a
+                 bad version byte (the hub must close that session)
+Prints the HTTP status line it got, then "closed" when the hub closed the
+connection (or "open" if it was still open after 10 s), and exits 0.
+"""
+import base64
+import os
+import socket
+import ssl
+import sys
+import time
+
+
+def connect(port, ca):
+    ctx = ssl.create_default_context(cafile=ca)
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(s, server_hostname="127.0.0.1")
+
+
+def read_head(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
+def wait_closed(s):
+    s.settimeout(10)
+    try:
+        while True:
+            if not s.recv(4096):
+                return "closed"
+    except socket.timeout:
+        return "open"
+    except (ConnectionResetError, ssl.SSLError, OSError):
+        return "closed"
+
+
+def upgrade(s, token, framed):
+    key = base64.b64encode(os.urandom(16)).decode()
+    proto = "Sec-WebSocket-Protocol: kopilot.v2\r\n" if framed else ""
+    s.sendall(("GET /connect?token=%s HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+               % (token, key, proto)).encode())
+    return read_head(s)
+
+
+def main():
+    port, ca, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    token = sys.argv[4] if len(sys.argv) > 4 else ""
+    s = connect(port, ca)
+    if mode == "http-garbage":
+        s.sendall(b"GET /proxy/default_sample/x HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        print(read_head(s))
+    elif mode == "http-huge":
+        s.sendall(b"GET /proxy/default_sample/x HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(80):
+                s.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+        except OSError:
+            pass
+        print(read_head(s))
+    elif mode == "ws-unmasked":
+        print(upgrade(s, token, True))
+        # A binary frame with no mask bit, from a client: a protocol error.
+        s.sendall(bytes([0x82, 0x0C]) + bytes(12))
+    elif mode == "mux-bad":
+        print(upgrade(s, token, False))
+        # A 12-byte yamux header whose version is 7.
+        s.sendall(bytes([7, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]))
+    print(wait_closed(s), flush=True)
+
+
+if __name__ == "__main__":
+    main()
