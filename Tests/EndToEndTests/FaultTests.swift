@@ -85,6 +85,30 @@ final class FaultTests: E2ETestCase {
     for i in 0..<20 { XCTAssertEqual(try get("/bytes/\(200 + i)"), 200, "request \(i) after the freeze") }
   }
 
+  /// The hub restarts: every agent comes back by itself, and their
+  /// reconnections are spread out in time by the backoff's full jitter
+  /// (printed; the test asserts only that all are back).
+  func testHubRestartAgentsComeBack() throws {
+    let agents = 4
+    for i in 0..<agents { _ = try startAgent("agent-\(i)") }
+    try waitUntil("\(agents) sessions up") {
+      world.hub.log.components(separatedBy: "agent session up").count - 1 >= agents
+    }
+    let port = world.hubPort
+    kill(world.hub.process.processIdentifier, SIGKILL)
+    world.hub.process.waitUntilExit()
+    let restarted = Date()
+    try world.startHub(port: port, extraArgs: ["--keepalive", "1"], name: "hub-2")
+    var times: [Double] = []
+    try waitUntil("every agent back on the new hub", timeout: 45) {
+      let ups = world.hub.log.components(separatedBy: "agent session up").count - 1
+      while times.count < ups { times.append(Date().timeIntervalSince(restarted)) }
+      return ups >= agents
+    }
+    print("hub restart: agents back after " + times.map { String(format: "%.2f s", $0) }.joined(separator: ", "))
+    XCTAssertEqual(try get("/bytes/10"), 200)
+  }
+
   /// A Go agent in the original style and ours serve the same cluster side
   /// by side; requests spread over both succeed.
   func testOriginalGoAgentBesideOurs() throws {

@@ -278,7 +278,7 @@ final class E2EWorld {
   /// (fixed tokens); the hub makes the rest (CA, rbac.yaml) on first start.
   var stateDir: URL { dir.appendingPathComponent("state") }
 
-  func startHub(extraArgs: [String] = []) throws {
+  func startHub(port: Int = 0, extraArgs: [String] = [], name: String = "hub") throws {
     try FileManager.default.createDirectory(at: stateDir, withIntermediateDirectories: true)
     try """
       apiVersion: kopilot.smartx.com/v1alpha1
@@ -296,9 +296,9 @@ final class E2EWorld {
     // every verb on /proxy/*.
     try "\(Tokens.caller),e2e-caller,e2e-caller-uid,\"kopilot:admins\"\n"
       .write(to: stateDir.appendingPathComponent("tokens.csv"), atomically: true, encoding: .utf8)
-    hub = try start("hub", try Paths.binary("kopilot-hub"), [
+    hub = try start(name, try Paths.binary("kopilot-hub"), [
       "--state-dir", stateDir.path,
-      "--bind", "127.0.0.1:0", "--tls-cert", certs.cert, "--tls-key", certs.key,
+      "--bind", "127.0.0.1:\(port)", "--tls-cert", certs.cert, "--tls-key", certs.key,
       "--access-log",
     ] + extraArgs)
     let line = try hub.waitFor("kopilot-hub listening on 127.0.0.1:")
