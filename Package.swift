@@ -68,9 +68,15 @@ let package = Package(
       ],
       path: "Sources/kopilot-hub"
     ),
+    .target(
+      name: "KopilotKube",
+      dependencies: [.product(name: "Yams", package: "Yams")],
+      path: "Sources/KopilotKube"
+    ),
+    .testTarget(name: "KopilotKubeTests", dependencies: ["KopilotKube"], path: "Tests/KopilotKubeTests"),
     .executableTarget(
       name: "kopilot-agent",
-      dependencies: ["KopilotIO", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["KopilotIO", "KopilotKube", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       path: "Sources/kopilot-agent"
     ),
     .target(

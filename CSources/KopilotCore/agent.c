@@ -424,6 +424,16 @@ int kp_agent_new(kp_agent_t **out, kp_loop_t *loop,
   if (rc != 0) goto fail_hub;
   memset(&o, 0, sizeof(o));
   o.ca_file = cfg->upstream_ca_file;
+  if (cfg->upstream_ca_pem) {
+    o.ca_pem = cfg->upstream_ca_pem;
+    o.ca_pem_len = strlen(cfg->upstream_ca_pem);
+  }
+  if (cfg->upstream_cert_pem && cfg->upstream_key_pem) {
+    o.cert_pem = cfg->upstream_cert_pem;
+    o.cert_pem_len = strlen(cfg->upstream_cert_pem);
+    o.key_pem = cfg->upstream_key_pem;
+    o.key_pem_len = strlen(cfg->upstream_key_pem);
+  }
   o.insecure_skip_verify = cfg->upstream_insecure;
   o.alpn = alpn_h1;
   o.alpn_count = 1;

@@ -11,6 +11,11 @@ public final class AgentSession: @unchecked Sendable {
     public var framed = true
     public var apiserver: URL       // https://HOST:PORT
     public var apiserverCAFile: String?
+    /// The API server's CA, PEM in memory (from a kubeconfig), instead.
+    public var apiserverCAPEM: String?
+    /// A client certificate and key for the API server, PEM.
+    public var clientCertPEM: String?
+    public var clientKeyPEM: String?
     public var apiserverInsecure = false
     /// Keepalive ping interval and timeout (ms); 0 = 30 s.
     public var keepaliveMs: UInt64 = 0
@@ -42,6 +47,9 @@ public final class AgentSession: @unchecked Sendable {
     var h: OpaquePointer?
     let rc: Int32 = withOptionalCString(config.hubCAFile) { hubCA in
       withOptionalCString(config.apiserverCAFile) { upCA in
+      withOptionalCString(config.apiserverCAPEM) { upCAPEM in
+      withOptionalCString(config.clientCertPEM) { certPEM in
+      withOptionalCString(config.clientKeyPEM) { keyPEM in
         hubHost.withCString { hh in
           upHost.withCString { uh in
             path.withCString { p in
@@ -55,12 +63,18 @@ public final class AgentSession: @unchecked Sendable {
               cfg.upstream_host = uh
               cfg.upstream_port = Int32(upPort)
               cfg.upstream_ca_file = upCA
+              cfg.upstream_ca_pem = upCAPEM
+              cfg.upstream_cert_pem = certPEM
+              cfg.upstream_key_pem = keyPEM
               cfg.upstream_insecure = config.apiserverInsecure ? 1 : 0
               cfg.keepalive_ms = config.keepaliveMs
               return kp_agent_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
             }
           }
         }
+      }
+      }
+      }
       }
     }
     guard rc == 0, let h else {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KopilotIO
+import KopilotKube
 
 @main
 struct AgentCommand: ParsableCommand {
@@ -20,6 +21,12 @@ struct AgentCommand: ParsableCommand {
 
   @Option(name: .customLong("ca-file"), help: "PEM CA bundle that signs the API server's certificate.")
   var caFile: String = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+  @Option(help: "Run outside a cluster: the API server, its CA and the credentials (token, tokenFile or client certificate) come from this kubeconfig's current context. Env: KUBECONFIG.")
+  var kubeconfig: String?
+
+  @Option(help: "The kubeconfig context to use instead of its current-context.")
+  var context: String?
 
   @Option(name: .customLong("hub-ca"), help: "PEM CA bundle for the hub (default: the system's trust store).")
   var hubCA: String?
@@ -49,27 +56,42 @@ struct AgentCommand: ParsableCommand {
 
   func run() throws {
     let env = ProcessInfo.processInfo.environment
-    let upstream: String
-    if let a = apiserver {
-      upstream = a
-    } else if let h = env["KUBERNETES_SERVICE_HOST"] {
-      let host = h.contains(":") ? "[\(h)]" : h
-      upstream = "https://\(host):\(env["KUBERNETES_SERVICE_PORT"] ?? "443")"
+    var cfg: AgentSession.Config
+    var tokens: TokenFile?
+    var fixedToken: String?
+    if let kc = kubeconfig ?? env["KUBECONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
+      let t: KubeconfigTarget
+      do { t = try Kubeconfig.load(path: kc, context: context) } catch { throw ValidationError("\(error)") }
+      cfg = AgentSession.Config(hubURL: URL(string: connect!)!, apiserver: t.server)
+      cfg.apiserverCAPEM = t.caPEM
+      cfg.apiserverInsecure = t.insecureSkipTLSVerify
+      cfg.clientCertPEM = t.clientCertPEM
+      cfg.clientKeyPEM = t.clientKeyPEM
+      if let f = t.tokenFile { tokens = TokenFile(path: f) } else { fixedToken = t.token }
+      logLine("using kubeconfig \(kc): API server \(t.server.absoluteString)")
     } else {
-      upstream = "https://kubernetes.default.svc"
+      let upstream: String
+      if let a = apiserver {
+        upstream = a
+      } else if let h = env["KUBERNETES_SERVICE_HOST"] {
+        let host = h.contains(":") ? "[\(h)]" : h
+        upstream = "https://\(host):\(env["KUBERNETES_SERVICE_PORT"] ?? "443")"
+      } else {
+        upstream = "https://kubernetes.default.svc"
+      }
+      guard let upURL = URL(string: upstream), upURL.scheme == "https" else {
+        throw ValidationError("--apiserver must be an https:// URL")
+      }
+      cfg = AgentSession.Config(hubURL: URL(string: connect!)!, apiserver: upURL)
+      cfg.apiserverCAFile = FileManager.default.fileExists(atPath: caFile) ? caFile : nil
+      tokens = TokenFile(path: tokenFile)
     }
-    guard let upURL = URL(string: upstream), upURL.scheme == "https" else {
-      throw ValidationError("--apiserver must be an https:// URL")
-    }
-    var cfg = AgentSession.Config(hubURL: URL(string: connect!)!, apiserver: upURL)
     cfg.hubCAFile = hubCA
     cfg.hubInsecure = insecure
     cfg.framed = wire == "framed"
     cfg.keepaliveMs = UInt64(max(0.1, keepalive) * 1000)
-    cfg.apiserverCAFile = FileManager.default.fileExists(atPath: caFile) ? caFile : nil
     let loop = try Loop()
-    let tokens = TokenFile(path: tokenFile)
-    let firstToken = tokens.readIfChanged()
+    let firstToken = fixedToken ?? tokens?.readIfChanged()
     let supervisors = try (1...sessions).map { i in
       try SessionSupervisor(index: i, of: sessions, session: AgentSession(loop: loop, config: cfg))
     }
@@ -81,7 +103,7 @@ struct AgentCommand: ParsableCommand {
     let timer = DispatchSource.makeTimerSource(queue: .global())
     timer.schedule(deadline: .now() + 10, repeating: 10)
     timer.setEventHandler {
-      if let t = tokens.readIfChanged() { for s in supervisors { s.session.setToken(t) } }
+      if let t = tokens?.readIfChanged() { for s in supervisors { s.session.setToken(t) } }
     }
     timer.resume()
     waitForTermination()

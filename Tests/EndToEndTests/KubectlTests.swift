@@ -11,6 +11,9 @@ import XCTest
 /// of upgrade cross the tunnel.
 class KubectlTestCase: E2ETestCase {
   var kubectlName: String { fatalError("a subclass names its kubectl") }
+  /// The agent finds the API server through a kubeconfig (as outside a
+  /// cluster) instead of --apiserver/--token-file/--ca-file.
+  var agentUsesKubeconfig: Bool { false }
   var kubectl = ""
   var fakePort = 0
   var kubeconfig: URL { world.dir.appendingPathComponent("kubeconfig") }
@@ -31,11 +34,24 @@ class KubectlTestCase: E2ETestCase {
       ])
       fakePort = Int(try api.waitFor("PORT ").split(separator: " ").last ?? "") ?? 0
       try w.startHub()
+      var upstream = ["--apiserver", "https://127.0.0.1:\(fakePort)", "--token-file", w.tokenFile.path,
+                      "--ca-file", w.certs.ca]
+      if agentUsesKubeconfig {
+        let ca = try Data(contentsOf: URL(fileURLWithPath: w.certs.ca)).base64EncodedString()
+        let member = w.dir.appendingPathComponent("member.kubeconfig")
+        try """
+          apiVersion: v1
+          kind: Config
+          current-context: member
+          clusters: [{name: m, cluster: {server: "https://127.0.0.1:\(fakePort)", certificate-authority-data: \(ca)}}]
+          users: [{name: agent, user: {token: \(Tokens.apiserver)}}]
+          contexts: [{name: member, context: {cluster: m, user: agent}}]
+          """.write(to: member, atomically: true, encoding: .utf8)
+        upstream = ["--kubeconfig", member.path]
+      }
       let agent = try w.start("agent", try Paths.binary("kopilot-agent"), [
-        "--connect", "wss://127.0.0.1:\(w.hubPort)/connect?token=\(Tokens.sample)",
-        "--apiserver", "https://127.0.0.1:\(fakePort)", "--token-file", w.tokenFile.path,
-        "--ca-file", w.certs.ca, "--hub-ca", w.certs.ca,
-      ])
+        "--connect", "wss://127.0.0.1:\(w.hubPort)/connect?token=\(Tokens.sample)", "--hub-ca", w.certs.ca,
+      ] + upstream)
       try agent.waitFor("connected to the hub")
       try w.hub.waitFor("agent session up: cluster=default_sample")
       try """
@@ -252,4 +268,12 @@ final class Kubectl133Tests: KubectlTestCase {
   func testPortForward() throws { try checkPortForward() }
   func testCreateDelete() throws { try checkCreateDelete() }
   func testBigObject() throws { try checkBigObject() }
+}
+
+/// The agent run outside a cluster, against a kubeconfig's server and token.
+final class AgentKubeconfigTests: KubectlTestCase {
+  override var kubectlName: String { "kubectl.1.33" }
+  override var agentUsesKubeconfig: Bool { true }
+  func testGetAllNamespaces() throws { try checkGetAllNamespaces() }
+  func testExec() throws { try checkExec() }
 }

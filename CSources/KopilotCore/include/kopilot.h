@@ -227,6 +227,11 @@ typedef struct kp_agent_config {
   const char *upstream_host;
   int upstream_port;
   const char *upstream_ca_file; /* PEM; NULL: system store */
+  const char *upstream_ca_pem;  /* PEM in memory, NUL-terminated (instead) */
+  /* A client certificate for the API server (kubeconfig users), PEM in
+   * memory, NUL-terminated; NULL: none. */
+  const char *upstream_cert_pem;
+  const char *upstream_key_pem;
   int upstream_insecure;
   uint32_t mux_window;      /* 0: 256 KiB */
   uint64_t keepalive_ms;    /* 0: 30 s */
