@@ -9,15 +9,27 @@ pkgs=(
   libuv1-dev libssl-dev pkg-config          # the C core
   curl openssl python3                      # TLS tests' certificates, end-to-end tests
   golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev  # interop peers
+  golang-github-docker-spdystream-dev       # the fake kube-apiserver's SPDY (Tests/FakeAPIServer)
 )
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-echo "setup-debian: installing ${missing[*]}" >&2
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup-debian: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# kubernetes-validate (PyPI) carries the Kubernetes schemas offline: the
+# tests validate the agent manifests the hub serves against them.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "setup-debian: installing kubernetes-validate (PyPI)" >&2
+  python3 -m pip --version >/dev/null 2>&1 || $sudo apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  # Debian's own python3 refuses pip installs outside a venv (PEP 668).
+  python3 -m pip install -q kubernetes-validate 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages kubernetes-validate
+fi

@@ -146,6 +146,19 @@ final class AuthTests: E2ETestCase {
                  "kopilot-system", "connect?token=\(Tokens.sample)"] {
       XCTAssertTrue(yaml.contains(want), "\(want) missing from the manifest:\n\(yaml)")
     }
+    // Valid Kubernetes objects, by the schemas kubernetes-validate carries.
+    if let validate = Paths.tool("kubernetes-validate") {
+      for provider in ["", "minikube", "kind"] {
+        let (c, y) = try status(base + "&provider=\(provider)", auth: nil)
+        XCTAssertEqual(c, 200)
+        let file = world.dir.appendingPathComponent("agent-\(provider).yaml")
+        try y.write(to: file, atomically: true, encoding: .utf8)
+        let v = try runCommand(validate, ["--strict", file.path], timeout: 120)
+        XCTAssertEqual(v.status, 0, "provider \"\(provider)\": \(v.text)\(v.stderr)")
+      }
+    } else if ProcessInfo.processInfo.environment["CI"] != nil {
+      XCTFail("kubernetes-validate is missing: Tests/setup-debian.sh installs it")
+    }
     let (bad, body) = try status(base + "&provider=no-such", auth: nil)
     XCTAssertEqual(bad, 400)
     XCTAssertTrue(body.contains("minikube") && body.contains("kind"), "the known providers are named: \(body)")
