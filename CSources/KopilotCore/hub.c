@@ -185,10 +185,12 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
  * previous response ended, to send a complete request head: it bounds both
  * idle keep-alive connections and callers that trickle a head in. */
 #define HUB_HEAD_DEADLINE_MS 30000
+#define HEAD_DEADLINE(hub) \
+  ((hub)->cfg.head_timeout_ms ? (hub)->cfg.head_timeout_ms : HUB_HEAD_DEADLINE_MS)
 
 static void front_idle(kp__relay_t *r) {
   hub_front_t *f = kp__relay_user_data(r);
-  if (f->conn) kp__conn_set_timeout(f->conn, HUB_HEAD_DEADLINE_MS);
+  if (f->conn) kp__conn_set_timeout(f->conn, HEAD_DEADLINE(f->hub));
 }
 
 static void front_exchange(kp__relay_t *r, int status, uint64_t up,
@@ -217,7 +219,7 @@ static void front_ready(kp__conn_t *c, int status) {
     kp__conn_close(c, KP_ENOMEM);
     return;
   }
-  kp__conn_set_timeout(c, HUB_HEAD_DEADLINE_MS);
+  kp__conn_set_timeout(c, HEAD_DEADLINE(f->hub));
 }
 
 static void front_read(kp__conn_t *c, const uint8_t *p, size_t n,

@@ -57,6 +57,8 @@ public final class Hub: @unchecked Sendable {
     /// Keepalive ping interval (ms), also how long a ping may go unanswered
     /// before the session is dropped; 0 = 30 s.
     public var keepaliveMs: UInt64 = 0
+    /// How long a caller has to send each request head (ms); 0 = 30 s.
+    public var headTimeoutMs: UInt64 = 0
     public init(certFile: String, keyFile: String) {
       self.certFile = certFile
       self.keyFile = keyFile
@@ -120,6 +122,7 @@ public final class Hub: @unchecked Sendable {
           cfg.key_file = key
           cfg.mux_window = config.muxWindow
           cfg.keepalive_ms = config.keepaliveMs
+          cfg.head_timeout_ms = config.headTimeoutMs
           return kp_hub_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
         }
       }

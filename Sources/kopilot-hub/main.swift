@@ -81,7 +81,11 @@ struct Serve: ParsableCommand {
   @Option(help: "Seconds between keepalive pings to each agent; a ping unanswered that long drops the session. Env: KEEPALIVE_SECONDS.")
   var keepalive: Double?
 
+  @Option(name: .customLong("header-timeout"), help: "Seconds a caller has to send each complete request head (bounds slowloris callers and idle keep-alive connections). Env: HEADER_TIMEOUT_SECONDS.")
+  var headerTimeout: Double?
+
   func validate() throws {
+    if let h = headerTimeout, !(0.1...3600).contains(h) { throw ValidationError("--header-timeout is 0.1 to 3600 seconds") }
     if let k = keepalive, !(0.1...3600).contains(k) { throw ValidationError("--keepalive is 0.1 to 3600 seconds") }
     if let w = muxWindowKiB, !(256...65536).contains(w) { throw ValidationError("--mux-window is 256 to 65536 KiB") }
     if let l = logLevel ?? state.env("LOG_LEVEL"), Logger.Level(rawValue: l) == nil {
@@ -120,6 +124,7 @@ struct Serve: ParsableCommand {
     cfg.port = port
     cfg.muxWindow = UInt32((muxWindowKiB ?? Int(state.env("MUX_WINDOW_KIB") ?? "") ?? 256) * 1024)
     cfg.keepaliveMs = UInt64((keepalive ?? Double(state.env("KEEPALIVE_SECONDS") ?? "") ?? 30) * 1000)
+    cfg.headTimeoutMs = UInt64((headerTimeout ?? Double(state.env("HEADER_TIMEOUT_SECONDS") ?? "") ?? 30) * 1000)
     let hub = try Hub(loop: loop, config: cfg) { box.route($0) }
     let pub = given ?? "\(host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host):\(hub.port)"
     let metrics = HubMetrics()

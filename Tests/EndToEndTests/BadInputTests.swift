@@ -8,7 +8,8 @@ final class BadInputTests: E2ETestCase {
     try super.setUpWithError()
     try startWorld { w in
       try w.startUpstream()
-      try w.startHub()
+      // One second for each request head, so the slowloris test is quick.
+      try w.startHub(extraArgs: ["--header-timeout", "1"])
       try w.startAgent(wire: "framed")
     }
   }
@@ -44,6 +45,13 @@ final class BadInputTests: E2ETestCase {
 
   func testAgentSendingABadMuxFrameLosesOnlyItsSession() throws {
     XCTAssertEqual(try badPeer("mux-bad", token: Tokens.sample), ["HTTP/1.1 101 Switching Protocols", "closed"])
+    try stillServing()
+  }
+
+  /// A caller that trickles its head never completes it: the hub closes the
+  /// connection at the head deadline, however often bytes arrive.
+  func testSlowlorisIsClosedAtTheHeadDeadline() throws {
+    XCTAssertEqual(try badPeer("slowloris"), ["trickling", "closed"])
     try stillServing()
   }
 

@@ -10,6 +10,8 @@ MODE:
                  unmasked WebSocket frame (RFC 6455 5.1: the hub must close)
   mux-bad        an agent that upgrades raw and sends a mux frame with a
                  bad version byte (the hub must close that session)
+  slowloris      a caller that trickles its request head one byte every
+                 200 ms and never finishes it (the hub's head deadline)
 Prints the HTTP status line it got, then "closed" when the hub closed the
 connection (or "open" if it was still open after 10 s), and exits 0.
 """
@@ -81,6 +83,27 @@ def main():
         print(upgrade(s, token, False))
         # A 12-byte yamux header whose version is 7.
         s.sendall(bytes([7, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]))
+    elif mode == "slowloris":
+        s.sendall(b"GET /proxy/default_sample/x HTTP/1.1\r\nHost: x\r\n")
+        print("trickling")
+        s.settimeout(0.2)
+        end = time.time() + 10
+        while time.time() < end:
+            try:
+                if not s.recv(4096):
+                    print("closed", flush=True)
+                    return
+            except socket.timeout:
+                try:
+                    s.sendall(b"X")
+                except OSError:
+                    print("closed", flush=True)
+                    return
+            except (ConnectionResetError, ssl.SSLError, OSError):
+                print("closed", flush=True)
+                return
+        print("open", flush=True)
+        return
     print(wait_closed(s), flush=True)
 
 

@@ -146,6 +146,10 @@ typedef struct kp_hub_config {
   uint32_t mux_window;     /* receive window per stream; 0: 256 KiB */
   uint64_t keepalive_ms;   /* mux pings; 0: 30 s */
   size_t max_head;         /* request head limit; 0: 64 KiB */
+  /* A caller must send a complete request head within this time of the
+   * connection being ready or the previous response ending (slowloris,
+   * idle keep-alive connections); 0: 30 s. */
+  uint64_t head_timeout_ms;
 } kp_hub_config_t;
 
 typedef struct kp_hub_callbacks {
