@@ -51,6 +51,7 @@ typedef struct hub_front {
   int owed;
   int gone;     /* conn closed while an answer was owed: free on answer */
   uint64_t started_ns; /* when the current request head was complete */
+  uint64_t session;    /* that carries the current proxied request */
   char cluster[256];   /* of the current proxied request */
 } hub_front_t;
 
@@ -198,7 +199,7 @@ static void front_exchange(kp__relay_t *r, int status, uint64_t up,
   hub_front_t *f = kp__relay_user_data(r);
   kp_hub_t *hub = f->hub;
   if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, f->cluster, status, up, down,
+    hub->cbs.on_proxied(hub, f->cluster, f->session, status, up, down,
                         (uv_hrtime() - f->started_ns) / 1000, hub->ud);
 }
 
@@ -408,6 +409,7 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
     }
     kp_mux_stream_set_user_data(st, f->relay);
     snprintf(f->cluster, sizeof(f->cluster), "%s", cluster);
+    f->session = s->id;
     ep.ops = &kp__stream_ep_ops;
     ep.h = st;
     kp__relay_attach(f->relay, ep, req, req_len);
@@ -419,7 +421,7 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   status_json(f, 503, "ServiceUnavailable", msg);
   /* Every proxy answer ends in exactly one on_proxied, this one too. */
   if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, cluster, 503, 0, 0, (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+    hub->cbs.on_proxied(hub, cluster, 0, 503, 0, 0, (uv_hrtime() - f->started_ns) / 1000, hub->ud);
 }
 
 /* RFC 6455 4.2.1: what makes a valid opening handshake. */

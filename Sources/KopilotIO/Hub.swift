@@ -77,6 +77,8 @@ public final class Hub: @unchecked Sendable {
   /// What the hub saw of one proxied request.
   public struct ProxiedRequest: Sendable {
     public var cluster: String
+    /// The agent session that carried it (0: no session was live).
+    public var session: UInt64
     /// The member's status; 0 when the tunnel broke before a response head.
     public var status: Int
     public var bytesUp: UInt64
@@ -106,9 +108,9 @@ public final class Hub: @unchecked Sendable {
       let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
       me.onSession?(String(cString: cluster!), up != 0, status)
     }
-    cbs.on_proxied = { _, cluster, status, up, down, micros, ud in
+    cbs.on_proxied = { _, cluster, session, status, up, down, micros, ud in
       let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
-      me.onProxied?(ProxiedRequest(cluster: String(cString: cluster!), status: Int(status), bytesUp: up,
+      me.onProxied?(ProxiedRequest(cluster: String(cString: cluster!), session: session, status: Int(status), bytesUp: up,
                                    bytesDown: down, durationMicros: micros))
     }
     var err = [CChar](repeating: 0, count: 512)

@@ -151,7 +151,7 @@ struct Serve: ParsableCommand {
     hub.onProxied = { r in
       metrics.proxyEnded(r)
       if access {
-        log.info("proxied cluster=\(r.cluster) status=\(r.status) up=\(r.bytesUp) down=\(r.bytesDown) ms=\(Double(r.durationMicros) / 1000)")
+        log.info("proxied cluster=\(r.cluster) session=\(r.session) status=\(r.status) up=\(r.bytesUp) down=\(r.bytesDown) ms=\(Double(r.durationMicros) / 1000)")
       }
     }
     // A cluster removed or given a new token loses its sessions at once.

@@ -165,6 +165,28 @@ final class AuthTests: E2ETestCase {
     XCTAssertEqual(try status(world.hubURL + "/kopilot-agent.yaml?token=wrong-token-0123456789", auth: nil).0, 401)
   }
 
+  /// The admin CLI against the running hub's state folder: list shows live
+  /// sessions; a cluster added is served at once with the token printed.
+  func testClustersCommand() throws {
+    let hubBin = try Paths.binary("kopilot-hub")
+    let list = try runCommand(hubBin, ["clusters", "list", "--state-dir", world.stateDir.path])
+    XCTAssertEqual(list.status, 0, list.stderr)
+    let sample = list.text.split(separator: "\n").first { $0.contains("sample") }.map(String.init) ?? ""
+    XCTAssertTrue(sample.hasSuffix("2"), "two live sessions of default/sample: \(list.text)")
+    let add = try runCommand(hubBin, ["clusters", "add", "team-a/prod", "--state-dir", world.stateDir.path])
+    XCTAssertEqual(add.status, 0, add.stderr)
+    let token = add.text.trimmingCharacters(in: .whitespacesAndNewlines)
+    XCTAssertGreaterThanOrEqual(token.count, 22, "at least 128 bits")
+    XCTAssertTrue(token.allSatisfy { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }, "URL-safe: \(token)")
+    let agent = try world.start("agent-team-a", try Paths.binary("kopilot-agent"), [
+      "--connect", "wss://127.0.0.1:\(world.hubPort)/connect?token=\(token)", "--hub-ca", world.certs.ca,
+      "--apiserver", world.upstreamURL, "--token-file", world.tokenFile.path, "--ca-file", world.certs.ca,
+      "--sessions", "1",
+    ])
+    try agent.waitFor("connected to the hub", timeout: 20)
+    XCTAssertEqual(try status(world.proxy("/headers", cluster: "team-a_prod"), auth: "Bearer \(Tokens.caller)").0, 200)
+  }
+
   /// A cluster removed from clusters.yaml loses its agent's sessions.
   func testRemovingAClusterClosesItsSessions() throws {
     let file = world.stateDir.appendingPathComponent("clusters.yaml")

@@ -41,7 +41,8 @@ class CarriageTestCase: E2ETestCase {
   func checkAccessLog() throws {
     let r = try world.curl(["-o", "/dev/null", "-w", "%{http_code}", world.proxy("/bytes/4096")])
     XCTAssertEqual(r.text, "200")
-    let line = try world.hub.waitFor("proxied cluster=default_sample status=200")
+    let line = try world.hub.waitFor("proxied cluster=default_sample session=")
+    XCTAssertTrue(line.contains(" status=200 "), line)
     let down = line.components(separatedBy: "down=").last.flatMap { Int($0.prefix { $0.isNumber }) } ?? 0
     XCTAssertGreaterThan(down, 4096, "the response body and its head: \(line)")
   }

@@ -109,6 +109,29 @@ final class FaultTests: E2ETestCase {
     XCTAssertEqual(try get("/bytes/10"), 200)
   }
 
+  /// Every live session of a cluster is used: overlapping requests go to
+  /// the session with the fewest open streams, so two sessions share them.
+  func testRequestsSpreadOverTheSessions() throws {
+    _ = try startAgent("agent-lb", sessions: 2)
+    try waitUntil("two sessions up") {
+      world.hub.log.components(separatedBy: "agent session up").count - 1 >= 2
+    }
+    let urls = (0..<40).map { world.proxy("/stream?n=2&delay_ms=300&i=\($0)") }
+    let r = try world.curl(["--parallel", "--parallel-immediate", "--parallel-max", "40", "-o", "/dev/null",
+                            "-w", "%{http_code}\n"] + urls.flatMap { ["-o", "/dev/null", $0] }, timeout: 60)
+    XCTAssertEqual(r.text.split(separator: "\n").filter { $0 == "200" }.count, 40, r.text)
+    try waitUntil("40 access log lines") {
+      world.hub.log.components(separatedBy: "proxied cluster=default_sample").count - 1 >= 40
+    }
+    var perSession: [String: Int] = [:]
+    for line in world.hub.log.split(separator: "\n") where line.contains("proxied cluster=default_sample") {
+      let id = line.components(separatedBy: "session=").last?.prefix { $0.isNumber } ?? ""
+      perSession[String(id), default: 0] += 1
+    }
+    XCTAssertEqual(perSession.count, 2, "both sessions carried requests: \(perSession)")
+    XCTAssertTrue(perSession.values.allSatisfy { $0 >= 10 }, "fewest-streams balancing: \(perSession)")
+  }
+
   /// A Go agent in the original style and ours serve the same cluster side
   /// by side; requests spread over both succeed.
   func testOriginalGoAgentBesideOurs() throws {

@@ -164,11 +164,11 @@ typedef struct kp_hub_callbacks {
   void (*on_session)(kp_hub_t *hub, const char *cluster, uint64_t session,
                      int up, int status, void *ud);
   /* A proxied request ended (optional; for metrics and access logs): the
-   * member's status (0 when no response head came back: the tunnel broke),
+   * session that carried it (0: none was live), the member's status (0 when no response head came back: the tunnel broke),
    * bytes each way including heads, and the time from the request head to
    * the end of the exchange. Loop thread; cluster is borrowed. */
-  void (*on_proxied)(kp_hub_t *hub, const char *cluster, int status,
-                     uint64_t bytes_up, uint64_t bytes_down,
+  void (*on_proxied)(kp_hub_t *hub, const char *cluster, uint64_t session,
+                     int status, uint64_t bytes_up, uint64_t bytes_down,
                      uint64_t duration_us, void *ud);
 } kp_hub_callbacks_t;
 
