@@ -79,6 +79,18 @@ final class AuthTests: E2ETestCase {
     }
   }
 
+  /// Probes need no credentials; anything unknown is a 404 Status.
+  func testHealthEndpoints() throws {
+    for path in ["/healthz", "/readyz"] {
+      let (code, body) = try status(world.hubURL + path, auth: nil)
+      XCTAssertEqual(code, 200, path)
+      XCTAssertEqual(body, "ok", path)
+    }
+    let (code, body) = try status(world.hubURL + "/no/such/thing", auth: nil)
+    XCTAssertEqual(code, 404)
+    XCTAssertTrue(body.contains("\"kind\":\"Status\""), body)
+  }
+
   func testMissingOrBadCredentialsGet401() throws {
     for auth in [nil, "Bearer", "Bearer  two-spaces", "Basic dXNlcjpwYXNz", "Bearer not-a-known-token-000000"] {
       let (code, body) = try status(world.proxy("/headers"), auth: auth)
