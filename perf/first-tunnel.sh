@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The first throughput figure: one large download through caller -> hub ->
 # agent -> upstream on 127.0.0.1, next to the same download straight from the
-# upstream, in one run. The upstream is nginx (TLS, serving a file of random
+# upstream and through the original design rebuilt in Go (perf/baseline/hub
+# with Tests/Interop/goagent: gorilla/websocket + yamux + ReverseProxy), in
+# one run. The upstream is nginx (TLS, serving a file of random
 # bytes), so that the upstream is not what limits the tunnel.
 #   bash perf/first-tunnel.sh [SIZE_MIB] [RUNS]     (default 1024 MiB, 3 runs)
 # Prints MB/s (10^6 bytes/s, as curl reports) per run and the median.
@@ -53,12 +55,18 @@ nginx -c "$work/nginx.conf"
 
 wait_for() { for _ in $(seq 300); do grep -qa "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; cat "$1" >&2; exit 1; }
 token=perf-agent-token-0123456789
-"$bin/kopilot-hub" --bind 127.0.0.1:0 ${HUB_ARGS:-} --tls-cert hub.crt --tls-key hub.key --agent-token "default/perf=$token" 2> hub.log &
+caller=perf-caller-token-0123456789
+# The hub's embedded registry: one cluster and one caller (the first start
+# adds the CA and rbac.yaml, whose admins group may use /proxy/*).
+mkdir -p state
+printf 'apiVersion: kopilot.smartx.com/v1alpha1\nkind: Cluster\nmetadata: {namespace: default, name: perf}\ntoken: %s\n' "$token" > state/clusters.yaml
+printf '%s,perf,perf,"kopilot:admins"\n' "$caller" > state/tokens.csv
+"$bin/kopilot-hub" --state-dir state --bind 127.0.0.1:0 ${HUB_ARGS:-} --tls-cert hub.crt --tls-key hub.key 2> hub.log &
 pids+=($!)
 wait_for hub.log 'listening on'
 hub_port=$(grep -ao 'listening on 127.0.0.1:[0-9]*' hub.log | cut -d: -f2)
 
-fetch() { curl -sS --cacert ca.crt "$1" -o /dev/null -w '%{speed_download} %{size_download}\n'; }
+fetch() { curl -sS --cacert ca.crt -H "Authorization: Bearer $caller" "$1" -o /dev/null -w '%{speed_download} %{size_download}\n'; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 report() { # LABEL URL
   local all=()
@@ -80,4 +88,17 @@ for wire in framed raw; do
   report "tunnel, $wire" "https://127.0.0.1:$hub_port/proxy/default_perf/blob"
   kill $apid; wait $apid 2>/dev/null || true
 done
+# The original design, rebuilt: Go hub + Go agent from Debian's packages.
+gobuild() { (cd "$root" && GO111MODULE=off GOPATH="$work/go:/usr/share/gocode" GOFLAGS= GOCACHE="$work/go/cache" go build -o "$work/$1" "./$2"); }
+gobuild basehub perf/baseline/hub
+gobuild goagent Tests/Interop/goagent
+"$work/basehub" --bind 127.0.0.1:0 --tls-cert hub.crt --tls-key hub.key --agent-token "$token" 2> basehub.log &
+pids+=($!)
+wait_for basehub.log 'listening on'
+base_port=$(grep -ao 'listening on 127.0.0.1:[0-9]*' basehub.log | cut -d: -f2)
+"$work/goagent" -connect "wss://127.0.0.1:$base_port/connect?token=$token" -hub-ca ca.crt \
+  -apiserver "https://127.0.0.1:$up_port" -ca-file ca.crt -token-file sa.token 2> goagent.log &
+pids+=($!)
+wait_for basehub.log 'session up'
+report "original design (Go)" "https://127.0.0.1:$base_port/proxy/default_perf/blob"
 report "direct again" "https://127.0.0.1:$up_port/blob"
