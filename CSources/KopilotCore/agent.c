@@ -57,19 +57,14 @@ static void up_detach(up_req_t *u) {
  * the conn closes (up_closed frees u). */
 static void up_fail(up_req_t *u, int status) {
   kp__relay_t *r = u->relay;
-  char body[512];
+  char msg[256];
   size_t n;
   uint8_t *resp;
-  int bl = snprintf(body, sizeof(body),
-                    "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
-                    "\"status\":\"Failure\",\"message\":\"kopilot-agent: cannot "
-                    "reach the API server: %s\",\"reason\":\"ServiceUnavailable\","
-                    "\"code\":502}\n",
-                    kp_strerror(status));
+  snprintf(msg, sizeof(msg), "kopilot-agent: cannot reach the API server: %s",
+           kp_strerror(status));
   up_detach(u);
   u->relay = NULL;
-  resp = kp__http_build_response(502, "Bad Gateway", "application/json", body,
-                                 (size_t)bl, 1, &n);
+  resp = kp__http_build_status(502, "ServiceUnavailable", msg, 1, &n);
   if (resp) kp__relay_respond(r, resp, n, 1);
   else kp__relay_abort(r, KP_ENOMEM);
   free(resp);
@@ -281,9 +276,8 @@ static void hub_read(kp__conn_t *c, const uint8_t *p, size_t n,
   }
   framed = proto != NULL &&
            kp__strieq(proto->value, proto->value_len, KP_WS_SUBPROTOCOL);
-  if (a->cfg.framed && !framed) {
-    /* The hub did not take kopilot.v2: it is an original hub; go raw. */
-  }
+  /* An original hub does not take kopilot.v2 and answers without a
+   * subprotocol: the session then runs raw, whatever was asked. */
   a->dialing = NULL;
   rc = kp__sess_start(&a->sess, c, 0, framed, a->cfg.mux_window,
                       a->cfg.keepalive_ms, &agent_owner, a,

@@ -25,7 +25,6 @@ struct kp_hub {
   void *ud;
   int port;
   hub_cluster_t *buckets[HUB_BUCKETS];
-  kp__relay_t *relays; /* not linked: callers are closed through conns */
   /* Every live caller conn and session conn, for shutdown. */
   size_t open_conns;
   int stopping, listener_closed, done_posted;
@@ -35,10 +34,8 @@ struct kp_hub {
   size_t errlen;
 };
 
-/* A caller request awaiting an answer is the relay itself. */
-struct kp_hub_request {
-  int unused;
-};
+/* kp_hub_request_t is never defined: the handle given out is the caller's
+ * hub_front_t, cast. */
 
 typedef struct hub_front {
   kp_hub_t *hub;
@@ -290,32 +287,16 @@ static void respond_json(hub_front_t *f, int status, const char *reason,
   free(resp);
 }
 
-static const char *reason_phrase(int status) {
-  switch (status) {
-  case 200: return "OK";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 500: return "Internal Server Error";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  default: return "Status";
-  }
-}
-
 static void status_json(hub_front_t *f, int status, const char *reason,
                         const char *msg) {
-  char body[768];
-  int n = snprintf(body, sizeof(body),
-                   "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
-                   "\"status\":\"Failure\",\"message\":\"%s\",\"reason\":\"%s\","
-                   "\"code\":%d}\n",
-                   msg, reason, status);
-  respond_json(f, status, reason_phrase(status), "application/json", body,
-               (size_t)n, 0);
+  size_t n;
+  uint8_t *resp = kp__http_build_status(status, reason, msg, 0, &n);
+  if (resp == NULL) {
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  kp__relay_respond(f->relay, resp, n, 0);
+  free(resp);
 }
 
 /* Answers posted from another thread carry their arguments here. */
@@ -338,7 +319,7 @@ static void answer_run(void *arg) {
   } else if (a->f->relay != NULL) {
     if (a->kind == 0) do_proxy(a->f, a->cluster, a->target);
     else if (a->kind == 2) do_accept_agent(a->f, a->cluster);
-    else respond_json(a->f, a->status, reason_phrase(a->status),
+    else respond_json(a->f, a->status, kp__http_reason(a->status),
                       a->ctype ? a->ctype : "application/json", a->body,
                       a->body_len, 0);
   }
@@ -536,7 +517,7 @@ void kp_hub_request_respond(kp_hub_request_t *req, int status,
     return;
   }
   f->owed = 0;
-  respond_json(f, status, reason_phrase(status),
+  respond_json(f, status, kp__http_reason(status),
                content_type ? content_type : "application/json", body,
                body_len, 0);
 }

@@ -202,11 +202,7 @@ static void release_back(kp__relay_t *r, int ok) {
 }
 
 void kp__relay_abort(kp__relay_t *r, int err) {
-  if (r->has_back) {
-    kp__ep_t b = r->back;
-    release_back(r, 0);
-    (void)b;
-  }
+  if (r->has_back) release_back(r, 0);
   if (!r->front_closed) {
     r->front_closed = 1;
     q_clear(&r->req);
@@ -263,29 +259,28 @@ static int head_append(kp__relay_t *r, dir_t *d, const uint8_t *p, size_t n) {
   return (int)n;
 }
 
-static const char *status_reason(int status) {
+const char *kp__http_reason(int status) {
   switch (status) {
+  case 200: return "OK";
   case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
   case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
   case 502: return "Bad Gateway";
-  default: return "Error";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  default: return "Status";
   }
 }
 
-/* A Kubernetes Status object, as kube-apiserver writes errors. */
+/* A Kubernetes Status answer; the connection closes after it. */
 static void respond_status(kp__relay_t *r, int status, const char *reason_word,
                            const char *message) {
-  char body[512];
   size_t len;
-  uint8_t *resp;
-  int n = snprintf(body, sizeof(body),
-                   "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
-                   "\"status\":\"Failure\",\"message\":\"%s\",\"reason\":\"%s\","
-                   "\"code\":%d}\n",
-                   message, reason_word, status);
-  resp = kp__http_build_response(status, status_reason(status),
-                                 "application/json", body,
-                                 (size_t)(n < 0 ? 0 : n), 1, &len);
+  uint8_t *resp = kp__http_build_status(status, reason_word, message, 1, &len);
   if (resp == NULL) {
     kp__relay_abort(r, KP_ENOMEM);
     return;
@@ -634,11 +629,7 @@ void kp__relay_front_closed(kp__relay_t *r, int err) {
   if (r->front_closed) return;
   r->front_closed = 1;
   q_clear(&r->req);
-  if (r->has_back) {
-    kp__ep_t b = r->back;
-    release_back(r, 0);
-    (void)b;
-  }
+  if (r->has_back) release_back(r, 0);
   (void)err;
   finish(r);
 }
@@ -861,4 +852,47 @@ uint8_t *kp__http_build_response(int status, const char *reason,
   }
   *out_len = b.len;
   return b.p;
+}
+
+/* Appends s as the inside of a JSON string (RFC 8259 7): quotes,
+ * backslashes and control characters escaped. */
+static void sb_json(sbuf_t *b, const char *s) {
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    char esc[8];
+    if (c == '"' || c == '\\') {
+      esc[0] = '\\';
+      esc[1] = (char)c;
+      sb_add(b, esc, 2);
+    } else if (c < 0x20) {
+      snprintf(esc, sizeof(esc), "\\u%04x", c);
+      sb_add(b, esc, 6);
+    } else {
+      sb_add(b, s, 1);
+    }
+  }
+}
+
+uint8_t *kp__http_build_status(int status, const char *reason,
+                               const char *message, int close,
+                               size_t *out_len) {
+  sbuf_t body = {0};
+  char code[32];
+  uint8_t *resp;
+  sb_str(&body, "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+                "\"status\":\"Failure\",\"message\":\"");
+  sb_json(&body, message);
+  sb_str(&body, "\",\"reason\":\"");
+  sb_json(&body, reason);
+  snprintf(code, sizeof(code), "\",\"code\":%d}\n", status);
+  sb_str(&body, code);
+  if (body.failed) {
+    free(body.p);
+    return NULL;
+  }
+  resp = kp__http_build_response(status, kp__http_reason(status),
+                                 "application/json", (const char *)body.p,
+                                 body.len, close, out_len);
+  free(body.p);
+  return resp;
 }

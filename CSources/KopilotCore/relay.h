@@ -111,7 +111,14 @@ uint8_t *kp__http_build_request(const kp_http_head_t *head, const char *target,
                                 size_t target_len, const char *const *drop,
                                 const char *extra, size_t extra_len,
                                 size_t *out_len);
-/* A complete response with a Kubernetes-style body (malloc'd). */
+/* The reason phrase for a status code ("Status" for ones not listed). */
+const char *kp__http_reason(int status);
+/* A complete error response whose body is a Kubernetes Status object, as
+ * kube-apiserver writes them (malloc'd; NULL when out of memory). */
+uint8_t *kp__http_build_status(int status, const char *reason,
+                               const char *message, int close,
+                               size_t *out_len);
+/* A complete response with the given body (malloc'd). */
 uint8_t *kp__http_build_response(int status, const char *reason,
                                  const char *content_type, const char *body,
                                  size_t body_len, int close, size_t *out_len);
