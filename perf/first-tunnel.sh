@@ -2,7 +2,7 @@
 # The first throughput figure: one large download through caller -> hub ->
 # agent -> upstream on 127.0.0.1, next to the same download straight from the
 # upstream and through the original design rebuilt in Go (perf/baseline/hub
-# with Tests/Interop/goagent: gorilla/websocket + yamux + ReverseProxy), in
+# with perf/baseline/agent: gorilla/websocket + yamux + ReverseProxy), in
 # one run. The upstream is nginx (TLS, serving a file of random
 # bytes), so that the upstream is not what limits the tunnel.
 #   bash perf/first-tunnel.sh [SIZE_MIB] [RUNS]     (default 1024 MiB, 3 runs)
@@ -91,7 +91,7 @@ done
 # The original design, rebuilt: Go hub + Go agent from Debian's packages.
 gobuild() { (cd "$root" && GO111MODULE=off GOPATH="$work/go:/usr/share/gocode" GOFLAGS= GOCACHE="$work/go/cache" go build -o "$work/$1" "./$2"); }
 gobuild basehub perf/baseline/hub
-gobuild goagent Tests/Interop/goagent
+gobuild goagent perf/baseline/agent
 "$work/basehub" --bind 127.0.0.1:0 --tls-cert hub.crt --tls-key hub.key --agent-token "$token" 2> basehub.log &
 pids+=($!)
 wait_for basehub.log 'listening on'

@@ -135,7 +135,7 @@ final class FaultTests: E2ETestCase {
   /// A Go agent in the original style and ours serve the same cluster side
   /// by side; requests spread over both succeed.
   func testOriginalGoAgentBesideOurs() throws {
-    let go = try GoBuild.binary("Tests/Interop/goagent", name: "goagent")
+    let go = try GoBuild.binary("perf/baseline/agent", name: "goagent")
     let p = try world.start("goagent", go, [
       "-connect", "wss://127.0.0.1:\(world.hubPort)/connect?token=\(Tokens.sample)",
       "-hub-ca", world.certs.ca, "-apiserver", world.upstreamURL, "-ca-file", world.certs.ca,

@@ -8,14 +8,14 @@ import XCTest
 #endif
 
 /// Our hub with an agent built the original design's way
-/// (Tests/Interop/goagent: gorilla/websocket, then a yamux client session on
+/// (perf/baseline/agent: gorilla/websocket, then a yamux client session on
 /// the raw connection, http.Serve on the session): existing agents must keep
 /// working against the new hub.
 final class GoAgentInteropTests: E2ETestCase {
 
   override func setUpWithError() throws {
     try super.setUpWithError()
-    let agent = try GoBuild.binary("Tests/Interop/goagent", name: "goagent")
+    let agent = try GoBuild.binary("perf/baseline/agent", name: "goagent")
     try startWorld { w in
       try w.startUpstream()
       try w.startHub()
