@@ -4,11 +4,11 @@
 // /proxy/{namespace}_{name}/... with net/http/httputil.ReverseProxy over a
 // transport whose connections are yamux streams (kept alive and reused, as
 // http.Transport does). No authorization: only the data path is compared.
-// The matching agent is Tests/Interop/goagent.
+// The matching agent is perf/baseline/agent.
 //
 // Built offline in GOPATH mode from Debian's packages:
 //
-//	GO111MODULE=off GOPATH=$TMP:/usr/share/gocode GOFLAGS= go build -o $TMP/basehub ./perf/baseline/hub
+//	GO111MODULE=off GOPATH=$TMP/go:/usr/share/gocode GOFLAGS= GOCACHE=$TMP/go/cache go build -o $TMP/basehub ./perf/baseline/hub
 package main
 
 import (
@@ -25,6 +25,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/gorilla/websocket"
 	"github.com/hashicorp/yamux"
@@ -35,7 +36,31 @@ type hub struct {
 	cluster  string
 	mu       sync.Mutex
 	sessions []*yamux.Session
+	sweepAt  int // compact the list when it grows to this length
 	upgrader websocket.Upgrader
+}
+
+// add appends a session and, once the list has doubled since the last sweep,
+// drops the sessions that have closed (session() only drops them from the
+// end), so agents that come and go do not grow the list: amortized O(1).
+func (h *hub) add(s *yamux.Session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sessions = append(h.sessions, s)
+	if len(h.sessions) < h.sweepAt {
+		return
+	}
+	live := h.sessions[:0]
+	for _, s := range h.sessions {
+		if !s.IsClosed() {
+			live = append(live, s)
+		}
+	}
+	for i := len(live); i < len(h.sessions); i++ {
+		h.sessions[i] = nil
+	}
+	h.sessions = live
+	h.sweepAt = 2*len(live) + 64
 }
 
 func (h *hub) session() (*yamux.Session, error) {
@@ -65,9 +90,7 @@ func (h *hub) connect(w http.ResponseWriter, r *http.Request) {
 		ws.Close()
 		return
 	}
-	h.mu.Lock()
-	h.sessions = append(h.sessions, s)
-	h.mu.Unlock()
+	h.add(s)
 	log.Printf("agent session up: cluster=%s", h.cluster)
 }
 
@@ -78,6 +101,12 @@ func main() {
 	token := flag.String("agent-token", "", "the agent token")
 	cluster := flag.String("cluster", "default_perf", "the cluster id")
 	flag.Parse()
+	// An idle-agents run holds 10,000 sessions: one descriptor each.
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
 	h := &hub{token: *token, cluster: *cluster}
 
 	transport := &http.Transport{
