@@ -264,6 +264,7 @@ func main() {
 		Max:         percentile(r.latencies, 1),
 		OpenSeconds: math.Round(openSeconds*1000) / 1000,
 	}
-	js, _ := json.Marshal(out)
-	fmt.Println(string(js))
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetEscapeHTML(false) // first_error often has "->" in it
+	enc.Encode(out)
 }
