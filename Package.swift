@@ -22,6 +22,7 @@ let package = Package(
     .library(name: "KopilotCore", targets: ["KopilotCore"]),
     .executable(name: "kopilot-hub", targets: ["kopilot-hub"]),
     .executable(name: "kopilot-agent", targets: ["kopilot-agent"]),
+    .executable(name: "kopilot-perf", targets: ["kopilot-perf"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -79,6 +80,11 @@ let package = Package(
       dependencies: ["KopilotIO", "KopilotKube", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       path: "Sources/kopilot-agent"
     ),
+    .executableTarget(
+      name: "kopilot-perf",
+      dependencies: ["KopilotHub", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      path: "Sources/kopilot-perf"
+    ),
     .target(
       name: "KopilotTestSupport",
       path: "Tests/KopilotTestSupport",
@@ -108,7 +114,8 @@ let package = Package(
     .testTarget(
       name: "EndToEndTests",
       dependencies: ["KopilotIO"],
-      path: "Tests/EndToEndTests"
+      path: "Tests/EndToEndTests",
+      exclude: ["upstream.py", "badpeer.py"]
     ),
   ],
   swiftLanguageModes: [.v5]

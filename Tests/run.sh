@@ -33,6 +33,13 @@ swift test
 
 [ "${1:-}" = "--quick" ] && exit 0
 
+# The benchmark harness's smoke pass: every scenario against every target
+# with small sizes, on the debug build just made. It checks that each
+# scenario works and yields numbers; it asserts no timing.
+step "kopilot-perf --quick (smoke; no timing asserted)"
+swift build --product kopilot-perf
+"$(swift build --show-bin-path)/kopilot-perf" --quick --results "${TMPDIR:-/tmp}/kopilot-perf-results"
+
 # Each sanitizer pass has its own scratch path: sharing .build would rebuild
 # everything at each switch, and SwiftPM keys its build on the flags, so a
 # pass never links objects built for another.

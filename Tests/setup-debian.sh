@@ -10,6 +10,7 @@ pkgs=(
   curl openssl python3                      # TLS tests' certificates, end-to-end tests
   golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev  # interop peers
   golang-github-docker-spdystream-dev       # the fake kube-apiserver's SPDY (Tests/FakeAPIServer)
+  wrk nginx-light                           # kopilot-perf: load generator, the nginx pair it compares with
 )
 missing=()
 for p in "${pkgs[@]}"; do
