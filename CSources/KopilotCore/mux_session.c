@@ -505,8 +505,10 @@ int kp_mux_new(kp_mux_t **out, const kp_mux_config_t *cfg,
     return KP_EINVAL;
   m = calloc(1, sizeof(*m));
   if (m == NULL) return KP_ENOMEM;
-  m->nbuckets = 64;
-  m->hshift = 32 - 6;
+  /* Small to start: most sessions sit idle (the table doubles as streams
+   * come). */
+  m->nbuckets = 8;
+  m->hshift = 32 - 3;
   m->buckets = calloc(m->nbuckets, sizeof(*m->buckets));
   if (m->buckets == NULL) {
     free(m);

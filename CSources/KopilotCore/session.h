@@ -33,7 +33,7 @@ struct kp__sess {
   int close_status;
   uint64_t id;
   struct kp__sess *next, *prev; /* owner's list */
-  char cluster[256];
+  char *cluster; /* the hub's: which cluster (owned by the hub) */
 };
 
 /* Starts a session on a ready conn; the conn's callbacks become the

@@ -181,9 +181,16 @@ final class AuthTests: E2ETestCase {
   /// sessions; a cluster added is served at once with the token printed.
   func testClustersCommand() throws {
     let hubBin = try Paths.binary("kopilot-hub")
-    let list = try runCommand(hubBin, ["clusters", "list", "--state-dir", world.stateDir.path])
-    XCTAssertEqual(list.status, 0, list.stderr)
-    let sample = list.text.split(separator: "\n").first { $0.contains("sample") }.map(String.init) ?? ""
+    // The hub writes its session counts at most every 200 ms: poll.
+    var list = try runCommand(hubBin, ["clusters", "list", "--state-dir", world.stateDir.path])
+    var sample = ""
+    for _ in 0..<50 {
+      XCTAssertEqual(list.status, 0, list.stderr)
+      sample = list.text.split(separator: "\n").first { $0.contains("sample") }.map(String.init) ?? ""
+      if sample.hasSuffix("2") { break }
+      Thread.sleep(forTimeInterval: 0.1)
+      list = try runCommand(hubBin, ["clusters", "list", "--state-dir", world.stateDir.path])
+    }
     XCTAssertTrue(sample.hasSuffix("2"), "two live sessions of default/sample: \(list.text)")
     let add = try runCommand(hubBin, ["clusters", "add", "team-a/prod", "--state-dir", world.stateDir.path])
     XCTAssertEqual(add.status, 0, add.stderr)
