@@ -13,8 +13,11 @@
  * moment, and thousands at once (agents reconnecting after a restart) would
  * leave the heap fragmented for good - measured: 49 KiB of resident memory
  * per idle session after 1,000 simultaneous connects, 19 KiB when they
- * came in a few at a time. Also bounds the CPU a handshake flood takes. */
+ * came in a few at a time. A connection counts for at most
+ * HUB_HANDSHAKE_SLOT_MS (its handshake may go on): clients that stall their
+ * handshakes on purpose can slow accepting down, never stop it. */
 #define HUB_MAX_HANDSHAKES 64
+#define HUB_HANDSHAKE_SLOT_MS 500
 
 typedef struct hub_cluster {
   struct hub_cluster *next; /* bucket chain */
@@ -34,11 +37,15 @@ struct kp_hub {
   hub_cluster_t *buckets[HUB_BUCKETS];
   /* Every live caller conn and session conn, for shutdown. */
   size_t open_conns;
-  size_t handshaking;  /* accepted conns whose TLS handshake is running */
-  int accept_waiting;  /* a connection waits for uv_accept (see above) */
-  int stopping, listener_closed, done_posted;
+  /* Conns holding a handshake slot, oldest first (see above). */
+  struct hub_front *hs_head, *hs_tail;
+  size_t handshaking;
+  int accept_waiting;  /* a connection waits for uv_accept */
+  uv_timer_t hs_timer; /* expires the oldest slot while accepting waits */
+  int stopping, listener_closed, timer_closed, done_posted;
   uv_sem_t done;
   int setup_rc;
+  int setup_closing; /* handles a failed start is still closing */
   char *err;
   size_t errlen;
 };
@@ -56,7 +63,9 @@ typedef struct hub_front {
    * thread only: answers from other threads are counted when they run. */
   int owed;
   int gone;     /* conn closed while an answer was owed: free on answer */
-  int handshaking;     /* counted in hub->handshaking */
+  int handshaking;     /* holds a slot: on the hub's hs_ list */
+  struct hub_front *hs_next, *hs_prev;
+  uint64_t hs_since;   /* loop time (ms) the slot was taken */
   uint64_t started_ns; /* when the current request head was complete */
   uint64_t session;    /* that carries the current proxied request */
   char cluster[256];   /* of the current proxied request */
@@ -64,8 +73,8 @@ typedef struct hub_front {
 
 /* Posts `done` once both the listener and every conn are closed. */
 static void maybe_done(kp_hub_t *hub) {
-  if (hub->stopping && hub->listener_closed && hub->open_conns == 0 &&
-      !hub->done_posted) {
+  if (hub->stopping && hub->listener_closed && hub->timer_closed &&
+      hub->open_conns == 0 && !hub->done_posted) {
     hub->done_posted = 1;
     uv_sem_post(&hub->done);
   }
@@ -228,6 +237,7 @@ static const kp__relay_router_t front_router = {
 };
 
 static void handshake_over(hub_front_t *f);
+static void slots_expire(uv_timer_t *t);
 
 static void front_ready(kp__conn_t *c, int status) {
   hub_front_t *f = c->ud;
@@ -310,29 +320,62 @@ static void accept_one(kp_hub_t *hub) {
     return;
   }
   f->handshaking = 1;
+  f->hs_since = uv_now(server->loop);
+  f->hs_prev = hub->hs_tail;
+  if (hub->hs_tail) hub->hs_tail->hs_next = f;
+  else hub->hs_head = f;
+  hub->hs_tail = f;
   hub->handshaking++;
   hub->open_conns++;
+}
+
+static void slot_release(kp_hub_t *hub, hub_front_t *f) {
+  if (f->hs_prev) f->hs_prev->hs_next = f->hs_next;
+  else hub->hs_head = f->hs_next;
+  if (f->hs_next) f->hs_next->hs_prev = f->hs_prev;
+  else hub->hs_tail = f->hs_prev;
+  f->hs_next = f->hs_prev = NULL;
+  f->handshaking = 0;
+  hub->handshaking--;
+}
+
+static void resume_accepting(kp_hub_t *hub) {
+  if (!hub->accept_waiting || hub->stopping || hub->listener_closed) return;
+  if (hub->handshaking >= HUB_MAX_HANDSHAKES) {
+    /* Still full: look again when the oldest slot runs out. */
+    uint64_t now = uv_now(hub->listener.loop);
+    uint64_t end = hub->hs_head->hs_since + HUB_HANDSHAKE_SLOT_MS;
+    uv_timer_start(&hub->hs_timer, slots_expire, end > now ? end - now : 1, 0);
+    return;
+  }
+  uv_timer_stop(&hub->hs_timer);
+  hub->accept_waiting = 0;
+  accept_one(hub);
+}
+
+static void slots_expire(uv_timer_t *t) {
+  kp_hub_t *hub = t->data;
+  uint64_t now = uv_now(t->loop);
+  while (hub->hs_head && now - hub->hs_head->hs_since >= HUB_HANDSHAKE_SLOT_MS)
+    slot_release(hub, hub->hs_head);
+  resume_accepting(hub);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
   kp_hub_t *hub = server->data;
   if (status < 0 || hub->stopping) return;
   if (hub->handshaking >= HUB_MAX_HANDSHAKES) {
-    hub->accept_waiting = 1; /* handshake_over accepts it */
+    hub->accept_waiting = 1; /* a handshake ending or slots_expire takes it */
+    resume_accepting(hub);     /* arms the timer */
     return;
   }
   accept_one(hub);
 }
 
 static void handshake_over(hub_front_t *f) {
-  kp_hub_t *hub = f->hub;
   if (!f->handshaking) return;
-  f->handshaking = 0;
-  hub->handshaking--;
-  if (hub->accept_waiting && !hub->stopping && !hub->listener_closed) {
-    hub->accept_waiting = 0;
-    accept_one(hub);
-  }
+  slot_release(f->hub, f);
+  resume_accepting(f->hub);
 }
 
 /* ---- answers ---- */
@@ -601,17 +644,29 @@ void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
 
 /* ---- setup and teardown ---- */
 
+/* A failed start closes what it opened; kp_hub_new frees the hub only
+ * after the loop is done with those handles. */
+static void setup_handle_closed(uv_handle_t *h) {
+  kp_hub_t *hub = h->data;
+  if (--hub->setup_closing == 0) uv_sem_post(&hub->done);
+}
+
 static void hub_start(void *arg) {
   kp_hub_t *hub = arg;
   struct sockaddr_storage ss;
-  int rc, len = sizeof(ss);
+  int rc, len = sizeof(ss), listener_open = 0;
   const char *host = hub->cfg.bind_host ? hub->cfg.bind_host : "0.0.0.0";
+  uv_timer_init(kp__loop_uv(hub->loop), &hub->hs_timer);
+  hub->hs_timer.data = hub;
   if (strchr(host, ':'))
     rc = uv_ip6_addr(host, hub->cfg.port, (struct sockaddr_in6 *)&ss);
   else
     rc = uv_ip4_addr(host, hub->cfg.port, (struct sockaddr_in *)&ss);
-  if (rc == 0) rc = uv_tcp_init(kp__loop_uv(hub->loop), &hub->listener);
-  if (rc == 0) {
+  if (rc != 0) {
+    snprintf(hub->err, hub->errlen, "bad bind address %s: %s", host,
+             uv_strerror(rc));
+  } else if ((rc = uv_tcp_init(kp__loop_uv(hub->loop), &hub->listener)) == 0) {
+    listener_open = 1;
     hub->listener.data = hub;
     rc = uv_tcp_bind(&hub->listener, (struct sockaddr *)&ss, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)&hub->listener, 1024, on_connection);
@@ -621,17 +676,18 @@ static void hub_start(void *arg) {
       hub->port = ntohs(ss.ss_family == AF_INET
                             ? ((struct sockaddr_in *)&ss)->sin_port
                             : ((struct sockaddr_in6 *)&ss)->sin6_port);
-    if (rc != 0) {
+    else
       snprintf(hub->err, hub->errlen, "listen on %s:%d: %s", host,
                hub->cfg.port, uv_strerror(rc));
-      uv_close((uv_handle_t *)&hub->listener, NULL);
-    }
-  } else {
-    snprintf(hub->err, hub->errlen, "bad bind address %s: %s", host,
-             uv_strerror(rc));
   }
   hub->setup_rc = rc;
-  uv_sem_post(&hub->done);
+  if (rc == 0) {
+    uv_sem_post(&hub->done);
+    return;
+  }
+  hub->setup_closing = 1 + listener_open;
+  uv_close((uv_handle_t *)&hub->hs_timer, setup_handle_closed);
+  if (listener_open) uv_close((uv_handle_t *)&hub->listener, setup_handle_closed);
 }
 
 int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
@@ -701,9 +757,16 @@ static void listener_closed(uv_handle_t *h) {
   maybe_done(hub);
 }
 
+static void timer_closed(uv_handle_t *h) {
+  kp_hub_t *hub = h->data;
+  hub->timer_closed = 1;
+  maybe_done(hub);
+}
+
 static void hub_stop(void *arg) {
   kp_hub_t *hub = arg;
   hub->stopping = 1;
+  uv_close((uv_handle_t *)&hub->hs_timer, timer_closed);
   /* Only this hub's conns may be closed: a loop shared with an agent has
    * other tcp handles. The walk closes conns whose cbs belong to the hub. */
   uv_walk(kp__loop_uv(hub->loop), close_every_conn, hub);

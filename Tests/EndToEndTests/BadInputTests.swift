@@ -55,6 +55,15 @@ final class BadInputTests: E2ETestCase {
     try stillServing()
   }
 
+  /// The hub runs a bounded number of TLS handshakes at once; connections
+  /// that never handshake hold a place only briefly, so a real request is
+  /// served while 100 of them are still open (before their 10 s handshake
+  /// deadline closes them).
+  func testStalledHandshakesDoNotStopAccepting() throws {
+    XCTAssertEqual(try badPeer("stalled-handshakes"), ["HTTP/1.1 200 OK", "still open: 100"])
+    try stillServing()
+  }
+
   func testWrongAgentTokenGets401BeforeAnyUpgrade() throws {
     XCTAssertEqual(try badPeer("mux-bad", token: "not-a-cluster-token-0000").first, "HTTP/1.1 401 Unauthorized")
   }

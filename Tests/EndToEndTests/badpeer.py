@@ -12,6 +12,12 @@ MODE:
                  bad version byte (the hub must close that session)
   slowloris      a caller that trickles its request head one byte every
                  200 ms and never finishes it (the hub's head deadline)
+  stalled-handshakes
+                 100 TCP connections that never start their TLS handshake,
+                 then one real request (GET /healthz): prints its status
+                 line, then how many of the 100 were still open after it
+                 (the hub gives a handshake 10 s; the request must not wait
+                 for those to run out)
 Prints the HTTP status line it got, then "closed" when the hub closed the
 connection (or "open" if it was still open after 10 s), and exits 0.
 """
@@ -60,9 +66,26 @@ def upgrade(s, token, framed):
     return read_head(s)
 
 
+def still_open(sock):
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
 def main():
     port, ca, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     token = sys.argv[4] if len(sys.argv) > 4 else ""
+    if mode == "stalled-handshakes":
+        stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(100)]
+        s = connect(port, ca)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        print(read_head(s))
+        print("still open: %d" % sum(1 for t in stalled if still_open(t)), flush=True)
+        return
     s = connect(port, ca)
     if mode == "http-garbage":
         s.sendall(b"GET /proxy/default_sample/x HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
