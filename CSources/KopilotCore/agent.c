@@ -78,10 +78,7 @@ static uint32_t pool_max(const kp_agent_t *a) {
   return a->cfg.upstream_max_idle ? a->cfg.upstream_max_idle : UP_MAX_IDLE_DEFAULT;
 }
 
-/* Leaves the idle list; only a conn's on_close calls this, so a conn that is
- * closing stays listed (and is skipped) until it is gone. While the agent
- * is being freed, the list running empty is what kp_agent_free waits for. */
-static void pool_unlink(up_conn_t *u) {
+static void pool_remove(up_conn_t *u) {
   kp_agent_t *a = u->agent;
   if (u->prev) u->prev->next = u->next;
   else a->idle = u->next;
@@ -89,6 +86,15 @@ static void pool_unlink(up_conn_t *u) {
   u->prev = u->next = NULL;
   u->pooled = 0;
   a->idle_count--;
+}
+
+/* An idle conn leaves the list when it is taken or, if it closes instead,
+ * in its on_close: a conn that is closing stays listed (skipped, and
+ * counted against the bound) until it is gone. While the agent is being
+ * freed, the list running empty is what kp_agent_free waits for. */
+static void pool_closed(up_conn_t *u) {
+  kp_agent_t *a = u->agent;
+  pool_remove(u);
   if (a->pool_freeing && a->idle == NULL) uv_sem_post(&a->done);
 }
 
@@ -117,18 +123,12 @@ static int pool_put(up_conn_t *u) {
   return 1;
 }
 
-/* The most recently used idle conn that is not closing, or NULL. It stays
- * listed until taken here, so it is unlinked by hand. */
+/* The most recently used idle conn that is not closing, or NULL. */
 static up_conn_t *pool_take(kp_agent_t *a) {
   up_conn_t *u;
   for (u = a->idle; u; u = u->next) {
     if (u->conn->closing || u->conn->eof) continue;
-    if (u->prev) u->prev->next = u->next;
-    else a->idle = u->next;
-    if (u->next) u->next->prev = u->prev;
-    u->prev = u->next = NULL;
-    u->pooled = 0;
-    a->idle_count--;
+    pool_remove(u);
     kp__conn_set_timeout(u->conn, 0);
     return u;
   }
@@ -206,7 +206,7 @@ static void up_written(kp__conn_t *c, size_t n) {
 static void up_closed(kp__conn_t *c, int status) {
   up_conn_t *u = c->ud;
   if (u->pooled) {
-    pool_unlink(u);
+    pool_closed(u);
   } else {
     up_detach(u);
     if (u->relay && u->attached) kp__relay_back_closed(u->relay, status);
@@ -637,7 +637,7 @@ static void free_timer_run(void *arg) {
 }
 
 /* Last: the idle upstream conns. Each one's on_close reaches the agent
- * (pool_unlink), so the agent lives until the list is empty; `done` is
+ * (pool_closed), so the agent lives until the list is empty; `done` is
  * posted then. The session is gone by now, so no request returns a conn. */
 static void free_pool_run(void *arg) {
   kp_agent_t *a = arg;
