@@ -173,10 +173,13 @@ static kp__sess_t *pick_session(hub_cluster_t *c, kp__sess_t *skip) {
 
 /* ---- caller connections ---- */
 
-static void front_release_back(kp__relay_t *r, kp__ep_t back, int ok) {
+/* A stream carries one request: done or reusable, it is closed (FIN); a
+ * failed exchange resets it. */
+static void front_release_back(kp__relay_t *r, kp__ep_t back,
+                               kp__relay_back_end_t how) {
   kp_mux_stream_t *st = back.h;
   kp_mux_stream_set_user_data(st, NULL);
-  if (ok) kp_mux_stream_close(st);
+  if (how != KP__RELAY_BACK_FAILED) kp_mux_stream_close(st);
   else kp_mux_stream_reset(st);
   (void)r;
 }

@@ -49,6 +49,9 @@ struct kp__relay {
   dir_t req, resp;
   int deciding;      /* on_request was called, no answer yet */
   int req_keep_alive, resp_keep_alive;
+  int req_http11;    /* the request is HTTP/1.1 (its head goes out as such) */
+  int req_bodyless;  /* the request has no body: it can be sent again */
+  int resp_seen;     /* a byte of the response came from the current back */
   int req_head;      /* the request is HEAD */
   int upgrade_asked; /* the request asked for an upgrade */
   int close_after;   /* end the front once the response is out */
@@ -186,7 +189,7 @@ static void finish(kp__relay_t *r) {
   free(r);
 }
 
-static void release_back(kp__relay_t *r, int ok) {
+static void release_back(kp__relay_t *r, kp__relay_back_end_t how) {
   kp__ep_t b = r->back;
   if (!r->has_back) return;
   if (r->router->on_exchange)
@@ -198,11 +201,11 @@ static void release_back(kp__relay_t *r, int ok) {
   out_clear(&r->req);
   r->resp.state = ST_DONE;
   r->resp.paused = 0;
-  r->router->release_back(r, b, ok);
+  r->router->release_back(r, b, how);
 }
 
 void kp__relay_abort(kp__relay_t *r, int err) {
-  if (r->has_back) release_back(r, 0);
+  if (r->has_back) release_back(r, KP__RELAY_BACK_FAILED);
   if (!r->front_closed) {
     r->front_closed = 1;
     q_clear(&r->req);
@@ -227,7 +230,14 @@ static void front_shutdown(kp__relay_t *r) {
 static void exchange_done(kp__relay_t *r) {
   int reusable = r->req_keep_alive && r->resp_keep_alive &&
                  r->req.state == ST_WAIT && !r->close_after;
-  release_back(r, 1);
+  /* The back may take another request only at a clean boundary: the whole
+   * request went out (body ended, head flushed), the response was
+   * delimited (close_after covers until-close bodies and 101s), both sides
+   * kept the connection, and nothing came after the response (a server
+   * that sends more than it framed cannot be trusted with the next one). */
+  int back_reusable = reusable && r->req_http11 && r->req.out_len == 0 &&
+                      r->resp.qh == NULL && !r->resp.src_eof;
+  release_back(r, back_reusable ? KP__RELAY_BACK_REUSABLE : KP__RELAY_BACK_DONE);
   if (!reusable) {
     r->req.state = ST_DONE;
     q_clear(&r->req);
@@ -313,10 +323,13 @@ static int request_head(kp__relay_t *r, dir_t *d) {
   }
   d->hlen = (size_t)rc;
   r->req_keep_alive = (head.flags & KP_HTTP_F_KEEP_ALIVE) != 0;
+  r->req_http11 = head.minor_version == 1;
   r->req_head = head.method_len == 4 && memcmp(head.method, "HEAD", 4) == 0;
   r->upgrade_asked = (head.flags & KP_HTTP_F_UPGRADE) != 0;
   r->close_after = 0;
   kp_http_body_init(&d->body, &head, 1, 0);
+  /* Neither chunked nor a Content-Length but 0 (RFC 9112 6.3). */
+  r->req_bodyless = d->body.done;
   d->have_scan = 0;
   d->drop = 0;
   d->state = ST_BODY;
@@ -331,7 +344,7 @@ static int response_head(kp__relay_t *r, dir_t *d) {
   int rc = kp_http_parse_response(d->hbuf, d->hlen, r->max_head, &head);
   if (rc == KP_EAGAIN) return 0;
   if (rc < 0) {
-    release_back(r, 0);
+    release_back(r, KP__RELAY_BACK_FAILED);
     respond_status(r, 502, "BadGateway", "malformed response from the member cluster");
     return 1;
   }
@@ -459,7 +472,7 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
             d->state = ST_DONE;
             q_clear(d);
             if (r->has_back) {
-              release_back(r, 0);
+              release_back(r, KP__RELAY_BACK_FAILED);
               kp__relay_abort(r, KP_EBADMSG);
             } else {
               respond_status(r, 400, "BadRequest", "malformed request body");
@@ -523,28 +536,49 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
   return moved;
 }
 
-static void after_eof(kp__relay_t *r) {
+/* The back ended before one byte of the response: asks the router to send
+ * the request again when that is possible. Returns 1 if it will (the relay
+ * is then deciding again: kp__relay_attach follows, now or later). */
+static int try_again(kp__relay_t *r, int err) {
+  if (r->router->retry == NULL || r->resp_seen || !r->req_bodyless ||
+      r->front_closed || r->has_back)
+    return 0;
+  if (r->req.state != ST_WAIT && r->req.state != ST_BODY) return 0;
+  r->deciding = 1;
+  if (r->router->retry(r, err)) return 1;
+  r->deciding = 0;
+  return 0;
+}
+
+/* Each branch changes state so that it cannot run twice; returns 1 if one
+ * ran, so the pump goes round again to flush what it queued (a 502, a
+ * request head attached again). */
+static int after_eof(kp__relay_t *r) {
   dir_t *q = &r->req, *s = &r->resp;
+  int moved = 0;
   /* Request side ended. */
   if (q->src_eof && q->qh == NULL) {
     if (q->state == ST_HEAD) {
       if (!r->has_back && s->state == ST_DONE) {
         q->state = ST_DONE;
         front_shutdown(r);
+        moved = 1;
       }
     } else if (q->state == ST_RAW) {
       q->state = ST_DONE;
       if (r->has_back) r->back.ops->shutdown(r->back.h);
+      moved = 1;
     } else if (q->state == ST_BODY && !q->body.done &&
                q->body.mode != KP_HTTP_BODY_NONE) {
       /* The caller went away mid-body: nothing sensible can follow. */
       kp__relay_abort(r, KP_ECLOSED);
-      return;
+      return 1;
     }
   }
-  if (r->done) return;
+  if (r->done) return 1;
   /* Response side ended. */
-  if (s->src_eof && s->qh == NULL && r->has_back) {
+  if (s->src_eof && s->qh == NULL && r->has_back && s->state != ST_DONE) {
+    moved = 1;
     if (s->state == ST_BODY && s->body.mode == KP_HTTP_BODY_UNTIL_CLOSE) {
       s->state = ST_DONE;
       r->close_after = 1;
@@ -552,18 +586,22 @@ static void after_eof(kp__relay_t *r) {
     } else if (s->state == ST_RAW) {
       s->state = ST_DONE;
       front_shutdown(r);
-      if (q->state == ST_DONE) release_back(r, 1);
+      if (q->state == ST_DONE) release_back(r, KP__RELAY_BACK_DONE);
     } else if (s->state == ST_HEAD && s->hlen == 0 && !r->deciding) {
-      release_back(r, 0);
-      respond_status(r, 502, "BadGateway",
-                     "the tunnel closed before the response began");
-    } else if (s->state != ST_DONE) {
+      release_back(r, KP__RELAY_BACK_FAILED);
+      if (!try_again(r, 0))
+        respond_status(r, 502, "BadGateway",
+                       "the tunnel closed before the response began");
+    } else {
       kp__relay_abort(r, KP_ECLOSED);
     }
   }
   if (!r->done && q->state == ST_DONE && s->state == ST_DONE && !r->has_back &&
-      r->front_shut && q->src_eof)
+      r->front_shut && q->src_eof) {
     kp__relay_abort(r, 0);
+    moved = 1;
+  }
+  return moved;
 }
 
 static void pump(kp__relay_t *r) {
@@ -575,7 +613,10 @@ static void pump(kp__relay_t *r) {
     if (r->done) break;
     again |= pump_dir(r, &r->resp);
     if (r->done) break;
-    after_eof(r);
+    again |= after_eof(r);
+    /* Aborted (or the front taken) with no back: nothing can move any
+     * more, and an abort inside the pump cannot finish; finish() below. */
+    if (r->front_closed && !r->has_back) break;
   }
   r->in_pump = 0;
   finish(r);
@@ -601,6 +642,7 @@ void kp__relay_front_data(kp__relay_t *r, const uint8_t *p, size_t n,
 void kp__relay_back_data(kp__relay_t *r, const uint8_t *p, size_t n,
                          kp_chunk_t *chunk) {
   if (!r->has_back) return;
+  if (n) r->resp_seen = 1;
   if (r->resp.state == ST_DONE) {
     if (r->back.ops->consumed) r->back.ops->consumed(r->back.h, n);
     return;
@@ -629,7 +671,7 @@ void kp__relay_front_closed(kp__relay_t *r, int err) {
   if (r->front_closed) return;
   r->front_closed = 1;
   q_clear(&r->req);
-  if (r->has_back) release_back(r, 0);
+  if (r->has_back) release_back(r, KP__RELAY_BACK_FAILED);
   (void)err;
   finish(r);
 }
@@ -647,6 +689,9 @@ void kp__relay_back_closed(kp__relay_t *r, int err) {
     r->has_back = 0;
     q_clear(&r->resp);
     r->resp.state = ST_DONE;
+    r->resp.paused = 0;
+    out_clear(&r->req); /* a head the gone back did not take */
+    if (try_again(r, err)) return;
     respond_status(r, 502, "BadGateway",
                    err == KP_EREFUSED ? "the member cluster refused the stream"
                                       : "the tunnel closed before the response began");
@@ -680,8 +725,9 @@ int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
   r->resp.hlen = 0;
   r->resp.src_eof = 0;
   r->resp.paused = 0;
+  r->resp_seen = 0;
   if (out_add(&r->req, head, head_len) != 0) {
-    release_back(r, 0);
+    release_back(r, KP__RELAY_BACK_FAILED);
     kp__relay_abort(r, KP_ENOMEM);
     return KP_ENOMEM;
   }

@@ -40,15 +40,48 @@ typedef struct kp__ep {
 
 typedef struct kp__relay kp__relay_t;
 
+/* How an exchange with a back ended, as release_back reports it. */
+typedef enum kp__relay_back_end {
+  /* Failed or cut short (reset, malformed response, the front went away):
+   * the back is in an unknown state; reset or close it. */
+  KP__RELAY_BACK_FAILED = 0,
+  /* The response is complete but the back cannot carry another request:
+   * the response said Connection: close or was HTTP/1.0 without
+   * keep-alive, its body ran until close, it was a 101 and the back carried
+   * raw bytes, the request was not HTTP/1.1 keep-alive, the response came
+   * before the whole request body was sent, or the back sent bytes past the
+   * response's end. Close it gracefully. */
+  KP__RELAY_BACK_DONE = 1,
+  /* The response is complete, the whole request went out, both said
+   * keep-alive and the body was delimited (Content-Length, chunked or none;
+   * RFC 9112 9.3): the back is at a request boundary and may carry the next
+   * request (e.g. an upstream conn kept in a pool). */
+  KP__RELAY_BACK_REUSABLE = 2
+} kp__relay_back_end_t;
+
 typedef struct kp__relay_router {
   /* A complete request head from the front. raw/raw_len are the head's
    * bytes. Answer (now or later, on the loop thread) with kp__relay_attach
    * or kp__relay_respond, or take the front with kp__relay_take_front. */
   void (*on_request)(kp__relay_t *r, const kp_http_head_t *head,
                      const uint8_t *raw, size_t raw_len);
-  /* The exchange with the back ended (ok: response complete) or failed;
-   * the router releases the back endpoint (it gets no more calls). */
-  void (*release_back)(kp__relay_t *r, kp__ep_t back, int ok);
+  /* The exchange with the back ended; `how` says whether it failed and,
+   * if not, whether the back may carry another request (see
+   * kp__relay_back_end_t; nonzero means the response was complete). The
+   * router owns the back again and the relay makes no more calls on it. It
+   * may have paused the back's reads: a router that keeps a REUSABLE back
+   * turns reading on again, to see the peer close it while idle. */
+  void (*release_back)(kp__relay_t *r, kp__ep_t back, kp__relay_back_end_t how);
+  /* Optional. The back went away (EOF, reset, close) before one byte of a
+   * response came, and the request can be sent again as it was: it has no
+   * body (no Content-Length but 0, not chunked), so nothing but the head
+   * went to the back. The back is released or gone already. Return 1 to
+   * send it again: the router then answers with kp__relay_attach (now or
+   * later, with the head it built; the relay keeps no copy), as for a new
+   * request. Return 0 for the usual 502. Whether a second attempt is safe
+   * (an idempotent method, a back that was reused rather than fresh) is the
+   * router's policy (RFC 9110 9.2.2). err: why the back ended (0: EOF). */
+  int (*retry)(kp__relay_t *r, int err);
   /* An exchange with a back ended, just before release_back: the response
    * status (0 if no response head came back) and the bytes relayed each
    * way (heads included). Optional; for metrics and access logs. */

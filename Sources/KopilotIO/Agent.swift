@@ -19,6 +19,10 @@ public final class AgentSession: @unchecked Sendable {
     public var apiserverInsecure = false
     /// Keepalive ping interval and timeout (ms); 0 = 30 s.
     public var keepaliveMs: UInt64 = 0
+    /// Idle keep-alive connections to the API server kept for reuse; 0 = 32.
+    public var upstreamMaxIdle: UInt32 = 0
+    /// How long an idle API server connection is kept (ms); 0 = 60 s.
+    public var upstreamIdleMs: UInt64 = 0
     public init(hubURL: URL, apiserver: URL) {
       self.hubURL = hubURL
       self.apiserver = apiserver
@@ -68,6 +72,8 @@ public final class AgentSession: @unchecked Sendable {
               cfg.upstream_key_pem = keyPEM
               cfg.upstream_insecure = config.apiserverInsecure ? 1 : 0
               cfg.keepalive_ms = config.keepaliveMs
+              cfg.upstream_max_idle = config.upstreamMaxIdle
+              cfg.upstream_idle_ms = config.upstreamIdleMs
               return kp_agent_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
             }
           }

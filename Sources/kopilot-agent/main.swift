@@ -46,12 +46,20 @@ struct AgentCommand: ParsableCommand {
   @Option(help: "How mux frames travel after the WebSocket upgrade: framed (kopilot.v2) or raw (the original agent's way).")
   var wire: String = "framed"
 
+  @Option(name: .customLong("upstream-idle-conns"), help: "Idle keep-alive connections to the API server each session keeps for the next requests.")
+  var upstreamIdleConns: Int = 32
+
+  @Option(name: .customLong("upstream-idle-timeout"), help: "Seconds an idle connection to the API server is kept before it is closed.")
+  var upstreamIdleTimeout: Double = 60
+
   func validate() throws {
     guard let c = connect, let u = URL(string: c), u.scheme == "wss" || u.scheme == "https" else {
       throw ValidationError("--connect wss://HUB/connect?token=T is required")
     }
     guard wire == "framed" || wire == "raw" else { throw ValidationError("--wire is framed or raw") }
     guard (1...10_000).contains(sessions) else { throw ValidationError("--sessions is 1 to 10000") }
+    guard (1...4096).contains(upstreamIdleConns) else { throw ValidationError("--upstream-idle-conns is 1 to 4096") }
+    guard upstreamIdleTimeout > 0 else { throw ValidationError("--upstream-idle-timeout must be positive") }
   }
 
   func run() throws {
@@ -90,6 +98,8 @@ struct AgentCommand: ParsableCommand {
     cfg.hubInsecure = insecure
     cfg.framed = wire == "framed"
     cfg.keepaliveMs = UInt64(max(0.1, keepalive) * 1000)
+    cfg.upstreamMaxIdle = UInt32(upstreamIdleConns)
+    cfg.upstreamIdleMs = UInt64(max(0.001, upstreamIdleTimeout) * 1000)
     let loop = try Loop()
     let firstToken = fixedToken ?? tokens?.readIfChanged()
     let supervisors = try (1...sessions).map { i in

@@ -6,6 +6,10 @@ listens. HTTP/1.1 with keep-alive, one thread per connection.
 
 Endpoints:
   /bytes/N                      N deterministic pseudo-random bytes (see gen())
+  /bytes/N?close=1[&linger_ms=L]  the same with Connection: close; the server
+                                closes the connection after it (L ms later:
+                                a client that wrongly sends another request
+                                on it waits, then sees it close unanswered)
   /echo                         the request body (Content-Length or chunked)
   /headers                      the request's headers as JSON [[name, value], ...]
   /stream?n=K&delay_ms=D        a chunked response of K lines, D ms apart (a watch)
@@ -14,6 +18,15 @@ Endpoints:
                                 proves each line arrived before the next was sent
   /release?gate=G               lets gate G send one more line
   /_requests                    every request target received so far, as JSON
+  /_connections                 {"accepted": TLS connections accepted so far,
+                                 "open": open now (this one not counted),
+                                 "dropped": requests closed unanswered}
+  /_drop_idle                   closes (TCP FIN, no close_notify) every other
+                                connection that is idle between requests, as
+                                a server's idle timeout does; {"closed": n}
+  /_drop_idle?on_next=1         marks them instead: each closes without an
+                                answer when its next request arrives (the
+                                close crossed the request on the wire)
 
 Other modes (no server):
   upstream.py --digest N [N...] the SHA-256 of /bytes/N for each N, one a line
@@ -23,6 +36,7 @@ import hashlib
 import http.server
 import json
 import random
+import socket
 import ssl
 import sys
 import threading
@@ -71,6 +85,10 @@ class Gates:
 GATES = Gates()
 SEEN = []
 SEEN_LOCK = threading.Lock()
+# Connections: counters and the live handlers (for /_drop_idle), under CONN_LOCK.
+CONN_LOCK = threading.Lock()
+CONNS = {"accepted": 0, "open": 0, "dropped": 0}
+LIVE = set()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -84,6 +102,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # than in accept(): one slow client must not stall the others.
         self.request.do_handshake()
         super().setup()
+        self.idle = False  # between requests (waiting for the next head)
+        self.doomed = False  # close unanswered at the next request
+        with CONN_LOCK:
+            CONNS["accepted"] += 1
+            CONNS["open"] += 1
+            LIVE.add(self)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with CONN_LOCK:
+                CONNS["open"] -= 1
+                LIVE.discard(self)
+
+    def handle_one_request(self):
+        self.idle = True
+        super().handle_one_request()
 
     def read_body(self):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -109,6 +145,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def handle_any(self):
+        self.idle = False
+        if self.doomed:
+            with CONN_LOCK:
+                CONNS["dropped"] += 1
+            self.close_connection = True
+            return
         with SEEN_LOCK:
             SEEN.append(self.path)
         u = urllib.parse.urlsplit(self.path)
@@ -116,12 +158,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self.read_body()
         if u.path.startswith("/bytes/"):
             n = int(u.path[len("/bytes/"):])
+            close = q.get("close", ["0"])[0] == "1"
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(n))
+            if close:
+                self.send_header("Connection", "close")  # sets close_connection
             self.end_headers()
             for c in gen(n):
                 self.wfile.write(c)
+            if close:
+                self.wfile.flush()
+                time.sleep(int(q.get("linger_ms", ["0"])[0]) / 1000)
         elif u.path == "/echo":
             self.send_plain(200, body)
         elif u.path == "/headers":
@@ -137,6 +185,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with SEEN_LOCK:
                 data = json.dumps(SEEN).encode()
             self.send_plain(200, data, "application/json")
+        elif u.path == "/_connections":
+            with CONN_LOCK:
+                data = dict(CONNS, open=CONNS["open"] - 1)
+            self.send_plain(200, json.dumps(data).encode(), "application/json")
+        elif u.path == "/_drop_idle":
+            on_next = q.get("on_next", ["0"])[0] == "1"
+            with CONN_LOCK:
+                idle = [h for h in LIVE if h is not self and h.idle]
+            for h in idle:
+                if on_next:
+                    h.doomed = True
+                else:
+                    # The plain socket's shutdown: FIN without close_notify,
+                    # and the handler's blocked read sees EOF and ends.
+                    try:
+                        socket.socket.shutdown(h.request, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            self.send_plain(200, json.dumps({"closed": len(idle)}).encode(), "application/json")
         else:
             self.send_plain(404, b'{"kind":"Status","code":404}\n', "application/json")
 

@@ -5,7 +5,9 @@
  * sizes come from the bytes themselves, interleaved. The fake destinations
  * take a varying share of each write (a full window or a slow socket), and
  * the router answers each request by attaching a fresh back, answering
- * locally, or taking the front, chosen from the request's first byte. The
+ * locally, or taking the front, chosen from the request's first byte; a
+ * back that ends before its response began is replaced at once every other
+ * time (the retry hook) and refused otherwise. The
  * checks: nothing crashes or leaks, ASan sees no bad access, a closed
  * endpoint is never written to, and the relay always finishes when both
  * sides are closed. */
@@ -94,11 +96,31 @@ static void on_request(kp__relay_t *r, const kp_http_head_t *head,
   }
 }
 
-static void release_back(kp__relay_t *r, kp__ep_t back, int ok) {
+static void release_back(kp__relay_t *r, kp__ep_t back,
+                         kp__relay_back_end_t how) {
   (void)r;
-  (void)ok;
+  if (how != KP__RELAY_BACK_FAILED && how != KP__RELAY_BACK_DONE &&
+      how != KP__RELAY_BACK_REUSABLE)
+    abort();
   ((fake_ep_t *)back.h)->closed = 1;
   back_attached = 0;
+}
+
+/* A back that ended before the response began: every other time, attach a
+ * fresh one at once (from inside the callback, the hardest case: the relay
+ * may be in its pump), else refuse and let the relay answer 502. */
+static unsigned retries;
+static int retry(kp__relay_t *r, int err) {
+  kp__ep_t back = {back_ops, &back_ep};
+  static const uint8_t head[] = "GET /again HTTP/1.1\r\nHost: x\r\n\r\n";
+  (void)err;
+  if (back_attached) abort(); /* the old back must be gone */
+  if (retries++ % 2) return 0;
+  memset(&back_ep, 0, sizeof(back_ep));
+  back_ep.accept_pattern = retries;
+  back_attached = 1;
+  kp__relay_attach(r, back, head, sizeof(head) - 1);
+  return 1;
 }
 
 static void on_done(kp__relay_t *r) {
@@ -110,6 +132,7 @@ static void on_done(kp__relay_t *r) {
 static const kp__relay_router_t router = {
     .on_request = on_request,
     .release_back = release_back,
+    .retry = retry,
     .on_done = on_done,
 };
 
@@ -131,6 +154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   front.h = &front_ep;
   relay_done = 0;
   back_attached = 0;
+  retries = 0;
   if (kp__relay_new(&relay, front, &router, &cfg, NULL) != 0) return 0;
   while (relay && (fi < split || bi < size)) {
     size_t n;
@@ -146,14 +170,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (!front_ep.closed) kp__relay_front_data(relay, kp_chunk_data(c), n, c);
     } else {
       bi += n;
-      if (back_attached) kp__relay_back_data(relay, kp_chunk_data(c), n, c);
+      /* Two marker bytes end the back early: EOF, or gone (reset). */
+      if (back_attached && data[start] == 0xfd) {
+        kp__relay_back_eof(relay);
+      } else if (back_attached && data[start] == 0xfe) {
+        back_attached = 0;
+        back_ep.closed = 1;
+        kp__relay_back_closed(relay, KP_ECLOSED);
+      } else if (back_attached) {
+        kp__relay_back_data(relay, kp_chunk_data(c), n, c);
+      }
     }
     kp_chunk_unref(c);
     if (relay) kp__relay_writable(relay);
   }
   /* Both ends go away: the relay must finish and free everything. */
   if (relay && back_attached) kp__relay_back_eof(relay);
-  if (relay && back_attached) kp__relay_back_closed(relay, KP_ECLOSED);
+  if (relay && back_attached) {
+    back_attached = 0;
+    back_ep.closed = 1;
+    kp__relay_back_closed(relay, KP_ECLOSED);
+  }
   if (relay) kp__relay_front_eof(relay);
   if (relay && !front_ep.closed) kp__relay_front_closed(relay, KP_ECLOSED);
   if (!relay_done) abort();
