@@ -44,7 +44,7 @@ struct kp_agent {
  * restart) is seen at once and the conn leaves the pool. One that closed
  * as a request crossed it (EOF or reset before a response byte) is retried
  * once on a new conn when the request may be sent twice. */
-#define UP_MAX_IDLE_DEFAULT 32
+#define UP_MAX_IDLE_DEFAULT 256
 #define UP_IDLE_MS_DEFAULT 60000
 
 typedef struct up_conn {

@@ -17,13 +17,19 @@ typedef struct conn_write {
 static void conn_handle_closed(uv_handle_t *h) {
   kp__conn_t *c = h->data;
   if (--c->handles_open > 0) return;
+  kp__loop_undefer(c->loop, &c->flush);
   if (c->cbs->on_close) c->cbs->on_close(c, c->close_status);
   kp_tls_free(c->tls);
   free(c);
 }
 
+static int conn_flush(kp__conn_t *c);
+
 void kp__conn_close(kp__conn_t *c, int status) {
   if (c->closing) return;
+  /* Corked bytes (a last GoAway, an error response) still get their one
+   * try: uv_write writes at once when the socket has room. */
+  if (c->flush.queued) (void)conn_flush(c);
   c->closing = 1;
   c->close_status = status;
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
@@ -45,8 +51,12 @@ static void write_done(uv_write_t *req, int status) {
 }
 
 /* Hands everything the TLS engine produced to the kernel, in writes of up
- * to 8 slices; `plain` is charged to the first write. */
-static int conn_flush(kp__conn_t *c, size_t plain) {
+ * to 8 slices. The plaintext corked so far is charged to the first write,
+ * whose completion reports it written (and takes it off `pending`). */
+static int conn_flush(kp__conn_t *c) {
+  size_t plain = c->unflushed;
+  c->unflushed = 0;
+  kp__loop_undefer(c->loop, &c->flush);
   while (kp_tls_out_pending(c->tls) > 0) {
     conn_write_t *w = malloc(sizeof(*w));
     uv_buf_t bufs[8];
@@ -69,7 +79,28 @@ static int conn_flush(kp__conn_t *c, size_t plain) {
     }
     plain = 0;
   }
-  if (plain && c->cbs->on_written) c->cbs->on_written(c, plain);
+  if (plain) {
+    c->pending -= plain;
+    if (c->cbs->on_written) c->cbs->on_written(c, plain);
+  }
+  return 0;
+}
+
+/* Writes are corked: what the loop's callbacks write to a conn during one
+ * iteration is encrypted at once (the TLS engine appends small records to
+ * one slice) but handed to the kernel once, just before the loop waits
+ * again - one syscall for many mux frames instead of one each. */
+static void conn_flush_deferred(kp__deferred_t *d) {
+  kp__conn_t *c = (kp__conn_t *)((char *)d - offsetof(kp__conn_t, flush));
+  if (c->closing) return;
+  if (conn_flush(c) != 0) kp__conn_close(c, KP_EIO);
+}
+
+static int conn_queue(kp__conn_t *c, size_t plain) {
+  c->pending += plain;
+  c->unflushed += plain;
+  c->flush.run = conn_flush_deferred;
+  kp__loop_defer(c->loop, &c->flush);
   return 0;
 }
 
@@ -79,8 +110,7 @@ int kp__conn_write(kp__conn_t *c, const uint8_t *data, size_t len) {
   if (len == 0) return 0;
   rc = kp_tls_write(c->tls, data, len);
   if (rc < 0) return (int)rc;
-  c->pending += len;
-  return conn_flush(c, len);
+  return conn_queue(c, len);
 }
 
 /* libuv asks for a buffer only when the socket is readable, so a pooled
@@ -94,8 +124,7 @@ int kp__conn_writev(kp__conn_t *c, const uint8_t *const *bufs,
   if (total == 0) return 0;
   rc = kp_tls_writev(c->tls, bufs, lens, n);
   if (rc < 0) return (int)rc;
-  c->pending += total;
-  return conn_flush(c, total);
+  return conn_queue(c, total);
 }
 
 static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -114,7 +143,7 @@ static void conn_deliver_plaintext(kp__conn_t *c);
 
 static void conn_handshake(kp__conn_t *c) {
   int rc = kp_tls_handshake(c->tls);
-  if (conn_flush(c, 0) != 0) {
+  if (conn_flush(c) != 0) {
     kp__conn_close(c, KP_EIO);
     return;
   }
@@ -150,7 +179,7 @@ static void conn_deliver_plaintext(kp__conn_t *c) {
     if (got > 0) c->cbs->on_read(c, kp_chunk_data(chunk), got, chunk);
     kp_chunk_unref(chunk);
     /* Whatever the TLS engine wants to send (a key update, an alert). */
-    if (!c->closing && kp_tls_out_pending(c->tls) > 0) conn_flush(c, 0);
+    if (!c->closing && kp_tls_out_pending(c->tls) > 0) conn_flush(c);
     if (c->closing) return;
     if (rc > 0) continue;
     if (rc == KP_EAGAIN) return;
@@ -229,7 +258,8 @@ void kp__conn_shutdown(kp__conn_t *c) {
   if (c->closing || c->shut) return;
   c->shut = 1;
   kp_tls_shutdown(c->tls);
-  conn_flush(c, 0);
+  /* Everything corked goes first, then close_notify, then the FIN. */
+  conn_flush(c);
   req = malloc(sizeof(*req));
   if (req == NULL || uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_done) != 0)
     free(req);

@@ -41,6 +41,8 @@ struct kp__conn {
       is_client : 1;
   int close_status;
   int handles_open;
+  kp__deferred_t flush; /* queued: ciphertext waits for the iteration's end */
+  size_t unflushed;     /* plaintext bytes in that ciphertext */
   char peer[64]; /* "ip:port" */
 };
 

@@ -44,6 +44,40 @@ static void run_posted(uv_async_t *a) {
   }
 }
 
+/* Runs everything deferred, including what the runs defer in turn: the
+ * loop must not wait for I/O with work still queued. */
+static void run_deferred(uv_prepare_t *p) {
+  kp_loop_t *l = p->data;
+  while (l->deferred != NULL) {
+    kp__deferred_t *d = l->deferred;
+    l->deferred = d->next;
+    if (l->deferred) l->deferred->prev = NULL;
+    d->next = d->prev = NULL;
+    d->queued = 0;
+    d->run(d);
+  }
+  uv_prepare_stop(p);
+}
+
+void kp__loop_defer(kp_loop_t *l, kp__deferred_t *d) {
+  if (d->queued) return;
+  d->queued = 1;
+  d->prev = NULL;
+  d->next = l->deferred;
+  if (l->deferred) l->deferred->prev = d;
+  l->deferred = d;
+  uv_prepare_start(&l->deferred_run, run_deferred);
+}
+
+void kp__loop_undefer(kp_loop_t *l, kp__deferred_t *d) {
+  if (!d->queued) return;
+  if (d->prev) d->prev->next = d->next;
+  else l->deferred = d->next;
+  if (d->next) d->next->prev = d->prev;
+  d->next = d->prev = NULL;
+  d->queued = 0;
+}
+
 static void loop_thread(void *arg) {
   kp_loop_t *l = arg;
   l->thread_id = uv_thread_self();
@@ -69,6 +103,8 @@ int kp_loop_new(kp_loop_t **out) {
   if (rc != 0) goto fail_async;
   l->async.data = l;
   l->uv.data = l;
+  uv_prepare_init(&l->uv, &l->deferred_run);
+  l->deferred_run.data = l;
   rc = uv_sem_init(&l->started, 0);
   if (rc != 0) goto fail_sem;
   rc = uv_thread_create(&l->thread, loop_thread, l);
@@ -80,6 +116,7 @@ int kp_loop_new(kp_loop_t **out) {
 fail_thread:
   uv_sem_destroy(&l->started);
 fail_sem:
+  uv_close((uv_handle_t *)&l->deferred_run, NULL);
   uv_close((uv_handle_t *)&l->async, NULL);
   uv_run(&l->uv, UV_RUN_NOWAIT);
 fail_async:

@@ -8,6 +8,15 @@
 
 struct kp__work;
 
+/* Work deferred to the end of the loop iteration, just before the loop
+ * waits for I/O: conns queue their writes here so that everything produced
+ * in one iteration goes out in one write per conn ("corking"). */
+typedef struct kp__deferred {
+  struct kp__deferred *next, *prev;
+  void (*run)(struct kp__deferred *d);
+  int queued;
+} kp__deferred_t;
+
 struct kp_loop {
   uv_loop_t uv;
   uv_async_t async;
@@ -18,8 +27,14 @@ struct kp_loop {
   uv_thread_t thread;
   uv_thread_t thread_id;
   uv_sem_t started;
+  uv_prepare_t deferred_run; /* active while `deferred` is not empty */
+  kp__deferred_t *deferred;
 };
 
 uv_loop_t *kp__loop_uv(kp_loop_t *l);
+/* Loop thread only. Queues d (once) to run before the loop next waits. */
+void kp__loop_defer(kp_loop_t *l, kp__deferred_t *d);
+/* Takes d off the queue (before its owner is freed). */
+void kp__loop_undefer(kp_loop_t *l, kp__deferred_t *d);
 
 #endif

@@ -19,11 +19,19 @@ public struct HubRequest: Sendable {
   }
 
   /// The path without the query.
-  public var path: String { target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? target }
+  public var path: String {
+    guard let q = target.utf8.firstIndex(of: UInt8(ascii: "?")) else { return target }
+    return String(target[..<q])
+  }
 
-  /// The first header of that name (case-insensitive).
+  /// The first header of that name (ASCII case-insensitive, as HTTP
+  /// field names are).
   public func header(_ name: String) -> String? {
-    headers.first { $0.name.caseInsensitiveCompare(name) == .orderedSame }?.value
+    let want = name.utf8
+    return headers.first { h in
+      h.name.utf8.count == want.count
+        && zip(h.name.utf8, want).allSatisfy { a, b in a == b || (a | 0x20 == b | 0x20 && (a | 0x20) >= 0x61 && (a | 0x20) <= 0x7a) }
+    }?.value
   }
 }
 

@@ -47,7 +47,7 @@ struct AgentCommand: ParsableCommand {
   var wire: String = "framed"
 
   @Option(name: .customLong("upstream-idle-conns"), help: "Idle keep-alive connections to the API server each session keeps for the next requests.")
-  var upstreamIdleConns: Int = 32
+  var upstreamIdleConns: Int = 256
 
   @Option(name: .customLong("upstream-idle-timeout"), help: "Seconds an idle connection to the API server is kept before it is closed.")
   var upstreamIdleTimeout: Double = 60

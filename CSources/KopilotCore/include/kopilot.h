@@ -240,7 +240,7 @@ typedef struct kp_agent_config {
   uint32_t mux_window;      /* 0: 256 KiB */
   uint64_t keepalive_ms;    /* 0: 30 s */
   /* Upstream keep-alive pool: at most this many idle connections to the
-   * API server are kept for the next requests (0: 32), each closed after
+   * API server are kept for the next requests (0: 256), each closed after
    * upstream_idle_ms without a request (0: 60 s). */
   uint32_t upstream_max_idle;
   uint64_t upstream_idle_ms;
