@@ -161,6 +161,16 @@ final class UpstreamPoolTests: E2ETestCase {
     XCTAssertEqual(n, 0, "served by a pooled connection")
   }
 
+  /// A server that sends bytes on an idle connection (no request asked for
+  /// them) loses the connection; the next request takes a new one.
+  func testDataOnAnIdleConnectionClosesIt() throws {
+    try startAgent()
+    try getBytes([50], query: "?junk_after_ms=300")
+    try waitUntil("the agent to close the connection that sent junk") { try connections().open == 0 }
+    let n = try agentConnections { try getBytes([51, 52]) }
+    XCTAssertEqual(n, 1, "one new connection for both")
+  }
+
   /// An idle connection closes after --upstream-idle-timeout.
   func testIdleConnectionsTimeOut() throws {
     try startAgent(["--upstream-idle-timeout", "1"])

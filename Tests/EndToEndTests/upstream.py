@@ -10,6 +10,8 @@ Endpoints:
                                 closes the connection after it (L ms later:
                                 a client that wrongly sends another request
                                 on it waits, then sees it close unanswered)
+  /bytes/N?junk_after_ms=D      the same, then D ms later bytes that belong
+                                to no response (a misbehaving server)
   /echo                         the request body (Content-Length or chunked)
   /headers                      the request's headers as JSON [[name, value], ...]
   /stream?n=K&delay_ms=D        a chunked response of K lines, D ms apart (a watch)
@@ -170,6 +172,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if close:
                 self.wfile.flush()
                 time.sleep(int(q.get("linger_ms", ["0"])[0]) / 1000)
+            if "junk_after_ms" in q:
+                self.wfile.flush()
+                time.sleep(int(q["junk_after_ms"][0]) / 1000)
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\njunk")
+                self.wfile.flush()
         elif u.path == "/echo":
             self.send_plain(200, body)
         elif u.path == "/headers":
