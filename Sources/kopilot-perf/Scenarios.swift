@@ -133,7 +133,7 @@ struct Runner {
   /// `streamEvents` events; delivery latency, and the hub's memory while
   /// all are open.
   func streams(_ t: Target) throws {
-    let url = "\(t.base)/watch?events=\(settings.streamEvents)&interval=\(settings.streamIntervalMs)"
+    let url = "\(t.base)/watch?events=\(settings.streamEvents)&interval=\(settings.streamIntervalMs)&stagger=1"
     let before = t.hubRSS
     let w = try bench.start("watchers-\(t.kind.rawValue)", bench.tools.watchers, [
       "-url", url, "-ca", bench.caFile, "-token", Bench.callerToken, "-streams", "\(settings.streams)",

@@ -6,7 +6,9 @@
 //	GET  /blob?bytes=N                           N pseudo-random bytes
 //	PUT|POST /upload                             reads the body, answers {"bytes":N}
 //	PUT|POST /echo                               the body streamed back
-//	GET  /watch?events=E&interval=MS[&size=B]    E watch events, MS ms apart
+//	GET  /watch?events=E&interval=MS[&size=B][&stagger=1]
+//	                                              E watch events, MS ms apart
+//	                                              (stagger: at a random phase)
 //
 // Anything else is a 404 Kubernetes Status. Authorization is ignored.
 // Once listening it prints "upstream listening on HOST:PORT" on stderr.
@@ -201,13 +203,23 @@ func watch(w http.ResponseWriter, r *http.Request) {
 	flusher, _ := w.(http.Flusher)
 	line := make([]byte, 0, len(head)+len(mid)+len(tail)+40)
 	var tick <-chan time.Time
-	if events > 1 && interval > 0 {
-		t := time.NewTicker(time.Duration(interval) * time.Millisecond)
-		defer t.Stop()
-		tick = t.C
-	}
 	done := r.Context().Done()
 	for i := 1; i <= events; i++ {
+		if i == 2 && interval > 0 {
+			// stagger=1: this watch's events come at a random phase of
+			// the interval, so that many watches do not all fire at the
+			// same instant (which would measure the burst, not the path).
+			if q.Get("stagger") == "1" {
+				select {
+				case <-time.After(time.Duration(rand.Int63n(int64(interval) * int64(time.Millisecond)))):
+				case <-done:
+					return
+				}
+			}
+			t := time.NewTicker(time.Duration(interval) * time.Millisecond)
+			defer t.Stop()
+			tick = t.C
+		}
 		if i > 1 && tick != nil {
 			select {
 			case <-tick:
