@@ -96,9 +96,14 @@ static void conn_flush_deferred(kp__deferred_t *d) {
   if (conn_flush(c) != 0) kp__conn_close(c, KP_EIO);
 }
 
+/* Bulk data should not wait for the end of a long iteration (the reader
+ * downstream would idle meanwhile): past this much, the cork pops at once. */
+#define CONN_CORK_MAX (128u * 1024)
+
 static int conn_queue(kp__conn_t *c, size_t plain) {
   c->pending += plain;
   c->unflushed += plain;
+  if (c->unflushed >= CONN_CORK_MAX) return conn_flush(c);
   c->flush.run = conn_flush_deferred;
   kp__loop_defer(c->loop, &c->flush);
   return 0;
