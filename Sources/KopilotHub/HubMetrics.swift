@@ -18,17 +18,14 @@ public final class HubMetrics: @unchecked Sendable {
 
   public init() {
     decisions = (
-      registry.makeCounter(name: "kopilot_hub_authorization_decisions_total", labels: [("decision", "allowed")],
-                           help: "Caller requests by authentication and authorization outcome."),
-      registry.makeCounter(name: "kopilot_hub_authorization_decisions_total", labels: [("decision", "denied")],
-                           help: "Caller requests by authentication and authorization outcome."),
-      registry.makeCounter(name: "kopilot_hub_authorization_decisions_total", labels: [("decision", "unauthenticated")],
-                           help: "Caller requests by authentication and authorization outcome."))
+      registry.makeCounter(descriptor: metric("kopilot_hub_authorization_decisions_total", "Caller requests by authentication and authorization outcome."), labels: [("decision", "allowed")]),
+      registry.makeCounter(descriptor: metric("kopilot_hub_authorization_decisions_total", "Caller requests by authentication and authorization outcome."), labels: [("decision", "denied")]),
+      registry.makeCounter(descriptor: metric("kopilot_hub_authorization_decisions_total", "Caller requests by authentication and authorization outcome."), labels: [("decision", "unauthenticated")]))
     latency = registry.makeDurationHistogram(
-      name: "kopilot_hub_request_duration_seconds",
+      descriptor: metric("kopilot_hub_request_duration_seconds",
+                         "Time from a proxied request's head to the end of its response."),
       buckets: [.milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
-                .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5), .seconds(30)],
-      help: "Time from a proxied request's head to the end of its response.")
+                .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5), .seconds(30)])
   }
 
   public func sessionChanged(cluster: String, up: Bool) {
@@ -56,8 +53,7 @@ public final class HubMetrics: @unchecked Sendable {
   public func answered(status: Int) {
     lock.lock()
     let c = codes[status] ?? {
-      let made = registry.makeCounter(name: "kopilot_hub_requests_total", labels: [("code", String(status))],
-                                      help: "Caller requests by response status (0: the tunnel broke first).")
+      let made = registry.makeCounter(descriptor: metric("kopilot_hub_requests_total", "Caller requests by response status (0: the tunnel broke first)."), labels: [("code", String(status))])
       codes[status] = made
       return made
     }()
@@ -74,7 +70,7 @@ public final class HubMetrics: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     if let g = table[cluster] { return g }
-    let g = registry.makeGauge(name: name, labels: [("cluster", cluster)], help: help)
+    let g = registry.makeGauge(descriptor: metric(name, help), labels: [("cluster", cluster)])
     table[cluster] = g
     return g
   }
@@ -84,9 +80,14 @@ public final class HubMetrics: @unchecked Sendable {
     defer { lock.unlock() }
     if let b = bytes[cluster] { return b }
     let help = "Bytes relayed through the tunnel, heads included: up to the member, down to callers."
-    let b = (registry.makeCounter(name: "kopilot_hub_bytes_total", labels: [("cluster", cluster), ("direction", "up")], help: help),
-             registry.makeCounter(name: "kopilot_hub_bytes_total", labels: [("cluster", cluster), ("direction", "down")], help: help))
+    let b = (registry.makeCounter(descriptor: metric("kopilot_hub_bytes_total", help), labels: [("cluster", cluster), ("direction", "up")]),
+             registry.makeCounter(descriptor: metric("kopilot_hub_bytes_total", help), labels: [("cluster", cluster), ("direction", "down")]))
     bytes[cluster] = b
     return b
   }
+}
+
+/// A metric's name and help text; the name already carries its unit.
+private func metric(_ name: String, _ help: String) -> MetricNameDescriptor {
+  MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
 }
