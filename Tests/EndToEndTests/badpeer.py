@@ -13,9 +13,10 @@ MODE:
   slowloris      a caller that trickles its request head one byte every
                  200 ms and never finishes it (the hub's head deadline)
   stalled-handshakes
-                 100 TCP connections that never start their TLS handshake,
+                 200 TCP connections that never start their TLS handshake
+                 (more than the hub's 128 handshake places),
                  then one real request (GET /healthz): prints its status
-                 line, then how many of the 100 were still open after it
+                 line, then how many of the 200 were still open after it
                  (the hub gives a handshake 10 s; the request must not wait
                  for those to run out)
 Prints the HTTP status line it got, then "closed" when the hub closed the
@@ -80,7 +81,7 @@ def main():
     port, ca, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     token = sys.argv[4] if len(sys.argv) > 4 else ""
     if mode == "stalled-handshakes":
-        stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(100)]
+        stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
         s = connect(port, ca)
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
         print(read_head(s))
