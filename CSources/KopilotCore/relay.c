@@ -73,7 +73,9 @@ int kp__relay_new(kp__relay_t **out, kp__ep_t front,
   r->router = router;
   r->ud = ud;
   r->max_head = cfg && cfg->max_head ? cfg->max_head : KP_HTTP_DEFAULT_MAX_HEAD;
-  r->high_water = cfg && cfg->high_water ? cfg->high_water : (1u << 20);
+  /* 4 MiB: with less, a bulk download stalled the whole pipeline now and
+   * then (kopilot-perf bulk, perf/README.md). */
+  r->high_water = cfg && cfg->high_water ? cfg->high_water : (4u << 20);
   r->req.from_front = 1;
   r->req.state = ST_HEAD;
   r->resp.state = ST_DONE;

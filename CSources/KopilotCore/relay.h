@@ -96,7 +96,7 @@ typedef struct kp__relay_router {
 
 typedef struct kp__relay_config {
   size_t max_head;        /* request and response heads; 0: 64 KiB */
-  uint64_t high_water;    /* conn queue that stops a source; 0: 1 MiB */
+  uint64_t high_water;    /* conn queue that stops a source; 0: 4 MiB */
 } kp__relay_config_t;
 
 int kp__relay_new(kp__relay_t **out, kp__ep_t front,

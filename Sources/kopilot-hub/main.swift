@@ -75,7 +75,7 @@ struct Serve: ParsableCommand {
   @Flag(name: .customLong("access-log"), help: "Log one line per proxied request: cluster, status, bytes each way, duration.")
   var accessLog = false
 
-  @Option(name: .customLong("mux-window"), help: "Receive window per tunnel stream, in KiB (256 to 65536). Each stream may buffer up to this much. Env: MUX_WINDOW_KIB.")
+  @Option(name: .customLong("mux-window"), help: "Receive window per tunnel stream, in KiB (256 to 65536; default 4096). Each stream may buffer up to this much; larger windows carry bulk transfers faster over long round trips. Env: MUX_WINDOW_KIB.")
   var muxWindowKiB: Int?
 
   @Option(help: "Seconds between keepalive pings to each agent; a ping unanswered that long drops the session. Env: KEEPALIVE_SECONDS.")
@@ -122,7 +122,7 @@ struct Serve: ParsableCommand {
     var cfg = Hub.Config(certFile: paths.hubCert, keyFile: paths.hubKey)
     cfg.bindHost = host
     cfg.port = port
-    cfg.muxWindow = UInt32((muxWindowKiB ?? Int(state.env("MUX_WINDOW_KIB") ?? "") ?? 256) * 1024)
+    cfg.muxWindow = UInt32((muxWindowKiB ?? Int(state.env("MUX_WINDOW_KIB") ?? "") ?? 4096) * 1024)
     cfg.keepaliveMs = UInt64((keepalive ?? Double(state.env("KEEPALIVE_SECONDS") ?? "") ?? 30) * 1000)
     cfg.headTimeoutMs = UInt64((headerTimeout ?? Double(state.env("HEADER_TIMEOUT_SECONDS") ?? "") ?? 30) * 1000)
     let hub = try Hub(loop: loop, config: cfg) { box.route($0) }
