@@ -85,9 +85,10 @@ final class Target {
     self.hub = hub
     self.agent = agent
   }
-  /// nginx forks its workers: they count with the master.
-  var hubPids: [Int32] { hub.map { ProcStat.family($0.pid) } ?? [] }
-  var agentPids: [Int32] { agent.map { ProcStat.family($0.pid) } ?? [] }
+  /// nginx forks its workers: they count with the master. Looked up once
+  /// (a scan of /proc), not at every sample taken while load runs.
+  lazy var hubPids: [Int32] = hub.map { ProcStat.family($0.pid) } ?? []
+  lazy var agentPids: [Int32] = agent.map { ProcStat.family($0.pid) } ?? []
   var hubCPU: Double { hubPids.reduce(0) { $0 + ProcStat.cpuSeconds($1) } }
   var agentCPU: Double { agentPids.reduce(0) { $0 + ProcStat.cpuSeconds($1) } }
   var hubRSS: Double { hubPids.reduce(0) { $0 + ProcStat.rssBytes($1) } }

@@ -36,10 +36,6 @@ final class Child {
     return String(decoding: d, as: UTF8.self)
   }
 
-  /// How many lines of the log contain `text`.
-  func count(_ text: String) -> Int {
-    output().split(separator: "\n").reduce(0) { $0 + ($1.contains(text) ? 1 : 0) }
-  }
 
   /// Waits until the log has `times` lines containing `text`; fails with
   /// the log's tail if the process exits or the time runs out.
@@ -139,11 +135,16 @@ enum ProcStat {
   static let ticksPerSecond = Double(sysconf(Int32(_SC_CLK_TCK)))
 
   /// User + system CPU seconds of one process (0 if it is gone).
-  static func cpuSeconds(_ pid: Int32) -> Double {
+  /// The fields of /proc/PID/stat after "(comm)": index 0 is field 3
+  /// (state), 1 the parent, 11 and 12 utime and stime.
+  private static func statFields(_ pid: Int32) -> [Substring] {
     guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-          let close = s.lastIndex(of: ")") else { return 0 }
-    // Fields after "(comm)": state is field 3, utime 14, stime 15.
-    let fields = s[s.index(after: close)...].split(separator: " ")
+          let close = s.lastIndex(of: ")") else { return [] }
+    return s[s.index(after: close)...].split(separator: " ")
+  }
+
+  static func cpuSeconds(_ pid: Int32) -> Double {
+    let fields = statFields(pid)
     guard fields.count > 13, let u = Double(fields[11]), let k = Double(fields[12]) else { return 0 }
     return (u + k) / ticksPerSecond
   }
@@ -163,10 +164,8 @@ enum ProcStat {
     var out = [pid]
     guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return out }
     for e in entries {
-      guard let child = Int32(e), child != pid,
-            let s = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8),
-            let close = s.lastIndex(of: ")") else { continue }
-      let fields = s[s.index(after: close)...].split(separator: " ")
+      guard let child = Int32(e), child != pid else { continue }
+      let fields = statFields(child)
       if fields.count > 2, Int32(fields[1]) == pid { out.append(child) }
     }
     return out
