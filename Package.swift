@@ -49,7 +49,7 @@ let package = Package(
     .target(
       name: "KopilotHub",
       dependencies: [
-        "KopilotIO",
+        "KopilotIO", "KopilotKube",
         .product(name: "Yams", package: "Yams"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
@@ -71,7 +71,7 @@ let package = Package(
     ),
     .target(
       name: "KopilotKube",
-      dependencies: [.product(name: "Yams", package: "Yams")],
+      dependencies: [.product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")],
       path: "Sources/KopilotKube"
     ),
     .testTarget(name: "KopilotKubeTests", dependencies: ["KopilotKube"], path: "Tests/KopilotKubeTests"),
