@@ -50,8 +50,28 @@ public struct AuthenticationError: Error, Hashable, Sendable, CustomStringConver
 /// cluster with a TokenReview behind the same protocol, hence `async`.
 public protocol Authenticator: Sendable {
   /// The user holding `bearerToken`; throws `AuthenticationError` with code
-  /// `invalidToken` when no one does.
+  /// `invalidToken` when no one does, or a `ControlPlaneError` when the
+  /// answer could not be had.
   func authenticate(bearerToken: String) async throws -> UserInfo
+  /// The same answer synchronously when it is at hand (a token file, a
+  /// cache hit), nil when only `authenticate` can tell. Cheap: the hub
+  /// calls it on its loop thread.
+  func authenticateNow(bearerToken: String) -> Result<UserInfo, Error>?
+}
+
+extension Authenticator {
+  public func authenticateNow(bearerToken: String) -> Result<UserInfo, Error>? { nil }
+}
+
+/// An error of the control plane that is not the caller's fault (the host
+/// cluster slow or down, too many reviews pending): the router answers it
+/// with this status (503 or 504), never with an allow.
+public protocol ControlPlaneError: Error {
+  var httpStatus: Int { get }
+  /// The `Status` reason: "ServiceUnavailable", "Timeout", ...
+  var statusReason: String { get }
+  /// Safe to show the caller: no token, no internal address.
+  var statusMessage: String { get }
 }
 
 public enum BearerToken {
@@ -236,8 +256,12 @@ public final class TokenFileAuthenticator: Authenticator, @unchecked Sendable {
   public func user(for bearerToken: String) -> UserInfo? { file.current.user(for: bearerToken) }
 
   public func authenticate(bearerToken: String) async throws -> UserInfo {
-    guard let u = user(for: bearerToken) else { throw AuthenticationError(.invalidToken, "invalid bearer token") }
-    return u
+    try authenticateNow(bearerToken: bearerToken)!.get()
+  }
+
+  public func authenticateNow(bearerToken: String) -> Result<UserInfo, Error>? {
+    guard let u = user(for: bearerToken) else { return .failure(AuthenticationError(.invalidToken, "Unauthorized")) }
+    return .success(u)
   }
 
   public var lastReloadError: HubError? { file.lastError }

@@ -80,7 +80,16 @@ public struct AuthorizationDecision: Hashable, Sendable {
 /// evaluates rbac.yaml itself (`RBACAuthorizer`); the Kubernetes mode will ask
 /// the host cluster with a SubjectAccessReview behind the same protocol.
 public protocol Authorizer: Sendable {
+  /// Throws a `ControlPlaneError` when no decision could be had.
   func authorize(_ request: AuthorizationRequest) async throws -> AuthorizationDecision
+  /// The decision synchronously when it is at hand (rbac.yaml, a cache
+  /// hit), nil when only `authorize` can tell. Cheap: the hub calls it on
+  /// its loop thread.
+  func authorizeNow(_ request: AuthorizationRequest) -> Result<AuthorizationDecision, Error>?
+}
+
+extension Authorizer {
+  public func authorizeNow(_ request: AuthorizationRequest) -> Result<AuthorizationDecision, Error>? { nil }
 }
 
 /// The RBAC objects that matter to the hub: ClusterRoles' non-resource rules
@@ -306,6 +315,7 @@ public final class RBACAuthorizer: Authorizer, @unchecked Sendable {
   public func decide(_ request: AuthorizationRequest) -> AuthorizationDecision { file.current.decide(request) }
 
   public func authorize(_ request: AuthorizationRequest) async throws -> AuthorizationDecision { decide(request) }
+  public func authorizeNow(_ request: AuthorizationRequest) -> Result<AuthorizationDecision, Error>? { .success(decide(request)) }
 
   /// The policy in force.
   public var policy: RBACPolicy { file.current }

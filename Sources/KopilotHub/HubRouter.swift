@@ -8,8 +8,8 @@ import Logging
 /// it runs on the loop thread and is tested without sockets.
 public struct HubRouter: Sendable {
   public var registry: any ClusterRegistry
-  public var authenticator: TokenFileAuthenticator
-  public var authorizer: RBACAuthorizer
+  public var authenticator: any Authenticator
+  public var authorizer: any Authorizer
   /// What agent manifests point agents at: host or host:port.
   public var publicAddr: String
   public var agentImage: String
@@ -19,7 +19,7 @@ public struct HubRouter: Sendable {
   /// Counts answers and decisions, and renders /metrics; nil: no metrics.
   public var metrics: HubMetrics?
 
-  public init(registry: any ClusterRegistry, authenticator: TokenFileAuthenticator, authorizer: RBACAuthorizer,
+  public init(registry: any ClusterRegistry, authenticator: any Authenticator, authorizer: any Authorizer,
               publicAddr: String, agentImage: String, caPEM: String,
               logger: Logger = Logger(label: "kopilot.hub"), metrics: HubMetrics? = nil) {
     self.metrics = metrics
@@ -32,23 +32,35 @@ public struct HubRouter: Sendable {
     self.logger = logger
   }
 
-  public func route(_ r: HubRequest) -> HubAnswer {
-    let answer = answer(r)
-    // A proxied request is counted when it ends (Hub.onProxied); the rest now.
-    switch answer {
-    case .respond(let status, _, _): metrics?.answered(status: status)
-    case .proxy(let cluster, _): metrics?.proxyStarted(cluster: cluster)
-    case .acceptAgent: break
+  /// The answer to one request head: returned at once when it is at hand,
+  /// or nil and given to `later` (once, from another thread) when the host
+  /// cluster has to be asked first.
+  public func route(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void) -> HubAnswer? {
+    let metrics = self.metrics
+    @Sendable func counted(_ answer: HubAnswer) -> HubAnswer {
+      // A proxied request is counted when it ends (Hub.onProxied); the rest now.
+      switch answer {
+      case .respond(let status, _, _): metrics?.answered(status: status)
+      case .proxy(let cluster, _): metrics?.proxyStarted(cluster: cluster)
+      case .acceptAgent: break
+      }
+      return answer
     }
-    return answer
+    return answer(r, later: { later(counted($0)) }).map(counted)
   }
 
-  func answer(_ r: HubRequest) -> HubAnswer {
+  /// `route` for a router that never has to wait (the embedded mode); a
+  /// late answer would be a bug, answered 500.
+  public func route(_ r: HubRequest) -> HubAnswer {
+    route(r, later: { _ in }) ?? .status(500, "InternalError", "the router could not answer at once")
+  }
+
+  func answer(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void) -> HubAnswer? {
     let path = r.path
-    if path.hasPrefix("/proxy/") || path == "/proxy" { return proxy(r) }
+    if path.hasPrefix("/proxy/") || path == "/proxy" { return proxy(r, later: later) }
     switch path {
     case "/metrics":
-      return metricsPage(r)
+      return metricsPage(r, later: later)
     case "/connect":
       return connect(r)
     case "/kopilot-agent.yaml":
@@ -97,60 +109,90 @@ public struct HubRouter: Sendable {
 
   /// `ANY /proxy/{namespace}_{name}/...`: authenticate, authorize on the
   /// normalized path, then forward.
-  func proxy(_ r: HubRequest) -> HubAnswer {
+  func proxy(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void) -> HubAnswer? {
     guard let target = parseProxyTarget(r.target) else {
       return .status(400, "BadRequest", "the path must be /proxy/{namespace}_{name}/... without encoded dots or slashes")
     }
-    let user: UserInfo
-    switch authenticate(r) {
-    case .success(let u): user = u
-    case .failure(let answer): return answer.answer
+    let (registry, logger) = (self.registry, self.logger)
+    return authorized(r, later: later, request: { AuthorizationRequest(user: $0, method: r.method, target: target) }) { user, decision in
+      guard decision.allowed else {
+        logger.info("forbidden", metadata: ["user": "\(user.name)", "method": "\(r.method)",
+                                            "cluster": "\(target.cluster)", "reason": "\(decision.reason)"])
+        return .status(403, "Forbidden", decision.forbiddenMessage)
+      }
+      guard registry.cluster(id: target.cluster) != nil else {
+        return .status(404, "NotFound", "cluster \(target.cluster.replacingOccurrences(of: "_", with: "/")) is not registered")
+      }
+      return .proxy(cluster: target.cluster, target: target.forwardTarget)
     }
-    let decision = authorizer.decide(AuthorizationRequest(user: user, method: r.method, target: target))
-    metrics?.decided(allowed: decision.allowed)
-    guard decision.allowed else {
-      logger.info("forbidden", metadata: ["user": "\(user.name)", "method": "\(r.method)",
-                                          "cluster": "\(target.cluster)", "reason": "\(decision.reason)"])
-      return .status(403, "Forbidden", decision.forbiddenMessage)
-    }
-    guard registry.cluster(id: target.cluster) != nil else {
-      return .status(404, "NotFound", "cluster \(target.cluster.replacingOccurrences(of: "_", with: "/")) is not registered")
-    }
-    return .proxy(cluster: target.cluster, target: target.forwardTarget)
   }
 
-  struct Refusal: Error { var answer: HubAnswer }
-
-  /// The caller behind the bearer token, or the 401 to send.
-  func authenticate(_ r: HubRequest) -> Result<UserInfo, Refusal> {
+  /// Authenticates the caller's bearer token and authorizes the request
+  /// `request(user)` makes, then answers with `then`. Synchronous when both
+  /// answers are at hand; otherwise the rest runs in a task and its answer
+  /// goes to `later`. A control-plane failure answers 503/504, never allows.
+  func authorized(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void,
+                  request: @escaping @Sendable (UserInfo) -> AuthorizationRequest,
+                  then: @escaping @Sendable (UserInfo, AuthorizationDecision) -> HubAnswer) -> HubAnswer? {
     let token: String
     switch BearerToken.parse(authorization: r.header("Authorization")) {
     case .success(let t): token = t
     case .failure(let e):
       metrics?.unauthenticated()
-      return .failure(Refusal(answer: .status(401, "Unauthorized", e.message)))
+      return .status(401, "Unauthorized", e.message)
     }
-    guard let user = authenticator.user(for: token) else {
-      metrics?.unauthenticated()
-      return .failure(Refusal(answer: .status(401, "Unauthorized", "Unauthorized")))
+    let (authenticator, authorizer, metrics, logger) = (self.authenticator, self.authorizer, self.metrics, self.logger)
+    @Sendable func decided(_ user: UserInfo, _ d: AuthorizationDecision) -> HubAnswer {
+      metrics?.decided(allowed: d.allowed)
+      return then(user, d)
     }
-    return .success(user)
+    @Sendable func failed(_ error: Error) -> HubAnswer {
+      if let e = error as? AuthenticationError {
+        metrics?.unauthenticated()
+        return .status(401, "Unauthorized", e.message)
+      }
+      if let e = error as? ControlPlaneError {
+        logger.warning("control plane: \(e.statusMessage)")
+        return .status(e.httpStatus, e.statusReason, e.statusMessage)
+      }
+      logger.error("control plane: \(error)")
+      return .status(503, "ServiceUnavailable", "the hub could not check this request; try again")
+    }
+    var known: UserInfo?
+    if let now = authenticator.authenticateNow(bearerToken: token) {
+      switch now {
+      case .failure(let e): return failed(e)
+      case .success(let user):
+        known = user
+        if let d = authorizer.authorizeNow(request(user)) {
+          switch d {
+          case .success(let d): return decided(user, d)
+          case .failure(let e): return failed(e)
+          }
+        }
+      }
+    }
+    Task {
+      do {
+        let user: UserInfo
+        if let known { user = known } else { user = try await authenticator.authenticate(bearerToken: token) }
+        later(decided(user, try await authorizer.authorize(request(user))))
+      } catch {
+        later(failed(error))
+      }
+    }
+    return nil
   }
 
   /// `GET /metrics`: for callers RBAC lets `get` the non-resource URL
   /// /metrics, as kube-apiserver does.
-  func metricsPage(_ r: HubRequest) -> HubAnswer {
+  func metricsPage(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void) -> HubAnswer? {
     guard let metrics else { return .status(404, "NotFound", "metrics are off") }
     guard r.method == "GET" else { return methodNotAllowed(r) }
-    let user: UserInfo
-    switch authenticate(r) {
-    case .success(let u): user = u
-    case .failure(let refusal): return refusal.answer
+    return authorized(r, later: later, request: { AuthorizationRequest(user: $0, method: r.method, path: "/metrics") }) { _, d in
+      guard d.allowed else { return .status(403, "Forbidden", d.forbiddenMessage) }
+      return .respond(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render())
     }
-    let decision = authorizer.decide(AuthorizationRequest(user: user, method: r.method, path: "/metrics"))
-    metrics.decided(allowed: decision.allowed)
-    guard decision.allowed else { return .status(403, "Forbidden", decision.forbiddenMessage) }
-    return .respond(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render())
   }
 
   func methodNotAllowed(_ r: HubRequest) -> HubAnswer {

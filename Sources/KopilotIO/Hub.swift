@@ -75,7 +75,11 @@ public final class Hub: @unchecked Sendable {
 
   private let loop: Loop
   private var handle: OpaquePointer?
-  private let router: (HubRequest) -> HubAnswer
+  private let router: (HubRequest, HubResponder) -> HubAnswer?
+  /// Held while a late answer is handed to the core, and by stop(): an
+  /// answer never reaches a hub that is being freed.
+  fileprivate let answerLock = NSLock()
+  fileprivate var stopped = false
   public private(set) var port: Int = 0
   /// Called on the loop thread when an agent session comes or goes.
   public var onSession: ((String, Bool, Int32) -> Void)?
@@ -103,7 +107,16 @@ public final class Hub: @unchecked Sendable {
     public var peer: String
   }
 
-  public init(loop: Loop, config: Config, router: @escaping (HubRequest) -> HubAnswer) throws {
+  /// A router that always answers at once.
+  public convenience init(loop: Loop, config: Config, router: @escaping (HubRequest) -> HubAnswer) throws {
+    try self.init(loop: loop, config: config, deferringRouter: { r, _ in router(r) })
+  }
+
+  /// `deferringRouter` answers at once, or returns nil and answers later,
+  /// from any thread, through the responder (an authorization that has to
+  /// ask the host cluster). The caller may hang up meanwhile; the answer is
+  /// then dropped by the core.
+  public init(loop: Loop, config: Config, deferringRouter router: @escaping (HubRequest, HubResponder) -> HubAnswer?) throws {
     self.loop = loop
     self.router = router
     var cfg = kp_hub_config_t()
@@ -160,6 +173,9 @@ public final class Hub: @unchecked Sendable {
 
   /// Stops serving: closes the listener, every caller and every session.
   public func stop() {
+    answerLock.lock()
+    stopped = true
+    answerLock.unlock()
     if let h = handle { kp_hub_free(h) }
     handle = nil
   }
@@ -185,7 +201,15 @@ public final class Hub: @unchecked Sendable {
     }
     let request = HubRequest(method: str(head.method, head.method_len), target: str(head.target, head.target_len),
                              headers: headers, peer: peer)
-    switch router(request) {
+    let responder = HubResponder(hub: self, request: req)
+    guard let answer = router(request, responder) else { return }
+    responder.claim()
+    Hub.deliver(answer, to: req)
+  }
+
+  /// Hands an answer to the core (any thread: the core posts it to the loop).
+  fileprivate static func deliver(_ answer: HubAnswer, to req: OpaquePointer) {
+    switch answer {
     case .proxy(let cluster, let target):
       cluster.withCString { c in target.withCString { t in kp_hub_request_proxy(req, c, t) } }
     case .acceptAgent(let cluster):
@@ -193,6 +217,44 @@ public final class Hub: @unchecked Sendable {
     case .respond(let status, let type, var body):
       body.withUTF8 { b in type.withCString { t in kp_hub_request_respond(req, Int32(status), t, b.baseAddress, b.count) } }
     }
+  }
+}
+
+/// Answers one request later, from any thread, exactly once. A responder
+/// dropped unanswered answers 500, so no caller waits for ever on a bug.
+public final class HubResponder: @unchecked Sendable {
+  private weak var hub: Hub?
+  private let request: OpaquePointer
+  private let lock = NSLock()
+  private var done = false
+
+  fileprivate init(hub: Hub, request: OpaquePointer) {
+    self.hub = hub
+    self.request = request
+  }
+
+  /// Marks the request answered by the router's return value.
+  fileprivate func claim() {
+    lock.lock()
+    done = true
+    lock.unlock()
+  }
+
+  /// The answer. A second call is ignored; so is an answer after the hub
+  /// stopped (the core closed the caller's connection already).
+  public func answer(_ a: HubAnswer) {
+    lock.lock()
+    let first = !done
+    done = true
+    lock.unlock()
+    guard first, let hub else { return }
+    hub.answerLock.lock()
+    defer { hub.answerLock.unlock() }
+    if !hub.stopped { Hub.deliver(a, to: request) }
+  }
+
+  deinit {
+    if !done { answer(.status(500, "InternalError", "the hub dropped this request without an answer")) }
   }
 }
 

@@ -125,7 +125,7 @@ struct Serve: ParsableCommand {
     cfg.muxWindow = UInt32((muxWindowKiB ?? Int(state.env("MUX_WINDOW_KIB") ?? "") ?? 4096) * 1024)
     cfg.keepaliveMs = UInt64((keepalive ?? Double(state.env("KEEPALIVE_SECONDS") ?? "") ?? 30) * 1000)
     cfg.headTimeoutMs = UInt64((headerTimeout ?? Double(state.env("HEADER_TIMEOUT_SECONDS") ?? "") ?? 30) * 1000)
-    let hub = try Hub(loop: loop, config: cfg) { box.route($0) }
+    let hub = try Hub(loop: loop, config: cfg, deferringRouter: { box.route($0, $1) })
     let pub = given ?? "\(host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host):\(hub.port)"
     let metrics = HubMetrics()
     box.router = HubRouter(
@@ -224,9 +224,9 @@ final class RouterBox: @unchecked Sendable {
     get { lock.lock(); defer { lock.unlock() }; return value }
     set { lock.lock(); value = newValue; lock.unlock() }
   }
-  func route(_ r: HubRequest) -> HubAnswer {
+  func route(_ r: HubRequest, _ responder: HubResponder) -> HubAnswer? {
     guard let router else { return .status(503, "ServiceUnavailable", "the hub is starting") }
-    return router.route(r)
+    return router.route(r, later: { responder.answer($0) })
   }
 }
 
