@@ -1,0 +1,118 @@
+import Foundation
+import KopilotIO
+import XCTest
+
+@testable import KopilotHub
+
+/// The router's asynchronous path: an authenticator and an authorizer that
+/// cannot answer at once (the Kubernetes mode's TokenReview and
+/// SubjectAccessReview on a cache miss), and control-plane failures.
+final class RouterTests: XCTestCase {
+  final class StaticRegistry: ClusterRegistry, @unchecked Sendable {
+    let table: ClusterTable
+    init(_ clusters: [Cluster]) { table = ClusterTable(clusters) }
+    func cluster(forAgentToken token: String) -> Cluster? { table.cluster(forAgentToken: token) }
+    func cluster(id: String) -> Cluster? { table.cluster(id: id) }
+    func clusters() -> [Cluster] { table.clusters }
+    func onChange(_ handler: @escaping @Sendable ([ClusterChange]) -> Void) {}
+  }
+
+  struct HostDown: ControlPlaneError {
+    var httpStatus: Int
+    var statusReason: String
+    var statusMessage: String
+  }
+
+  /// Knows one token; answers only asynchronously.
+  struct SlowAuthenticator: Authenticator {
+    var failure: Error?
+    func authenticate(bearerToken: String) async throws -> UserInfo {
+      try await Task.sleep(nanoseconds: 20_000_000)
+      if let failure { throw failure }
+      guard bearerToken == "alice-token" else { throw AuthenticationError(.invalidToken, "Unauthorized") }
+      return UserInfo(name: "alice", groups: ["system:authenticated"])
+    }
+  }
+
+  /// Allows `get` under /proxy/default_sample/; answers only asynchronously.
+  struct SlowAuthorizer: Authorizer {
+    var failure: Error?
+    let asked = Box<[String]>([])
+    func authorize(_ r: AuthorizationRequest) async throws -> AuthorizationDecision {
+      asked.value.append("\(r.verb ?? "-") \(r.path)")
+      try await Task.sleep(nanoseconds: 20_000_000)
+      if let failure { throw failure }
+      if r.verb == "get" && r.path.hasPrefix("/proxy/default_sample/") {
+        return AuthorizationDecision(allowed: true, reason: "test rule")
+      }
+      return AuthorizationDecision.deny(r, reason: "no rule")
+    }
+  }
+
+  func router(authn: SlowAuthenticator = SlowAuthenticator(), authz: SlowAuthorizer = SlowAuthorizer()) -> HubRouter {
+    HubRouter(registry: StaticRegistry([Cluster(namespace: "default", name: "sample", token: String(repeating: "t", count: 20))]),
+              authenticator: authn, authorizer: authz, publicAddr: "hub:443", agentImage: "img", caPEM: "")
+  }
+
+  func request(_ method: String, _ target: String, token: String? = "alice-token") -> HubRequest {
+    HubRequest(method: method, target: target, headers: token.map { [("Authorization", "Bearer \($0)")] } ?? [], peer: "127.0.0.1:1")
+  }
+
+  /// Routes `r` and returns the answer, whether it came at once or later.
+  func answer(_ router: HubRouter, _ r: HubRequest, deferred: inout Bool) -> HubAnswer? {
+    let done = expectation(description: "answer")
+    let late = Box<HubAnswer?>(nil)
+    let now = router.route(r) { a in
+      late.value = a
+      done.fulfill()
+    }
+    deferred = now == nil
+    if now != nil { done.fulfill() }
+    wait(for: [done], timeout: 10)
+    return now ?? late.value
+  }
+
+  func status(_ a: HubAnswer?) -> (Int, String) {
+    guard case .respond(let code, _, let body)? = a else { return (0, "") }
+    let obj = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any]
+    return (code, obj?["reason"] as? String ?? "")
+  }
+
+  func testAllowedRequestIsAnsweredLaterWithTheProxy() {
+    var deferred = false
+    let a = answer(router(), request("GET", "/proxy/default_sample/api/v1/pods?watch=1"), deferred: &deferred)
+    XCTAssertTrue(deferred, "a slow authenticator cannot answer on the loop thread")
+    guard case .proxy(let cluster, let target)? = a else { return XCTFail("expected a proxy answer, got \(String(describing: a))") }
+    XCTAssertEqual(cluster, "default_sample")
+    XCTAssertEqual(target, "/api/v1/pods?watch=1")
+  }
+
+  func testDeniedAndUnknownCallersAreRefused() {
+    var deferred = false
+    XCTAssertEqual(status(answer(router(), request("DELETE", "/proxy/default_sample/api/v1/pods/x"), deferred: &deferred)).0, 403)
+    XCTAssertEqual(status(answer(router(), request("GET", "/proxy/default_sample/api", token: "nobody"), deferred: &deferred)).0, 401)
+    // A missing header is refused at once, without asking anyone.
+    XCTAssertEqual(status(answer(router(), request("GET", "/proxy/default_sample/api", token: nil), deferred: &deferred)).0, 401)
+    XCTAssertFalse(deferred)
+  }
+
+  func testControlPlaneFailuresAreNeverAnAllow() {
+    var deferred = false
+    let timeout = HostDown(httpStatus: 504, statusReason: "Timeout", statusMessage: "the host cluster did not answer the review in 5s")
+    let (code, reason) = status(answer(router(authz: SlowAuthorizer(failure: timeout)), request("GET", "/proxy/default_sample/api"), deferred: &deferred))
+    XCTAssertEqual(code, 504)
+    XCTAssertEqual(reason, "Timeout")
+    // Any other error: 503, not a crash and not an allow.
+    struct Odd: Error {}
+    XCTAssertEqual(status(answer(router(authn: SlowAuthenticator(failure: Odd())), request("GET", "/proxy/default_sample/api"), deferred: &deferred)).0, 503)
+  }
+
+  func testTheAuthorizedPathIsTheNormalizedOne() {
+    let authz = SlowAuthorizer()
+    var deferred = false
+    let a = answer(router(authz: authz), request("GET", "/proxy/default_other/../default_sample/api?x=1"), deferred: &deferred)
+    guard case .proxy(let cluster, _)? = a else { return XCTFail("expected a proxy answer") }
+    XCTAssertEqual(cluster, "default_sample")
+    XCTAssertEqual(authz.asked.value, ["get /proxy/default_sample/api"])
+  }
+}
