@@ -463,14 +463,16 @@ final class DeployManifestTests: XCTestCase {
       try (Self.bundledHeader + r.out).write(to: bundled, atomically: true, encoding: .utf8)
     }
     let inFile = try Self.objects(in: bundled)
-    XCTAssertEqual(try canonical(inFile), try canonical(fromResources),
-                   "deploy/kopilot.yaml differs from the kustomization's resources; " + Self.howToRegenerate)
+    if let d = try difference(inFile, fromResources) {
+      XCTFail("deploy/kopilot.yaml differs from the kustomization's resources: \(d); " + Self.howToRegenerate)
+    }
     guard let kubectl else { throw XCTSkip("kubectl is not installed: `kubectl kustomize deploy/` not compared") }
     let r = try run(kubectl, ["kustomize", Self.deploy.path])
     XCTAssertEqual(r.status, 0, r.err)
     let rendered = try Yams.load_all(yaml: r.out).compactMap { $0 as? [String: Any] }
-    XCTAssertEqual(try canonical(inFile), try canonical(rendered),
-                   "deploy/kopilot.yaml differs from `kubectl kustomize deploy/`; " + Self.howToRegenerate)
+    if let d = try difference(inFile, rendered) {
+      XCTFail("deploy/kopilot.yaml differs from `kubectl kustomize deploy/`: \(d); " + Self.howToRegenerate)
+    }
   }
 
   static let howToRegenerate = "regenerate with `KOPILOT_REGENERATE=1 swift test --filter DeployManifestTests`"
@@ -483,12 +485,31 @@ final class DeployManifestTests: XCTestCase {
 
     """
 
-  /// Each object as sorted-key JSON, sorted: equal when both hold the same
-  /// objects with the same content, whatever the order.
-  func canonical(_ objects: [[String: Any]]) throws -> [String] {
-    try objects.map {
-      String(decoding: try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]), as: UTF8.self)
-    }.sorted()
+  /// nil when both lists hold the same objects with the same content, in
+  /// any order (each compared as sorted-key JSON); otherwise which objects
+  /// are only in one list or differ.
+  func difference(_ a: [[String: Any]], _ b: [[String: Any]]) throws -> String? {
+    func index(_ objects: [[String: Any]]) throws -> [String: [String]] {
+      var byID: [String: [String]] = [:]
+      for o in objects {
+        let id = "\(o["kind"] ?? "") \(meta(o)["namespace"].map { "\($0)/" } ?? "")\(meta(o)["name"] ?? "")"
+        let json = String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]),
+                          as: UTF8.self)
+        byID[id, default: []].append(json)
+      }
+      return byID
+    }
+    let x = try index(a), y = try index(b)
+    var problems: [String] = []
+    for id in Set(x.keys).union(y.keys).sorted() {
+      switch (x[id], y[id]) {
+      case (nil, _): problems.append("\(id) missing")
+      case (_, nil): problems.append("\(id) extra")
+      case let (p?, q?) where p.sorted() != q.sorted(): problems.append("\(id) changed")
+      default: break
+      }
+    }
+    return problems.isEmpty ? nil : problems.joined(separator: ", ")
   }
 
   /// The agent manifest the hub serves, rendered with fixed example inputs,
