@@ -7,6 +7,9 @@
 # Build stage: Debian 12 (bookworm), the same release as the runtime stage
 # below, so the binary links against the libuv and OpenSSL it will find there.
 FROM swift:6.3-bookworm AS build
+# Debian's package versions are not pinned (DL3008): bookworm's security
+# updates replace them, and a pinned version would stop resolving.
+# hadolint ignore=DL3008
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get update -q \
  && apt-get install -y -q --no-install-recommends libuv1-dev libssl-dev pkg-config \
@@ -23,6 +26,7 @@ RUN --mount=type=cache,id=kopilot-build-${TARGETARCH},target=/src/.build \
 
 # Runtime stage: only the shared libraries the binary needs.
 FROM debian:bookworm-slim
+# hadolint ignore=DL3008
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get update -q \
  && apt-get install -y -q --no-install-recommends libuv1 libssl3 ca-certificates \

