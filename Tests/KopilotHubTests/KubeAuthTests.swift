@@ -144,6 +144,8 @@ final class KubeAuthTests: XCTestCase {
     -> KubeAuthenticator
   {
     var s = KubeAuthSettings()
+    // Far past any test: only the timeout tests set one that can fire.
+    s.reviewTimeout = 600
     tweak(&s)
     return KubeAuthenticator(client: fake, settings: s, clock: clock.clock)
   }
@@ -240,8 +242,8 @@ final class KubeAuthTests: XCTestCase {
         results.add(name)
       })
     }
-    XCTAssertTrue(waitUntil { authn.stats.misses == 20 }, "all 20 lookups missed")
-    XCTAssertTrue(waitUntil { fake.waitingAtGate == 1 })
+    XCTAssertTrue(waitUntil(timeout: 30) { authn.stats.misses == 20 }, "all 20 lookups missed")
+    XCTAssertTrue(waitUntil(timeout: 30) { fake.waitingAtGate == 1 })
     fake.openGate()
     for t in tasks { await t.value }
     XCTAssertEqual(results.all, Array(repeating: "alice", count: 20))
@@ -258,7 +260,6 @@ final class KubeAuthTests: XCTestCase {
     let authn = makeAuthn(fake, ManualClock()) {
       $0.maxInFlight = 2
       $0.maxQueued = 3
-      $0.reviewTimeout = 600
     }
     let results = Collector<String>()
     var tasks: [Task<Void, Never>] = []
@@ -269,7 +270,7 @@ final class KubeAuthTests: XCTestCase {
       })
     }
     // Two at the host, three waiting for a place.
-    XCTAssertTrue(waitUntil { fake.waitingAtGate == 2 && authn.stats.misses == 5 })
+    XCTAssertTrue(waitUntil(timeout: 30) { fake.waitingAtGate == 2 && authn.stats.misses == 5 })
     XCTAssertEqual(fake.tokenReviewCount, 2)
     // The sixth finds the queue full and fails at once, as 503.
     do {
@@ -286,7 +287,7 @@ final class KubeAuthTests: XCTestCase {
 
     // Open the gate: every held review ends; never more than two at once.
     fake.openGate()
-    XCTAssertTrue(waitUntil {
+    XCTAssertTrue(waitUntil(timeout: 30) {
       if fake.waitingAtGate > 0 { fake.openGate() }
       return results.all.count == 5
     })
@@ -303,9 +304,10 @@ final class KubeAuthTests: XCTestCase {
     var s = KubeAuthSettings()
     s.maxInFlight = 1
     s.maxQueued = 0
+    s.reviewTimeout = 600
     let (authn, authz) = KubeAuthenticator.pair(client: fake, settings: s, clock: ManualClock().clock)
     let t = Task { try await authn.authenticate(bearerToken: self.aliceToken) }
-    XCTAssertTrue(waitUntil { fake.waitingAtGate == 1 })
+    XCTAssertTrue(waitUntil(timeout: 30) { fake.waitingAtGate == 1 })
     do {
       _ = try await authz.authorize(AuthorizationRequest(user: UserInfo(name: "alice"), method: "GET", path: "/proxy/a_b/"))
       XCTFail("the authorizer got past a full shared limiter")
@@ -336,7 +338,7 @@ final class KubeAuthTests: XCTestCase {
     XCTAssertNil(authn.cachedUser(for: aliceToken))
     XCTAssertEqual(authn.stats.timeouts, 1)
     // The timed-out review was cancelled and gave its place back.
-    XCTAssertTrue(waitUntil { fake.runningNow == 0 })
+    XCTAssertTrue(waitUntil(timeout: 30) { fake.runningNow == 0 })
     fake.openGate()
     let u = try await authn.authenticate(bearerToken: aliceToken)
     XCTAssertEqual(u.name, "alice")
@@ -358,7 +360,7 @@ final class KubeAuthTests: XCTestCase {
     }
     XCTAssertNil(authz.cachedDecision(for: r))
     fake.openGate()
-    XCTAssertTrue(waitUntil { fake.runningNow == 0 })
+    XCTAssertTrue(waitUntil(timeout: 30) { fake.runningNow == 0 })
   }
 
   func testHostErrorsMapToTypedErrorsNeverToAnAllow() async throws {
@@ -505,7 +507,7 @@ final class KubeAuthTests: XCTestCase {
     let limiter = ReviewLimiter(maxInFlight: 1, maxQueued: 1)
     try await limiter.acquire()
     let waiter = Task { try await limiter.acquire() }
-    XCTAssertTrue(waitUntil { limiter.load.waiting == 1 })
+    XCTAssertTrue(waitUntil(timeout: 30) { limiter.load.waiting == 1 })
     waiter.cancel()
     do {
       try await waiter.value
