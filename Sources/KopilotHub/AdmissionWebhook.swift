@@ -43,7 +43,7 @@ public enum AdmissionWebhook {
         fill = old
       }
       let patch: [[String: Any]] = [["op": present ? "replace" : "add", "path": "/token", "value": fill]]
-      return .patch(try JSONSerialization.data(withJSONObject: patch, options: [.sortedKeys]))
+      return .patch(try JSONSerialization.data(withJSONObject: patch, options: [.sortedKeys, .withoutEscapingSlashes]))
     }
   }
 

@@ -257,10 +257,10 @@ final class KubeAuthTests: XCTestCase {
     let tokens = (0..<6).map { "caller-token-\($0)-0123456789" }
     for (i, t) in tokens.enumerated() { fake.users[t] = ReviewedUser(username: "user\(i)") }
     fake.closeGate()
-    let authn = makeAuthn(fake, ManualClock()) {
-      $0.maxInFlight = 2
-      $0.maxQueued = 3
-    }
+    var settings = KubeAuthSettings()
+    settings.reviewTimeout = 600
+    let limiter = ReviewLimiter(maxInFlight: 2, maxQueued: 3)
+    let authn = KubeAuthenticator(client: fake, settings: settings, limiter: limiter, clock: ManualClock().clock)
     let results = Collector<String>()
     var tasks: [Task<Void, Never>] = []
     for t in tokens.prefix(5) {
@@ -270,7 +270,7 @@ final class KubeAuthTests: XCTestCase {
       })
     }
     // Two at the host, three waiting for a place.
-    XCTAssertTrue(waitUntil(timeout: 30) { fake.waitingAtGate == 2 && authn.stats.misses == 5 })
+    XCTAssertTrue(waitUntil(timeout: 30) { fake.waitingAtGate == 2 && limiter.load == (2, 3) })
     XCTAssertEqual(fake.tokenReviewCount, 2)
     // The sixth finds the queue full and fails at once, as 503.
     do {
