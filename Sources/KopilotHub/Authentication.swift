@@ -7,11 +7,15 @@ public struct UserInfo: Hashable, Sendable, CustomStringConvertible {
   public var name: String
   public var uid: String
   public var groups: [String]
+  /// `user.Info`'s extra fields (a TokenReview may return some, such as a
+  /// service account's pod name); a SubjectAccessReview passes them back.
+  public var extra: [String: [String]]
 
-  public init(name: String, uid: String = "", groups: [String] = []) {
+  public init(name: String, uid: String = "", groups: [String] = [], extra: [String: [String]] = [:]) {
     self.name = name
     self.uid = uid
     self.groups = groups
+    self.extra = extra
   }
 
   public var description: String { name }
