@@ -152,7 +152,7 @@ public struct HubRouter: Sendable {
         return .status(401, "Unauthorized", e.message)
       }
       if let e = error as? ControlPlaneError {
-        logger.warning("control plane: \(e.statusMessage)")
+        logger.warning("control plane: \(e)")
         return .status(e.httpStatus, e.statusReason, e.statusMessage)
       }
       logger.error("control plane: \(error)")

@@ -465,6 +465,10 @@ public final class KubeAuthenticator: Authenticator, @unchecked Sendable {
     return user
   }
 
+  public func authenticateNow(bearerToken: String) -> Result<UserInfo, Error>? {
+    cachedUser(for: bearerToken)?.mapError { $0 }
+  }
+
   public var stats: ReviewStats { cache.stats }
 
   /// The cache key: the token itself is kept nowhere.
@@ -511,6 +515,10 @@ public final class KubeAuthorizer: Authorizer, @unchecked Sendable {
     return cache.cached(Key(user: request.user, path: request.path, verb: verb))
   }
 
+  public func authorizeNow(_ request: AuthorizationRequest) -> Result<AuthorizationDecision, Error>? {
+    cachedDecision(for: request).map { .success($0) }
+  }
+
   public func authorize(_ request: AuthorizationRequest) async throws -> AuthorizationDecision {
     guard let verb = request.verb else { return Self.noVerb(request) }
     let client = self.client
@@ -553,4 +561,9 @@ extension KubeAuthenticator {
     return (KubeAuthenticator(client: client, settings: settings, limiter: limiter, clock: clock, logger: logger),
             KubeAuthorizer(client: client, settings: settings, limiter: limiter, clock: clock, logger: logger))
   }
+}
+
+extension KubeReviewError: ControlPlaneError {
+  public var statusReason: String { reason }
+  public var statusMessage: String { message }
 }
