@@ -39,6 +39,9 @@ public struct HubRouter: Sendable {
     case .respond(let status, _, _): metrics?.answered(status: status)
     case .proxy(let cluster, _): metrics?.proxyStarted(cluster: cluster)
     case .acceptAgent: break
+    // Not answered by this router yet; a forward also ends in onProxied (with
+    // the cluster named by "/proxy/<cluster>/" in the target as sent).
+    case .forward: break
     }
     return answer
   }
