@@ -91,6 +91,10 @@ typedef struct hub_front {
   char fwd_to[300];    /* "host:port", for messages and the idle pool */
   char fwd_why[256];   /* why the peer conn failed, first reason */
   unsigned fwd_reused : 1, fwd_idempotent : 1, fwd_retried : 1;
+  /* A failed exchange on a reused peer conn that may yet be retried: its
+   * on_proxied waits, so a retried forward is reported once. */
+  unsigned proxied_held : 1;
+  uint64_t held_up, held_down;
 } hub_front_t;
 
 static void front_free(hub_front_t *f) {
@@ -221,8 +225,19 @@ static void front_release_back(kp__relay_t *r, kp__ep_t back,
 
 static void fwd_orphan(hub_front_t *f);
 
+/* Reports a held exchange (see front_exchange) that was not retried. */
+static void flush_held(hub_front_t *f) {
+  kp_hub_t *hub = f->hub;
+  if (!f->proxied_held) return;
+  f->proxied_held = 0;
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, f->cluster, 0, 0, f->held_up, f->held_down,
+                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+}
+
 static void front_done(kp__relay_t *r) {
   hub_front_t *f = kp__relay_user_data(r);
+  flush_held(f);
   f->relay = NULL;
   fwd_orphan(f);
   if (f->detached) {
@@ -239,6 +254,7 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   hub_front_t *f = kp__relay_user_data(r);
   (void)raw;
   (void)raw_len;
+  flush_held(f);
   /* The head is in: no deadline while the request and its response run
    * (a watch or an exec may last hours). */
   kp__conn_set_timeout(f->conn, 0);
@@ -264,6 +280,15 @@ static void front_exchange(kp__relay_t *r, int status, uint64_t up,
                            uint64_t down) {
   hub_front_t *f = kp__relay_user_data(r);
   kp_hub_t *hub = f->hub;
+  if (status == 0 && f->fwd_to[0] && f->fwd_reused && f->fwd_idempotent &&
+      !f->fwd_retried) {
+    /* front_retry may send it again (then this report is dropped); any
+     * other ending reports it (flush_held). */
+    f->proxied_held = 1;
+    f->held_up = up;
+    f->held_down = down;
+    return;
+  }
   if (hub->cbs.on_proxied)
     hub->cbs.on_proxied(hub, f->cluster, f->session, status, up, down,
                         (uv_hrtime() - f->started_ns) / 1000, hub->ud);
@@ -949,12 +974,15 @@ static int front_retry(kp__relay_t *r, int err) {
     return 0;
   f->fwd_retried = 1;
   f->fwd_reused = 0;
-  return fwd_dial(f) == 0;
+  if (fwd_dial(f) != 0) return 0;
+  f->proxied_held = 0; /* the new attempt reports */
+  return 1;
 }
 
 static int front_describe_failure(kp__relay_t *r, int err, char *buf,
                                   size_t len) {
   hub_front_t *f = kp__relay_user_data(r);
+  flush_held(f);
   if (f->fwd_to[0] == 0) return 0;
   fwd_note_why(f, NULL, err);
   snprintf(buf, len, "replica %s unreachable: %s", f->fwd_to, f->fwd_why);
