@@ -185,8 +185,10 @@ typedef struct kp_hub_callbacks {
    * status says why). */
   void (*on_session)(kp_hub_t *hub, const char *cluster, uint64_t session,
                      int up, int status, void *ud);
-  /* A proxied request ended (optional; for metrics and access logs): the
-   * session that carried it (0: none was live), the member's status (0 when no response head came back: the tunnel broke),
+  /* A proxied or forwarded request ended (optional; for metrics and access
+   * logs): the session that carried it (0: none was live, or a forward),
+   * the member's status (0 when no response head came back: the tunnel
+   * broke; a local 502/503/508 answer reports that status),
    * bytes each way including heads, and the time from the request head to
    * the end of the exchange. Loop thread; cluster is borrowed. */
   void (*on_proxied)(kp_hub_t *hub, const char *cluster, uint64_t session,
