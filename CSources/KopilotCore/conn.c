@@ -20,6 +20,10 @@ static void conn_handle_closed(uv_handle_t *h) {
   kp__loop_undefer(c->loop, &c->flush);
   if (c->cbs->on_close) c->cbs->on_close(c, c->close_status);
   kp_tls_free(c->tls);
+  c->tls = NULL;
+  /* Closed while its name was being resolved: the resolver's callback
+   * still holds the conn and frees it when it runs. */
+  if (c->resolving) return;
   free(c);
 }
 
@@ -413,7 +417,11 @@ static void dial_resolved(uv_getaddrinfo_t *req, int status,
   kp__conn_t *c = d->conn;
   uv_connect_t *creq;
   int rc = status;
-  if (c->closing) goto out;
+  c->resolving = 0;
+  if (c->closing) {
+    if (c->handles_open == 0) free(c); /* its close already ran */
+    goto out;
+  }
   if (rc == 0) {
     if (res->ai_family == AF_INET)
       ((struct sockaddr_in *)res->ai_addr)->sin_port = htons((uint16_t)d->port);
@@ -465,6 +473,7 @@ int kp__conn_dial(kp__conn_t **out, kp_loop_t *loop, const char *host,
     kp__conn_close(c, rc);
     return rc;
   }
+  c->resolving = 1;
   kp__conn_set_timeout(c, KP__HANDSHAKE_TIMEOUT_MS);
   *out = c;
   return 0;

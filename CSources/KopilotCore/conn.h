@@ -38,7 +38,8 @@ struct kp__conn {
   uint64_t pending;   /* plaintext bytes written but not yet taken */
   uint64_t timeout_ms; /* current deadline length (0: none) */
   unsigned ready : 1, reading : 1, eof : 1, closing : 1, shut : 1,
-      is_client : 1;
+      is_client : 1,
+      resolving : 1; /* a dial's getaddrinfo is running: it frees a closed conn */
   int close_status;
   int handles_open;
   kp__deferred_t flush; /* queued: ciphertext waits for the iteration's end */

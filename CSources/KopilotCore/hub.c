@@ -51,6 +51,15 @@ struct kp_hub {
   int setup_closing; /* handles a failed start is still closing */
   char *err;
   size_t errlen;
+  /* Peer forwarding (see "forwarding to a peer replica" below). */
+  uv_tcp_t peer_listener;
+  kp_tls_ctx_t *peer_tls;    /* the peer listener's: client certs required */
+  kp_tls_ctx_t *peer_client; /* dialing peers, with the same certificate */
+  char *peer_server_name;
+  int peer_port;             /* 0: no peer listener */
+  int has_peer_listener, peer_listener_closed;
+  struct hub_fwd *fwd_idle;  /* idle peer conns, most recently used first */
+  uint32_t fwd_idle_count;
 };
 
 /* kp_hub_request_t is never defined: the handle given out is the caller's
@@ -72,11 +81,31 @@ typedef struct hub_front {
   uint64_t started_ns; /* when the current request head was complete */
   uint64_t session;    /* that carries the current proxied request */
   char cluster[256];   /* of the current proxied request */
+  int via_peer;        /* accepted on the peer listener */
+  /* The current forward to a peer replica (fwd_to[0] == 0: none). */
+  struct hub_fwd *fwd; /* its peer conn while dialing or attached */
+  uint8_t *fwd_head;   /* the head sent (owned), kept for a second attempt */
+  size_t fwd_head_len;
+  char fwd_host[256];
+  int fwd_port;
+  char fwd_to[300];    /* "host:port", for messages and the idle pool */
+  char fwd_why[256];   /* why the peer conn failed, first reason */
+  unsigned fwd_reused : 1, fwd_idempotent : 1, fwd_retried : 1;
+  /* A failed exchange on a reused peer conn that may yet be retried: its
+   * on_proxied waits, so a retried forward is reported once. */
+  unsigned proxied_held : 1;
+  uint64_t held_up, held_down;
 } hub_front_t;
+
+static void front_free(hub_front_t *f) {
+  free(f->fwd_head);
+  free(f);
+}
 
 /* Posts `done` once both the listener and every conn are closed. */
 static void maybe_done(kp_hub_t *hub) {
   if (hub->stopping && hub->listener_closed && hub->timer_closed &&
+      (!hub->has_peer_listener || hub->peer_listener_closed) &&
       hub->open_conns == 0 && !hub->done_posted) {
     hub->done_posted = 1;
     uv_sem_post(&hub->done);
@@ -178,22 +207,43 @@ static kp__sess_t *pick_session(hub_cluster_t *c, kp__sess_t *skip) {
 
 /* A stream carries one request: done or reusable, it is closed (FIN); a
  * failed exchange resets it. */
+static void fwd_release(kp__relay_t *r, kp__ep_t back,
+                        kp__relay_back_end_t how);
+
 static void front_release_back(kp__relay_t *r, kp__ep_t back,
                                kp__relay_back_end_t how) {
   kp_mux_stream_t *st = back.h;
+  if (back.ops == &kp__conn_ep_ops) {
+    fwd_release(r, back, how); /* a peer replica's conn */
+    return;
+  }
   kp_mux_stream_set_user_data(st, NULL);
   if (how != KP__RELAY_BACK_FAILED) kp_mux_stream_close(st);
   else kp_mux_stream_reset(st);
   (void)r;
 }
 
+static void fwd_orphan(hub_front_t *f);
+
+/* Reports a held exchange (see front_exchange) that was not retried. */
+static void flush_held(hub_front_t *f) {
+  kp_hub_t *hub = f->hub;
+  if (!f->proxied_held) return;
+  f->proxied_held = 0;
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, f->cluster, 0, 0, f->held_up, f->held_down,
+                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+}
+
 static void front_done(kp__relay_t *r) {
   hub_front_t *f = kp__relay_user_data(r);
+  flush_held(f);
   f->relay = NULL;
+  fwd_orphan(f);
   if (f->detached) {
     /* The conn went to an agent session; this record is ours to free. The
      * relay may finish inside take_front or only when its pump unwinds. */
-    free(f);
+    front_free(f);
     return;
   }
   if (f->conn) kp__conn_close(f->conn, 0);
@@ -204,6 +254,7 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   hub_front_t *f = kp__relay_user_data(r);
   (void)raw;
   (void)raw_len;
+  flush_held(f);
   /* The head is in: no deadline while the request and its response run
    * (a watch or an exec may last hours). */
   kp__conn_set_timeout(f->conn, 0);
@@ -229,15 +280,30 @@ static void front_exchange(kp__relay_t *r, int status, uint64_t up,
                            uint64_t down) {
   hub_front_t *f = kp__relay_user_data(r);
   kp_hub_t *hub = f->hub;
+  if (status == 0 && f->fwd_to[0] && f->fwd_reused && f->fwd_idempotent &&
+      !f->fwd_retried) {
+    /* front_retry may send it again (then this report is dropped); any
+     * other ending reports it (flush_held). */
+    f->proxied_held = 1;
+    f->held_up = up;
+    f->held_down = down;
+    return;
+  }
   if (hub->cbs.on_proxied)
     hub->cbs.on_proxied(hub, f->cluster, f->session, status, up, down,
                         (uv_hrtime() - f->started_ns) / 1000, hub->ud);
 }
 
+static int front_retry(kp__relay_t *r, int err);
+static int front_describe_failure(kp__relay_t *r, int err, char *buf,
+                                  size_t len);
+
 static const kp__relay_router_t front_router = {
     .on_request = front_on_request,
     .on_exchange = front_exchange,
     .release_back = front_release_back,
+    .retry = front_retry,
+    .describe_failure = front_describe_failure,
     .on_idle = front_idle,
     .on_done = front_done,
 };
@@ -283,7 +349,7 @@ static void front_closed(kp__conn_t *c, int status) {
   handshake_over(f);
   if (f->relay) kp__relay_front_closed(f->relay, status);
   if (f->owed) f->gone = 1; /* the owner's answer frees it */
-  else free(f);
+  else front_free(f);
   hub->open_conns--;
   maybe_done(hub);
 }
@@ -367,6 +433,29 @@ static void slots_expire(uv_timer_t *t) {
   resume_accepting(hub);
 }
 
+/* The peer listener: other replicas only, authenticated by their client
+ * certificates, so no handshake slots (those guard against floods of
+ * agents) - a handful of peers with keep-alive conns. */
+static void on_peer_connection(uv_stream_t *server, int status) {
+  kp_hub_t *hub = server->data;
+  hub_front_t *f;
+  if (status < 0 || hub->stopping) return;
+  f = calloc(1, sizeof(*f));
+  if (f == NULL) {
+    drop_pending(server);
+    return;
+  }
+  f->hub = hub;
+  f->via_peer = 1;
+  if (kp__conn_accept(&f->conn, hub->loop, server, hub->peer_tls, &front_cbs,
+                      f) != 0) {
+    free(f);
+    drop_pending(server);
+    return;
+  }
+  hub->open_conns++;
+}
+
 static void on_connection(uv_stream_t *server, int status) {
   kp_hub_t *hub = server->data;
   if (status < 0 || hub->stopping) return;
@@ -415,7 +504,8 @@ static void status_json(hub_front_t *f, int status, const char *reason,
 /* Answers posted from another thread carry their arguments here. */
 typedef struct answer {
   hub_front_t *f;
-  int kind; /* 0 proxy, 1 respond, 2 agent */
+  int kind; /* 0 proxy, 1 respond, 2 agent, 3 forward (cluster = host,
+              * target = hop, status = port) */
   int status;
   char *cluster, *target, *ctype, *body;
   size_t body_len;
@@ -423,15 +513,18 @@ typedef struct answer {
 
 static void do_proxy(hub_front_t *f, const char *cluster, const char *target);
 static void do_accept_agent(hub_front_t *f, const char *cluster);
+static void do_forward(hub_front_t *f, const char *host, int port,
+                       const char *hop);
 
 static void answer_run(void *arg) {
   answer_t *a = arg;
   a->f->owed = 0;
   if (a->f->gone) {
-    free(a->f);
+    front_free(a->f);
   } else if (a->f->relay != NULL) {
     if (a->kind == 0) do_proxy(a->f, a->cluster, a->target);
     else if (a->kind == 2) do_accept_agent(a->f, a->cluster);
+    else if (a->kind == 3) do_forward(a->f, a->cluster, a->status, a->target);
     else respond_json(a->f, a->status, kp__http_reason(a->status),
                       a->ctype ? a->ctype : "application/json", a->body,
                       a->body_len, 0);
@@ -475,19 +568,30 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   kp_http_head_t head;
   char extra[256], msg[384];
   static const char *const drop[] = {"authorization", "x-forwarded-for",
-                                     "x-forwarded-proto", NULL};
+                                     "x-forwarded-proto",
+                                     "kopilot-forwarded-by", NULL};
+  /* From a peer replica, X-Forwarded-For names the caller already (the
+   * peer is authenticated; its own address says nothing). */
+  static const char *const drop_peer[] = {"authorization",
+                                          "kopilot-forwarded-by", NULL};
   uint8_t *req;
   size_t req_len;
-  int n;
+  int n, keep_xff;
+  f->fwd_to[0] = 0;
   if (current_head(f, &head) != 0) {
     kp__relay_abort(f->relay, KP_EBADMSG);
     return;
   }
-  n = snprintf(extra, sizeof(extra),
-               "X-Forwarded-For: %.*s\r\nX-Forwarded-Proto: https\r\n",
-               (int)(strrchr(f->conn->peer, ':') - f->conn->peer), f->conn->peer);
-  req = kp__http_build_request(&head, target, strlen(target), drop, extra,
-                               (size_t)n, &req_len);
+  keep_xff = f->via_peer && kp_http_find_header(&head, "x-forwarded-for") != NULL;
+  if (keep_xff)
+    n = 0;
+  else
+    n = snprintf(extra, sizeof(extra),
+                 "X-Forwarded-For: %.*s\r\nX-Forwarded-Proto: https\r\n",
+                 (int)(strrchr(f->conn->peer, ':') - f->conn->peer), f->conn->peer);
+  req = kp__http_build_request(&head, target, strlen(target),
+                               keep_xff ? drop_peer : drop, extra, (size_t)n,
+                               &req_len);
   if (req == NULL) {
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
@@ -648,6 +752,344 @@ void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
   do_accept_agent(f, cluster);
 }
 
+void kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
+                            const char *hop) {
+  hub_front_t *f = (hub_front_t *)req;
+  if (!kp_loop_is_current(f->hub->loop)) {
+    post_answer(f, 3, port, host ? host : "", hop ? hop : "", NULL, NULL, 0);
+    return;
+  }
+  f->owed = 0;
+  do_forward(f, host ? host : "", port, hop ? hop : "");
+}
+
+int kp_hub_request_via_peer(const kp_hub_request_t *req) {
+  return ((const hub_front_t *)req)->via_peer;
+}
+
+/* ---- forwarding to a peer replica ----
+ *
+ * The caller's connection stays the relay's front; the back is a TLS conn
+ * to the peer's listener, dialed with the peer certificate (mutual TLS),
+ * so the relay treats it as agent.c treats an upstream conn: body and
+ * response streaming with backpressure, upgrades, keep-alive. A conn that
+ * ended at a request boundary waits a few seconds in a small pool for the
+ * next forward to the same host:port (the peer keeps an idle conn for its
+ * head deadline, 30 s by default, so ours goes first); a pooled conn that
+ * died as a request crossed it is retried once on a new conn when the
+ * request may be sent twice (no body, an idempotent method). */
+#define FWD_DEADLINE_MS 5000 /* resolve + connect + TLS handshake */
+#define FWD_MAX_IDLE 64
+#define FWD_IDLE_MS 10000
+#define FWD_DEFAULT_SERVER_NAME "kopilot-hub-peer"
+
+typedef struct hub_fwd {
+  kp_hub_t *hub;
+  kp__conn_t *conn;
+  kp__relay_t *relay; /* the request it carries; NULL when idle or orphaned */
+  struct hub_fwd *prev, *next; /* the hub's idle list, while pooled */
+  unsigned attached : 1, pooled : 1;
+  char key[300]; /* "host:port" */
+} hub_fwd_t;
+
+static void fwd_pool_remove(hub_fwd_t *u) {
+  kp_hub_t *hub = u->hub;
+  if (u->prev) u->prev->next = u->next;
+  else hub->fwd_idle = u->next;
+  if (u->next) u->next->prev = u->prev;
+  u->prev = u->next = NULL;
+  u->pooled = 0;
+  hub->fwd_idle_count--;
+}
+
+static int fwd_pool_put(hub_fwd_t *u) {
+  kp_hub_t *hub = u->hub;
+  kp__conn_t *c = u->conn;
+  if (hub->stopping || c->closing || c->eof || c->shut ||
+      hub->fwd_idle_count >= FWD_MAX_IDLE)
+    return 0;
+  u->pooled = 1;
+  u->prev = NULL;
+  u->next = hub->fwd_idle;
+  if (hub->fwd_idle) hub->fwd_idle->prev = u;
+  hub->fwd_idle = u;
+  hub->fwd_idle_count++;
+  kp__conn_set_timeout(c, FWD_IDLE_MS);
+  kp__conn_read(c, 1); /* to see the peer close it */
+  return 1;
+}
+
+static hub_fwd_t *fwd_pool_take(kp_hub_t *hub, const char *key) {
+  hub_fwd_t *u;
+  for (u = hub->fwd_idle; u; u = u->next) {
+    if (u->conn->closing || u->conn->eof || strcmp(u->key, key) != 0) continue;
+    fwd_pool_remove(u);
+    kp__conn_set_timeout(u->conn, 0);
+    return u;
+  }
+  return NULL;
+}
+
+/* Keeps the first reason a peer conn failed for the 502's message. */
+static void fwd_note_why(hub_front_t *f, kp__conn_t *c, int status) {
+  const char *tls = c && c->tls ? kp_tls_last_error(c->tls) : "";
+  if (f->fwd_why[0]) return;
+  if (status == 0)
+    snprintf(f->fwd_why, sizeof(f->fwd_why),
+             "the connection closed before the response began");
+  else if ((status == KP_ECERT || status == KP_ETLS) && tls && tls[0])
+    snprintf(f->fwd_why, sizeof(f->fwd_why), "%s: %s", kp_strerror(status), tls);
+  else
+    snprintf(f->fwd_why, sizeof(f->fwd_why), "%s", kp_strerror(status));
+}
+
+/* Every forward ends in exactly one on_proxied; answers given here (no
+ * exchange with a peer happened) report their own status. */
+static void proxied_local(hub_front_t *f, int status) {
+  kp_hub_t *hub = f->hub;
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, f->cluster, 0, status, 0, 0,
+                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+}
+
+/* No response head will come from the peer: 502 naming it. */
+static void fwd_fail(hub_front_t *f, int status) {
+  char msg[600];
+  fwd_note_why(f, NULL, status);
+  snprintf(msg, sizeof(msg), "replica %s unreachable: %s", f->fwd_to, f->fwd_why);
+  proxied_local(f, 502);
+  status_json(f, 502, "BadGateway", msg);
+}
+
+static void fwd_ready(kp__conn_t *c, int status) {
+  hub_fwd_t *u = c->ud;
+  hub_front_t *f;
+  kp__ep_t ep = {&kp__conn_ep_ops, c};
+  if (u->relay == NULL) return;
+  f = kp__relay_user_data(u->relay);
+  if (status != 0) {
+    fwd_note_why(f, c, status); /* fwd_closed follows and answers */
+    return;
+  }
+  u->attached = 1;
+  kp__relay_attach(u->relay, ep, f->fwd_head, f->fwd_head_len);
+}
+
+static void fwd_read(kp__conn_t *c, const uint8_t *p, size_t n,
+                     kp_chunk_t *chunk) {
+  hub_fwd_t *u = c->ud;
+  if (u->pooled) {
+    kp__conn_close(c, KP_EPROTO); /* bytes nobody asked for */
+    return;
+  }
+  if (u->relay && u->attached) kp__relay_back_data(u->relay, p, n, chunk);
+}
+
+static void fwd_eof(kp__conn_t *c) {
+  hub_fwd_t *u = c->ud;
+  if (u->pooled) kp__conn_close(c, 0);
+  else if (u->relay && u->attached) kp__relay_back_eof(u->relay);
+}
+
+static void fwd_written(kp__conn_t *c, size_t n) {
+  hub_fwd_t *u = c->ud;
+  (void)n;
+  if (u->relay && u->attached) kp__relay_writable(u->relay);
+}
+
+static void fwd_closed(kp__conn_t *c, int status) {
+  hub_fwd_t *u = c->ud;
+  kp_hub_t *hub = u->hub;
+  if (u->pooled) {
+    fwd_pool_remove(u);
+  } else if (u->relay) {
+    hub_front_t *f = kp__relay_user_data(u->relay);
+    if (f->fwd == u) f->fwd = NULL;
+    fwd_note_why(f, c, status);
+    if (u->attached) kp__relay_back_closed(u->relay, status);
+    else fwd_fail(f, status ? status : KP_ECLOSED); /* closed while dialing */
+  }
+  free(u);
+  hub->open_conns--;
+  maybe_done(hub);
+}
+
+static const kp__conn_cbs_t fwd_cbs = {
+    .on_ready = fwd_ready,
+    .on_read = fwd_read,
+    .on_eof = fwd_eof,
+    .on_written = fwd_written,
+    .on_close = fwd_closed,
+};
+
+/* Dials the front's current forward; it attaches in fwd_ready. Returns an
+ * error (and fires nothing) when the dial cannot start. */
+static int fwd_dial(hub_front_t *f) {
+  kp_hub_t *hub = f->hub;
+  hub_fwd_t *u = calloc(1, sizeof(*u));
+  int rc;
+  if (u == NULL) return KP_ENOMEM;
+  u->hub = hub;
+  u->relay = f->relay;
+  snprintf(u->key, sizeof(u->key), "%s", f->fwd_to);
+  f->fwd_why[0] = 0;
+  rc = kp__conn_dial(&u->conn, hub->loop, f->fwd_host, f->fwd_port,
+                     hub->peer_client, hub->peer_server_name, &fwd_cbs, u);
+  if (rc != 0) {
+    free(u);
+    return rc;
+  }
+  kp__conn_set_timeout(u->conn, FWD_DEADLINE_MS);
+  hub->open_conns++;
+  f->fwd = u;
+  return 0;
+}
+
+static void fwd_release(kp__relay_t *r, kp__ep_t back,
+                        kp__relay_back_end_t how) {
+  hub_front_t *f = kp__relay_user_data(r);
+  kp__conn_t *c = back.h;
+  hub_fwd_t *u = c->ud;
+  u->relay = NULL;
+  u->attached = 0;
+  if (f->fwd == u) f->fwd = NULL;
+  if (how == KP__RELAY_BACK_REUSABLE && fwd_pool_put(u)) return;
+  kp__conn_close(c, 0);
+}
+
+/* The relay is finishing: a peer conn still dialing for it goes away. */
+static void fwd_orphan(hub_front_t *f) {
+  hub_fwd_t *u = f->fwd;
+  if (u == NULL) return;
+  f->fwd = NULL;
+  u->relay = NULL;
+  kp__conn_close(u->conn, KP_ECLOSED);
+}
+
+static int front_retry(kp__relay_t *r, int err) {
+  hub_front_t *f = kp__relay_user_data(r);
+  (void)err;
+  if (f->fwd_to[0] == 0 || !f->fwd_reused || !f->fwd_idempotent ||
+      f->fwd_retried || f->hub->stopping)
+    return 0;
+  f->fwd_retried = 1;
+  f->fwd_reused = 0;
+  if (fwd_dial(f) != 0) return 0;
+  f->proxied_held = 0; /* the new attempt reports */
+  return 1;
+}
+
+static int front_describe_failure(kp__relay_t *r, int err, char *buf,
+                                  size_t len) {
+  hub_front_t *f = kp__relay_user_data(r);
+  flush_held(f);
+  if (f->fwd_to[0] == 0) return 0;
+  fwd_note_why(f, NULL, err);
+  snprintf(buf, len, "replica %s unreachable: %s", f->fwd_to, f->fwd_why);
+  return 1;
+}
+
+static int method_idempotent(const kp_http_head_t *h) {
+  static const char *const m[] = {"GET", "HEAD", "OPTIONS", "DELETE", NULL};
+  const char *const *p;
+  for (p = m; *p; p++)
+    if (h->method_len == strlen(*p) && memcmp(h->method, *p, h->method_len) == 0)
+      return 1;
+  return 0;
+}
+
+/* A hop marker goes into a header line: visible ASCII and inner spaces. */
+static int hop_ok(const char *hop) {
+  size_t i, n = strlen(hop);
+  if (n == 0 || n > 200 || hop[0] == ' ' || hop[n - 1] == ' ') return 0;
+  for (i = 0; i < n; i++)
+    if ((unsigned char)hop[i] < 0x20 || (unsigned char)hop[i] > 0x7e) return 0;
+  return 1;
+}
+
+/* The cluster a target names, "/proxy/<cluster>/...", for on_proxied (the
+ * target as sent; the peer's policy normalizes it). "" when none. */
+static void target_cluster(const kp_http_head_t *h, char *out, size_t cap) {
+  static const char pre[] = "/proxy/";
+  size_t pl = sizeof(pre) - 1, i = pl;
+  out[0] = 0;
+  if (h->target_len <= pl || memcmp(h->target, pre, pl) != 0) return;
+  while (i < h->target_len && h->target[i] != '/' && h->target[i] != '?') i++;
+  snprintf(out, cap, "%.*s", (int)(i - pl), h->target + pl);
+}
+
+static void do_forward(hub_front_t *f, const char *host, int port,
+                       const char *hop) {
+  kp_hub_t *hub = f->hub;
+  kp_http_head_t head;
+  char extra[512];
+  static const char *const drop[] = {"authorization", "x-forwarded-for",
+                                     "x-forwarded-proto",
+                                     "kopilot-forwarded-by", NULL};
+  hub_fwd_t *u;
+  int n, rc;
+  f->fwd_to[0] = 0;
+  f->session = 0;
+  if (hub->stopping || current_head(f, &head) != 0) {
+    kp__relay_abort(f->relay, hub->stopping ? KP_ECLOSED : KP_EBADMSG);
+    return;
+  }
+  target_cluster(&head, f->cluster, sizeof(f->cluster));
+  if (f->via_peer) {
+    /* The policy never asks this; a safety net against replicas that
+     * disagree on who holds a session sending a request round for ever. */
+    proxied_local(f, 508);
+    status_json(f, 508, "LoopDetected",
+                "the request was forwarded by another hub replica and cannot "
+                "be forwarded again");
+    return;
+  }
+  if (!hop_ok(hop) || host[0] == 0 || strlen(host) >= sizeof(f->fwd_host) ||
+      port <= 0 || port > 65535) {
+    proxied_local(f, 500);
+    status_json(f, 500, "InternalError",
+                "bad forward answer: host, port or hop marker invalid");
+    return;
+  }
+  snprintf(f->fwd_host, sizeof(f->fwd_host), "%s", host);
+  f->fwd_port = port;
+  snprintf(f->fwd_to, sizeof(f->fwd_to), strchr(host, ':') ? "[%s]:%d" : "%s:%d",
+           host, port);
+  if (hub->peer_client == NULL) {
+    f->fwd_why[0] = 0;
+    snprintf(f->fwd_why, sizeof(f->fwd_why), "no peer certificate configured");
+    fwd_fail(f, KP_EINVAL);
+    return;
+  }
+  n = snprintf(extra, sizeof(extra),
+               "X-Forwarded-For: %.*s\r\nX-Forwarded-Proto: https\r\n"
+               "Kopilot-Forwarded-By: %s\r\n",
+               (int)(strrchr(f->conn->peer, ':') - f->conn->peer),
+               f->conn->peer, hop);
+  free(f->fwd_head);
+  f->fwd_head = kp__http_build_request(&head, head.target, head.target_len,
+                                       drop, extra, (size_t)n, &f->fwd_head_len);
+  if (f->fwd_head == NULL) {
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  f->fwd_idempotent = method_idempotent(&head) != 0;
+  f->fwd_retried = 0;
+  u = fwd_pool_take(hub, f->fwd_to);
+  if (u != NULL) {
+    kp__ep_t ep = {&kp__conn_ep_ops, u->conn};
+    f->fwd_reused = 1;
+    f->fwd_why[0] = 0;
+    f->fwd = u;
+    u->relay = f->relay;
+    u->attached = 1;
+    kp__relay_attach(f->relay, ep, f->fwd_head, f->fwd_head_len);
+    return;
+  }
+  f->fwd_reused = 0;
+  if ((rc = fwd_dial(f)) != 0) fwd_fail(f, rc);
+}
+
 /* ---- setup and teardown ---- */
 
 /* A failed start closes what it opened; kp_hub_new frees the hub only
@@ -655,6 +1097,31 @@ void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
 static void setup_handle_closed(uv_handle_t *h) {
   kp_hub_t *hub = h->data;
   if (--hub->setup_closing == 0) uv_sem_post(&hub->done);
+}
+
+/* Binds and listens on host:port; *port gets the port bound. */
+static int listen_on(uv_tcp_t *t, const char *host, int port, uv_connection_cb cb,
+                     int *bound, char *err, size_t errlen) {
+  struct sockaddr_storage ss;
+  int rc, len = sizeof(ss);
+  if (strchr(host, ':'))
+    rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
+  else
+    rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+  if (rc != 0) {
+    snprintf(err, errlen, "bad bind address %s: %s", host, uv_strerror(rc));
+    return rc;
+  }
+  rc = uv_tcp_bind(t, (struct sockaddr *)&ss, 0);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)t, 65535, cb);
+  if (rc == 0) rc = uv_tcp_getsockname(t, (struct sockaddr *)&ss, &len);
+  if (rc == 0)
+    *bound = ntohs(ss.ss_family == AF_INET
+                       ? ((struct sockaddr_in *)&ss)->sin_port
+                       : ((struct sockaddr_in6 *)&ss)->sin6_port);
+  else
+    snprintf(err, errlen, "listen on %s:%d: %s", host, port, uv_strerror(rc));
+  return rc;
 }
 
 static void hub_start(void *arg) {
@@ -690,14 +1157,71 @@ static void hub_start(void *arg) {
       snprintf(hub->err, hub->errlen, "listen on %s:%d: %s", host,
                hub->cfg.port, uv_strerror(rc));
   }
+  if (rc == 0 && hub->peer_tls != NULL && hub->cfg.peer_port >= 0) {
+    const char *ph = hub->cfg.peer_bind_host ? hub->cfg.peer_bind_host : host;
+    rc = uv_tcp_init(kp__loop_uv(hub->loop), &hub->peer_listener);
+    if (rc == 0) {
+      hub->has_peer_listener = 1;
+      hub->peer_listener.data = hub;
+      rc = listen_on(&hub->peer_listener, ph, hub->cfg.peer_port,
+                     on_peer_connection, &hub->peer_port, hub->err,
+                     hub->errlen);
+    }
+  }
   hub->setup_rc = rc;
   if (rc == 0) {
     uv_sem_post(&hub->done);
     return;
   }
-  hub->setup_closing = 1 + listener_open;
+  hub->setup_closing = 1 + listener_open + hub->has_peer_listener;
   uv_close((uv_handle_t *)&hub->hs_timer, setup_handle_closed);
   if (listener_open) uv_close((uv_handle_t *)&hub->listener, setup_handle_closed);
+  if (hub->has_peer_listener)
+    uv_close((uv_handle_t *)&hub->peer_listener, setup_handle_closed);
+}
+
+/* The peer TLS contexts: the listener's requires a client certificate
+ * chained to the peer CA (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT),
+ * the dialing one presents the same certificate and checks the server's
+ * against the same CA and peer_server_name. */
+static int peer_contexts(kp_hub_t *hub, const kp_hub_config_t *cfg, char *err,
+                         size_t errlen) {
+  kp_tls_ctx_options_t o;
+  int rc;
+  if (cfg->peer_key_file == NULL || cfg->peer_ca_file == NULL) {
+    snprintf(err, errlen, "peer forwarding needs a certificate, a key and a CA");
+    return KP_EINVAL;
+  }
+  memset(&o, 0, sizeof(o));
+  o.is_server = 1;
+  o.cert_file = cfg->peer_cert_file;
+  o.key_file = cfg->peer_key_file;
+  o.ca_file = cfg->peer_ca_file;
+  o.require_client_cert = 1;
+  rc = kp_tls_ctx_new(&hub->peer_tls, &o, err, errlen);
+  if (rc != 0) return rc;
+  o.is_server = 0;
+  o.require_client_cert = 0;
+  rc = kp_tls_ctx_new(&hub->peer_client, &o, err, errlen);
+  if (rc == 0) {
+    hub->peer_server_name = strdup(cfg->peer_server_name ? cfg->peer_server_name
+                                                         : FWD_DEFAULT_SERVER_NAME);
+    if (hub->peer_server_name == NULL) rc = KP_ENOMEM;
+  }
+  if (rc != 0) {
+    kp_tls_ctx_free(hub->peer_tls);
+    kp_tls_ctx_free(hub->peer_client);
+    hub->peer_tls = hub->peer_client = NULL;
+  }
+  return rc;
+}
+
+static void peer_contexts_free(kp_hub_t *hub) {
+  if (hub->peer_tls) kp_tls_ctx_free(hub->peer_tls);
+  if (hub->peer_client) kp_tls_ctx_free(hub->peer_client);
+  free(hub->peer_server_name);
+  hub->peer_tls = hub->peer_client = NULL;
+  hub->peer_server_name = NULL;
 }
 
 int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
@@ -722,6 +1246,14 @@ int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
     free(hub);
     return rc;
   }
+  if (cfg->peer_cert_file != NULL) {
+    rc = peer_contexts(hub, cfg, err, errlen);
+    if (rc != 0) {
+      kp_tls_ctx_free(hub->tls);
+      free(hub);
+      return rc;
+    }
+  }
   hub->loop = loop;
   hub->cfg = *cfg;
   hub->cbs = *cbs;
@@ -736,6 +1268,7 @@ int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
   }
   if (rc != 0) {
     kp_tls_ctx_free(hub->tls);
+    peer_contexts_free(hub);
     uv_sem_destroy(&hub->done);
     free(hub);
     return rc;
@@ -746,6 +1279,7 @@ int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
 }
 
 int kp_hub_port(const kp_hub_t *hub) { return hub->port; }
+int kp_hub_peer_port(const kp_hub_t *hub) { return hub->peer_port; }
 
 static void close_every_conn(uv_handle_t *h, void *arg) {
   kp_hub_t *hub = arg;
@@ -753,10 +1287,12 @@ static void close_every_conn(uv_handle_t *h, void *arg) {
   /* Conns are the only uv_tcp_t handles besides the listener here; their
    * data pointer is the conn (see conn.c). */
   if (h->type != UV_TCP || h == (uv_handle_t *)&hub->listener ||
+      (hub->has_peer_listener && h == (uv_handle_t *)&hub->peer_listener) ||
       uv_is_closing(h))
     return;
   c = h->data;
-  if (c->cbs == &front_cbs ||
+  if ((c->cbs == &front_cbs && ((hub_front_t *)c->ud)->hub == hub) ||
+      (c->cbs == &fwd_cbs && ((hub_fwd_t *)c->ud)->hub == hub) ||
       (c->cbs == &kp__sess_conn_cbs && ((kp__sess_t *)c->ud)->ud == hub))
     kp__conn_close(c, KP_ECLOSED);
 }
@@ -764,6 +1300,12 @@ static void close_every_conn(uv_handle_t *h, void *arg) {
 static void listener_closed(uv_handle_t *h) {
   kp_hub_t *hub = h->data;
   hub->listener_closed = 1;
+  maybe_done(hub);
+}
+
+static void peer_listener_closed(uv_handle_t *h) {
+  kp_hub_t *hub = h->data;
+  hub->peer_listener_closed = 1;
   maybe_done(hub);
 }
 
@@ -781,12 +1323,15 @@ static void hub_stop(void *arg) {
    * other tcp handles. The walk closes conns whose cbs belong to the hub. */
   uv_walk(kp__loop_uv(hub->loop), close_every_conn, hub);
   uv_close((uv_handle_t *)&hub->listener, listener_closed);
+  if (hub->has_peer_listener)
+    uv_close((uv_handle_t *)&hub->peer_listener, peer_listener_closed);
 }
 
 void kp_hub_free(kp_hub_t *hub) {
   if (hub == NULL) return;
   if (kp_loop_post(hub->loop, hub_stop, hub) == 0) uv_sem_wait(&hub->done);
   kp_tls_ctx_free(hub->tls);
+  peer_contexts_free(hub);
   uv_sem_destroy(&hub->done);
   free(hub);
 }

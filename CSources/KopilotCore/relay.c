@@ -284,6 +284,7 @@ const char *kp__http_reason(int status) {
   case 502: return "Bad Gateway";
   case 503: return "Service Unavailable";
   case 504: return "Gateway Timeout";
+  case 508: return "Loop Detected";
   default: return "Status";
   }
 }
@@ -552,6 +553,20 @@ static int try_again(kp__relay_t *r, int err) {
   return 0;
 }
 
+/* The back ended before a response began: a 502, in the router's words
+ * when it has some (a forward names the replica). */
+static void back_failed(kp__relay_t *r, int err) {
+  char msg[512];
+  if (r->router->describe_failure &&
+      r->router->describe_failure(r, err, msg, sizeof(msg))) {
+    respond_status(r, 502, "BadGateway", msg);
+    return;
+  }
+  respond_status(r, 502, "BadGateway",
+                 err == KP_EREFUSED ? "the member cluster refused the stream"
+                                    : "the tunnel closed before the response began");
+}
+
 /* Each branch changes state so that it cannot run twice; returns 1 if one
  * ran, so the pump goes round again to flush what it queued (a 502, a
  * request head attached again). */
@@ -591,9 +606,7 @@ static int after_eof(kp__relay_t *r) {
       if (q->state == ST_DONE) release_back(r, KP__RELAY_BACK_DONE);
     } else if (s->state == ST_HEAD && s->hlen == 0 && !r->deciding) {
       release_back(r, KP__RELAY_BACK_FAILED);
-      if (!try_again(r, 0))
-        respond_status(r, 502, "BadGateway",
-                       "the tunnel closed before the response began");
+      if (!try_again(r, 0)) back_failed(r, 0);
     } else {
       kp__relay_abort(r, KP_ECLOSED);
     }
@@ -694,9 +707,7 @@ void kp__relay_back_closed(kp__relay_t *r, int err) {
     r->resp.paused = 0;
     out_clear(&r->req); /* a head the gone back did not take */
     if (try_again(r, err)) return;
-    respond_status(r, 502, "BadGateway",
-                   err == KP_EREFUSED ? "the member cluster refused the stream"
-                                      : "the tunnel closed before the response began");
+    back_failed(r, err);
     return;
   }
   if (r->resp.state == ST_RAW || r->resp.state == ST_DONE) {

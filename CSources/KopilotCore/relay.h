@@ -90,6 +90,11 @@ typedef struct kp__relay_router {
   /* The front is waiting for its next request head (after a response, or
    * a local answer); optional. A router arms its idle/head deadline here. */
   void (*on_idle)(kp__relay_t *r);
+  /* Optional. The back ended before a response began and the relay is
+   * about to answer 502: the router may write the Status message into
+   * buf (NUL-terminated) and return 1, or return 0 for the relay's own.
+   * err: why the back ended (0: EOF). */
+  int (*describe_failure)(kp__relay_t *r, int err, char *buf, size_t len);
   /* The relay is finished: the front is closed or was taken. */
   void (*on_done)(kp__relay_t *r);
 } kp__relay_router_t;

@@ -43,6 +43,8 @@ public struct HubRouter: Sendable {
       case .respond(let status, _, _): metrics?.answered(status: status)
       case .proxy(let cluster, _): metrics?.proxyStarted(cluster: cluster)
       case .acceptAgent: break
+      // A forward also ends in onProxied, with the cluster the target names.
+      case .forward: break
       }
       return answer
     }

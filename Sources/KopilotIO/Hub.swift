@@ -10,6 +10,10 @@ public struct HubRequest: Sendable {
   public var headers: [(name: String, value: String)]
   /// The caller's address, "ip:port".
   public var peer: String
+  /// The request came in on the peer listener: another hub replica
+  /// forwarded it (that replica authorized the caller; it sends no
+  /// Authorization, and a `Kopilot-Forwarded-By` header names it).
+  public var viaPeer = false
 
   public init(method: String, target: String, headers: [(name: String, value: String)], peer: String) {
     self.method = method
@@ -43,6 +47,11 @@ public enum HubAnswer: Sendable {
   case respond(status: Int, contentType: String, body: String)
   /// Upgrade to an agent session of the cluster.
   case acceptAgent(cluster: String)
+  /// Forward to another hub replica's peer listener (mutual TLS), with the
+  /// request target unchanged, Authorization removed and
+  /// `Kopilot-Forwarded-By: <hop>` added. Unreachable: 502; asked for a
+  /// request that came from a peer (`viaPeer`): 508.
+  case forward(host: String, port: Int, hop: String)
 
   /// A Kubernetes `Status` error answer.
   public static func status(_ code: Int, _ reason: String, _ message: String) -> HubAnswer {
@@ -67,6 +76,19 @@ public final class Hub: @unchecked Sendable {
     public var keepaliveMs: UInt64 = 0
     /// How long a caller has to send each request head (ms); 0 = 30 s.
     public var headTimeoutMs: UInt64 = 0
+    /// Peer forwarding between replicas, over mutual TLS: this certificate
+    /// and key serve the peer listener and are the client certificate when
+    /// forwarding; both sides' certificates must chain to `peerCAFile`.
+    /// No certificate: no peer listener, and `.forward` answers 502.
+    public var peerCertFile: String?
+    public var peerKeyFile: String?
+    public var peerCAFile: String?
+    /// The name a peer's certificate must carry; nil = "kopilot-hub-peer".
+    public var peerServerName: String?
+    /// The peer listener's address; nil = `bindHost`.
+    public var peerBindHost: String?
+    /// -1: no peer listener; 0: any free port (see `Hub.peerPort`).
+    public var peerPort = -1
     public init(certFile: String, keyFile: String) {
       self.certFile = certFile
       self.keyFile = keyFile
@@ -81,6 +103,8 @@ public final class Hub: @unchecked Sendable {
   fileprivate let answerLock = NSLock()
   fileprivate var stopped = false
   public private(set) var port: Int = 0
+  /// The peer listener's port; 0 when there is none.
+  public private(set) var peerPort: Int = 0
   /// Called on the loop thread when an agent session comes or goes.
   public var onSession: ((String, Bool, Int32) -> Void)?
   /// Called on the loop thread when a proxied request ends.
@@ -136,6 +160,16 @@ public final class Hub: @unchecked Sendable {
     }
     var err = [CChar](repeating: 0, count: 512)
     var h: OpaquePointer?
+    // The peer settings are optional strings: C copies for the call.
+    let peerStrings = [config.peerCertFile, config.peerKeyFile, config.peerCAFile, config.peerServerName,
+                       config.peerBindHost].map { $0.flatMap { strdup($0) } }
+    defer { peerStrings.forEach { free($0) } }
+    cfg.peer_cert_file = UnsafePointer(peerStrings[0])
+    cfg.peer_key_file = UnsafePointer(peerStrings[1])
+    cfg.peer_ca_file = UnsafePointer(peerStrings[2])
+    cfg.peer_server_name = UnsafePointer(peerStrings[3])
+    cfg.peer_bind_host = UnsafePointer(peerStrings[4])
+    cfg.peer_port = Int32(config.peerPort)
     let rc = config.bindHost.withCString { host in
       config.certFile.withCString { cert in
         config.keyFile.withCString { key in
@@ -155,6 +189,7 @@ public final class Hub: @unchecked Sendable {
     }
     handle = h
     port = Int(kp_hub_port(h))
+    peerPort = Int(kp_hub_peer_port(h))
   }
 
   /// Every live agent session, from the loop's own view.
@@ -199,8 +234,9 @@ public final class Hub: @unchecked Sendable {
         headers.append((str(hs[i].name, hs[i].name_len), str(hs[i].value, hs[i].value_len)))
       }
     }
-    let request = HubRequest(method: str(head.method, head.method_len), target: str(head.target, head.target_len),
+    var request = HubRequest(method: str(head.method, head.method_len), target: str(head.target, head.target_len),
                              headers: headers, peer: peer)
+    request.viaPeer = kp_hub_request_via_peer(req) != 0
     let responder = HubResponder(hub: self, request: req)
     guard let answer = router(request, responder) else { return }
     responder.claim()
@@ -216,6 +252,8 @@ public final class Hub: @unchecked Sendable {
       cluster.withCString { kp_hub_request_accept_agent(req, $0) }
     case .respond(let status, let type, var body):
       body.withUTF8 { b in type.withCString { t in kp_hub_request_respond(req, Int32(status), t, b.baseAddress, b.count) } }
+    case .forward(let host, let port, let hop):
+      host.withCString { h in hop.withCString { kp_hub_request_forward(req, h, Int32(port), $0) } }
     }
   }
 }

@@ -13,6 +13,8 @@ Endpoints:
   /bytes/N?junk_after_ms=D      the same, then D ms later bytes that belong
                                 to no response (a misbehaving server)
   /echo                         the request body (Content-Length or chunked)
+  /upgrade-echo                 with Upgrade: kp-echo, a 101, then echoes raw
+                                bytes until the client's EOF
   /headers                      the request's headers as JSON [[name, value], ...]
   /stream?n=K&delay_ms=D        a chunked response of K lines, D ms apart (a watch)
   /stream?n=K&gate=G            the same, but line i+1 is sent only after
@@ -179,6 +181,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.flush()
         elif u.path == "/echo":
             self.send_plain(200, body)
+        elif u.path == "/upgrade-echo" and self.headers.get("Upgrade", "").lower() == "kp-echo":
+            self.upgrade_echo()
         elif u.path == "/headers":
             pairs = [[k, v] for k, v in self.headers.items()]
             self.send_plain(200, json.dumps(pairs).encode(), "application/json")
@@ -213,6 +217,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_plain(200, json.dumps({"closed": len(idle)}).encode(), "application/json")
         else:
             self.send_plain(404, b'{"kind":"Status","code":404}\n', "application/json")
+
+    def upgrade_echo(self):
+        # 101, then every byte back as it comes until the client's EOF: a
+        # stand-in for exec/port-forward (raw bytes both ways after a 101).
+        self.send_response(101)
+        self.send_header("Upgrade", "kp-echo")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            data = self.rfile.read1(65536)
+            if not data:
+                break
+            self.wfile.write(data)
+            self.wfile.flush()
+        self.close_connection = True
 
     def stream(self, n, delay_ms, gate):
         self.send_response(200)

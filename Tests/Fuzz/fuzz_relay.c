@@ -7,7 +7,8 @@
  * the router answers each request by attaching a fresh back, answering
  * locally, or taking the front, chosen from the request's first byte; a
  * back that ends before its response began is replaced at once every other
- * time (the retry hook) and refused otherwise. The
+ * time (the retry hook) and refused otherwise, its 502 worded by the
+ * router every other time (describe_failure). The
  * checks: nothing crashes or leaks, ASan sees no bad access, a closed
  * endpoint is never written to, and the relay always finishes when both
  * sides are closed. */
@@ -123,6 +124,16 @@ static int retry(kp__relay_t *r, int err) {
   return 1;
 }
 
+/* The 502's message from the router every other time (a forward names the
+ * replica), the relay's own otherwise. */
+static unsigned describes;
+static int describe_failure(kp__relay_t *r, int err, char *buf, size_t len) {
+  (void)r;
+  if (describes++ % 2) return 0;
+  snprintf(buf, len, "replica fuzz:1 unreachable: %s", kp_strerror(err));
+  return 1;
+}
+
 static void on_done(kp__relay_t *r) {
   (void)r;
   relay_done = 1;
@@ -133,6 +144,7 @@ static const kp__relay_router_t router = {
     .on_request = on_request,
     .release_back = release_back,
     .retry = retry,
+    .describe_failure = describe_failure,
     .on_done = on_done,
 };
 

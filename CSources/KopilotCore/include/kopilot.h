@@ -150,12 +150,34 @@ typedef struct kp_hub_config {
    * connection being ready or the previous response ending (slowloris,
    * idle keep-alive connections); 0: 30 s. */
   uint64_t head_timeout_ms;
+  /* Peer forwarding between hub replicas (kp_hub_request_forward), over
+   * mutual TLS. peer_cert_file/peer_key_file: PEM certificate (chain) and
+   * key, presented both by the peer listener and as the client certificate
+   * when dialing a peer; peer_ca_file: PEM trust anchors that both sides'
+   * certificates must chain to. NULL peer_cert_file: no peer listener and
+   * forwarding answers 502. */
+  const char *peer_cert_file;
+  const char *peer_key_file;
+  const char *peer_ca_file;
+  /* The name a dialed peer's certificate must carry (a DNS SAN, or an IP
+   * SAN when it is an IP literal); also sent as SNI. NULL: the default,
+   * "kopilot-hub-peer". */
+  const char *peer_server_name;
+  /* The peer listener: NULL peer_bind_host = bind_host. peer_port < 0: no
+   * peer listener (dialing peers still works); 0: any free port (read it
+   * with kp_hub_peer_port); > 0: that port. Its TLS requires a client
+   * certificate chained to peer_ca_file. Requests arriving on it reach
+   * on_request like any other, flagged (kp_hub_request_via_peer). NB: a
+   * zeroed config has peer_port 0 but no peer_cert_file, so no listener. */
+  const char *peer_bind_host;
+  int peer_port;
 } kp_hub_config_t;
 
 typedef struct kp_hub_callbacks {
   /* A request head from a caller, on the loop thread. Answer it exactly once
-   * with kp_hub_request_proxy / _respond / _accept_agent, from here or later
-   * from any thread. head and peer are borrowed for this call. */
+   * with kp_hub_request_proxy / _respond / _accept_agent / _forward, from
+   * here or later from any thread. head and peer are borrowed for this
+   * call. */
   void (*on_request)(kp_hub_t *hub, kp_hub_request_t *req,
                      const struct kp_http_head *head, const char *peer,
                      void *ud);
@@ -163,8 +185,10 @@ typedef struct kp_hub_callbacks {
    * status says why). */
   void (*on_session)(kp_hub_t *hub, const char *cluster, uint64_t session,
                      int up, int status, void *ud);
-  /* A proxied request ended (optional; for metrics and access logs): the
-   * session that carried it (0: none was live), the member's status (0 when no response head came back: the tunnel broke),
+  /* A proxied or forwarded request ended (optional; for metrics and access
+   * logs): the session that carried it (0: none was live, or a forward),
+   * the member's status (0 when no response head came back: the tunnel
+   * broke; a local 502/503/508 answer reports that status),
    * bytes each way including heads, and the time from the request head to
    * the end of the exchange. Loop thread; cluster is borrowed. */
   void (*on_proxied)(kp_hub_t *hub, const char *cluster, uint64_t session,
@@ -194,6 +218,8 @@ int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
                const kp_hub_callbacks_t *cbs, void *ud, char *err,
                size_t errlen);
 int kp_hub_port(const kp_hub_t *hub);
+/* The peer listener's port, 0 when there is none. */
+int kp_hub_peer_port(const kp_hub_t *hub);
 /* Stops listening, closes every connection and session, and frees. Not from
  * the loop thread. */
 void kp_hub_free(kp_hub_t *hub);
@@ -214,6 +240,29 @@ void kp_hub_request_respond(kp_hub_request_t *req, int status,
  * handshake, framed carriage if the agent asked for kopilot.v2, raw mux
  * after the 101 otherwise. Not a valid WebSocket request: 400. */
 void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster);
+/* Forwards the request to another hub replica's peer listener at host:port
+ * (host: a name or an IP literal; borrowed, copied): TCP, then TLS with
+ * the peer certificate as client certificate, the server's certificate
+ * checked against peer_ca_file and peer_server_name; connect and handshake
+ * must finish within 5 s. The request head goes out as the caller sent it
+ * (same target) except: Authorization removed (this replica authorized the
+ * caller and vouches for it over mutual TLS), X-Forwarded-For/-Proto set as
+ * kp_hub_request_proxy does, and `Kopilot-Forwarded-By: <hop>` added (any
+ * the caller sent is dropped; hop: printable ASCII, borrowed, copied).
+ * Body, response, streaming and upgrades are relayed as for a proxied
+ * request, and the caller's connection is kept alive afterwards. Idle peer
+ * connections are kept a few seconds for the next forward to the same
+ * host:port. Errors, as Kubernetes Status: 502 "replica <host:port>
+ * unreachable: <reason>" when no response head came back; 508 when the
+ * request itself came from a peer (a forwarding loop); 500 for a bad hop.
+ * on_proxied fires once per forward with the cluster named by the target
+ * ("/proxy/<cluster>/...", "" when it names none) and session 0. */
+void kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
+                            const char *hop);
+/* 1 when the request arrived on the peer listener (another replica
+ * forwarded it; that replica authorized the caller), else 0. Any thread,
+ * until the request is answered. */
+int kp_hub_request_via_peer(const kp_hub_request_t *req);
 
 /* ------------------------------------------------------------------ */
 /* Agent: one session to the hub, requests forwarded upstream           */
