@@ -72,7 +72,7 @@ let package = Package(
     .executableTarget(
       name: "kopilot-hub",
       dependencies: [
-        "KopilotIO", "KopilotHub",
+        "KopilotIO", "KopilotHub", "KopilotKube",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],

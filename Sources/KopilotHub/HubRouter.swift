@@ -18,6 +18,16 @@ public struct HubRouter: Sendable {
   public var logger: Logger
   /// Counts answers and decisions, and renders /metrics; nil: no metrics.
   public var metrics: HubMetrics?
+  /// Which replica serves a cluster; one hub alone serves everything.
+  public var placement: any ClusterPlacement = LocalPlacement()
+  /// This replica's name, sent as the hop marker when forwarding.
+  public var replicaName = "kopilot-hub"
+  /// The public address as it is now (Kubernetes: the `kopilot-hub`
+  /// ConfigMap's `public_addr`, which may come after the hub); nil: use
+  /// `publicAddr`. Answers nil or "" while there is none.
+  public var publicAddrSource: (@Sendable () -> String?)?
+  /// Whether /readyz says ready (Kubernetes: the Clusters are listed).
+  public var ready: @Sendable () -> Bool = { true }
 
   public init(registry: any ClusterRegistry, authenticator: any Authenticator, authorizer: any Authorizer,
               publicAddr: String, agentImage: String, caPEM: String,
@@ -67,8 +77,12 @@ public struct HubRouter: Sendable {
       return connect(r)
     case "/kopilot-agent.yaml":
       return manifest(r)
-    case "/healthz", "/livez", "/readyz":
+    case "/healthz", "/livez":
       guard r.method == "GET" || r.method == "HEAD" else { return methodNotAllowed(r) }
+      return .respond(status: 200, contentType: "text/plain; charset=utf-8", body: "ok")
+    case "/readyz":
+      guard r.method == "GET" || r.method == "HEAD" else { return methodNotAllowed(r) }
+      guard ready() else { return .status(503, "ServiceUnavailable", "not ready: the Clusters are not listed yet") }
       return .respond(status: 200, contentType: "text/plain; charset=utf-8", body: "ok")
     default:
       return .status(404, "NotFound", "the server could not find the requested resource")
@@ -97,8 +111,13 @@ public struct HubRouter: Sendable {
     else {
       return .status(401, "Unauthorized", "a valid agent token is required")
     }
+    let addr = publicAddrSource.map { $0() ?? "" } ?? publicAddr
+    guard !addr.isEmpty else {
+      return .status(503, "ServiceUnavailable",
+                     "the hub's public address is not set: create ConfigMap kopilot-hub in the hub's namespace with key public_addr (host:port agents dial)")
+    }
     do {
-      let yaml = try AgentManifest.render(publicAddr: publicAddr, token: token, caPEM: caPEM, image: agentImage,
+      let yaml = try AgentManifest.render(publicAddr: addr, token: token, caPEM: caPEM, image: agentImage,
                                           provider: queryValue(r.target, "provider") ?? "")
       return .respond(status: 200, contentType: "application/yaml", body: yaml)
     } catch let e as HubError where e.code == .unknownProvider {
@@ -115,7 +134,13 @@ public struct HubRouter: Sendable {
     guard let target = parseProxyTarget(r.target) else {
       return .status(400, "BadRequest", "the path must be /proxy/{namespace}_{name}/... without encoded dots or slashes")
     }
-    let (registry, logger) = (self.registry, self.logger)
+    if r.viaPeer {
+      // Another replica authorized the caller and vouches for it over mutual
+      // TLS; it sent here because this replica holds a session. Never
+      // forwarded again: without a session here the core answers 503.
+      return .proxy(cluster: target.cluster, target: target.forwardTarget)
+    }
+    let (registry, logger, placement, hop) = (self.registry, self.logger, self.placement, self.replicaName)
     return authorized(r, later: later, request: { AuthorizationRequest(user: $0, method: r.method, target: target) }) { user, decision in
       guard decision.allowed else {
         logger.info("forbidden", metadata: ["user": "\(user.name)", "method": "\(r.method)",
@@ -125,7 +150,11 @@ public struct HubRouter: Sendable {
       guard registry.cluster(id: target.cluster) != nil else {
         return .status(404, "NotFound", "cluster \(target.cluster.replacingOccurrences(of: "_", with: "/")) is not registered")
       }
-      return .proxy(cluster: target.cluster, target: target.forwardTarget)
+      switch placement.place(clusterID: target.cluster) {
+      case .local: return .proxy(cluster: target.cluster, target: target.forwardTarget)
+      case .peer(let p): return .forward(host: p.host, port: p.port, hop: hop)
+      case .nowhere(let why): return .status(503, "ServiceUnavailable", why)
+      }
     }
   }
 

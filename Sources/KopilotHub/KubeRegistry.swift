@@ -13,7 +13,7 @@ import Logging
 public struct HubSessions: Codable, Sendable, Hashable {
   /// The replica (its pod name).
   public var name: String
-  /// Where peers reach it (`ip:port`).
+  /// The pod IP; peers reach it at the `peer` port its EndpointSlice names.
   public var address: String
   public var sessions: Int
   /// RFC 3339 time its first live session of this cluster came up.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KopilotHub
 import KopilotIO
+import KopilotKube
 import Logging
 
 @main
@@ -56,14 +57,25 @@ struct StateOptions: ParsableArguments {
 }
 
 struct Serve: ParsableCommand {
-  static let configuration = CommandConfiguration(abstract: "Run the hub (the default).")
+  static let configuration = CommandConfiguration(
+    abstract: "Run the hub (the default).",
+    discussion: """
+      Two modes. Embedded (the default outside a cluster): clusters, callers and RBAC come from
+      the state folder. Kubernetes (in a pod, or with --kubeconfig): Cluster objects of the host
+      cluster, callers checked with TokenReview and SubjectAccessReview, certificates from files
+      (cert-manager's Secrets), other replicas found through the Service's EndpointSlices. The
+      first log line says which mode and why.
+      """)
 
   @OptionGroup var state: StateOptions
+
+  @Option(help: "embedded or kubernetes (default: kubernetes in a pod or with --kubeconfig, embedded otherwise). Env: KOPILOT_MODE.")
+  var mode: String?
 
   @Option(help: "Address to listen on, HOST:PORT (port 0 picks a free one). Env: BIND_ADDR.")
   var bind: String?
 
-  @Option(name: .customLong("public-addr"), help: "host[:port] that agent manifests point agents at. Env: PUBLIC_ADDR.")
+  @Option(name: .customLong("public-addr"), help: "host[:port] that agent manifests point agents at (Kubernetes default: public_addr of ConfigMap kopilot-hub, read live). Env: PUBLIC_ADDR.")
   var publicAddr: String?
 
   @Option(name: .customLong("agent-image"), help: "Container image in agent manifests. Env: AGENT_IMAGE.")
@@ -84,6 +96,8 @@ struct Serve: ParsableCommand {
   @Option(name: .customLong("header-timeout"), help: "Seconds a caller has to send each complete request head (bounds slowloris callers and idle keep-alive connections). Env: HEADER_TIMEOUT_SECONDS.")
   var headerTimeout: Double?
 
+  @OptionGroup(title: "Kubernetes mode") var kube: KubeOptions
+
   func validate() throws {
     if let h = headerTimeout, !(0.1...3600).contains(h) { throw ValidationError("--header-timeout is 0.1 to 3600 seconds") }
     if let k = keepalive, !(0.1...3600).contains(k) { throw ValidationError("--keepalive is 0.1 to 3600 seconds") }
@@ -91,6 +105,10 @@ struct Serve: ParsableCommand {
     if let l = logLevel ?? state.env("LOG_LEVEL"), Logger.Level(rawValue: l) == nil {
       throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
     }
+    if let m = mode ?? state.env("KOPILOT_MODE"), HubMode(rawValue: m) == nil {
+      throw ValidationError("--mode must be embedded or kubernetes, not \"\(m)\"")
+    }
+    try kube.validate()
   }
 
   func run() throws {
@@ -101,10 +119,66 @@ struct Serve: ParsableCommand {
       return h
     }
     let log = Logger(label: "kopilot.hub")
-    let (host, port) = try splitHostPort(bind ?? state.env("BIND_ADDR") ?? "0.0.0.0:8443")
+    let choice: HubMode.Choice
+    do {
+      choice = try HubMode.choose(flag: mode ?? state.env("KOPILOT_MODE"), kubeconfig: kube.kubeconfig,
+                                  environment: ProcessInfo.processInfo.environment)
+    } catch let e as HubError {
+      throw ValidationError(e.message)
+    }
+    switch choice.mode {
+    case .embedded: try runEmbedded(log, reason: choice.reason)
+    case .kubernetes: try runKubernetes(log, reason: choice.reason)
+    }
+  }
+
+  var hubConfigBase: (host: String, port: Int, window: UInt32, keepaliveMs: UInt64, headMs: UInt64) {
+    get throws {
+      let (host, port) = try splitHostPort(bind ?? state.env("BIND_ADDR") ?? "0.0.0.0:8443")
+      return (host, port,
+              UInt32((muxWindowKiB ?? Int(state.env("MUX_WINDOW_KIB") ?? "") ?? 4096) * 1024),
+              UInt64((keepalive ?? Double(state.env("KEEPALIVE_SECONDS") ?? "") ?? 30) * 1000),
+              UInt64((headerTimeout ?? Double(state.env("HEADER_TIMEOUT_SECONDS") ?? "") ?? 30) * 1000))
+    }
+  }
+
+  func hubConfig(cert: String, key: String) throws -> Hub.Config {
+    let b = try hubConfigBase
+    var cfg = Hub.Config(certFile: cert, keyFile: key)
+    cfg.bindHost = b.host
+    cfg.port = b.port
+    cfg.muxWindow = b.window
+    cfg.keepaliveMs = b.keepaliveMs
+    cfg.headTimeoutMs = b.headMs
+    return cfg
+  }
+
+  var image: String { agentImage ?? state.env("AGENT_IMAGE") ?? "ghcr.io/kopilot/kopilot-agent:latest" }
+
+  /// Metrics, the access log and the session log, the same in both modes.
+  func observe(_ hub: Hub, _ metrics: HubMetrics, _ log: Logger, also: @escaping (String, Bool) -> Void) {
+    hub.onSession = { cluster, up, status in
+      if up {
+        log.info("agent session up: cluster=\(cluster)")
+      } else {
+        log.info("agent session down: cluster=\(cluster) status=\(CoreError(code: status, context: "session"))")
+      }
+      metrics.sessionChanged(cluster: cluster, up: up)
+      also(cluster, up)
+    }
+    let access = accessLog
+    hub.onProxied = { r in
+      metrics.proxyEnded(r)
+      if access {
+        log.info("proxied cluster=\(r.cluster) session=\(r.session) status=\(r.status) up=\(r.bytesUp) down=\(r.bytesDown) ms=\(Double(r.durationMicros) / 1000)")
+      }
+    }
+  }
+
+  func runEmbedded(_ log: Logger, reason: String) throws {
     let given = publicAddr ?? state.env("PUBLIC_ADDR")
     let paths = state.paths
-    log.notice("mode: embedded (no Kubernetes configuration given); state folder \(paths.directory)")
+    log.notice("mode: embedded (\(reason)); state folder \(paths.directory)")
 
     let report = try StateDirectory(paths: paths, hosts: given.map { [$0] } ?? []).prepare()
     for f in report.created { log.info("created \(f)") }
@@ -119,41 +193,21 @@ struct Serve: ParsableCommand {
     // manifests point at the address the hub really listens on.
     let box = RouterBox()
     let loop = try Loop()
-    var cfg = Hub.Config(certFile: paths.hubCert, keyFile: paths.hubKey)
-    cfg.bindHost = host
-    cfg.port = port
-    cfg.muxWindow = UInt32((muxWindowKiB ?? Int(state.env("MUX_WINDOW_KIB") ?? "") ?? 4096) * 1024)
-    cfg.keepaliveMs = UInt64((keepalive ?? Double(state.env("KEEPALIVE_SECONDS") ?? "") ?? 30) * 1000)
-    cfg.headTimeoutMs = UInt64((headerTimeout ?? Double(state.env("HEADER_TIMEOUT_SECONDS") ?? "") ?? 30) * 1000)
+    let cfg = try hubConfig(cert: paths.hubCert, key: paths.hubKey)
     let hub = try Hub(loop: loop, config: cfg, deferringRouter: { box.route($0, $1) })
-    let pub = given ?? "\(host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host):\(hub.port)"
+    let pub = given ?? "\(cfg.bindHost == "0.0.0.0" || cfg.bindHost == "::" ? "127.0.0.1" : cfg.bindHost):\(hub.port)"
     let metrics = HubMetrics()
     box.router = HubRouter(
       registry: registry,
       authenticator: try TokenFileAuthenticator(path: paths.tokens),
       authorizer: try RBACAuthorizer(path: paths.rbac),
       publicAddr: pub,
-      agentImage: agentImage ?? state.env("AGENT_IMAGE") ?? "ghcr.io/kopilot/kopilot-agent:latest",
+      agentImage: image,
       caPEM: try String(contentsOfFile: paths.caCert, encoding: .utf8),
       logger: log,
       metrics: metrics)
     let sessions = SessionFile(path: (paths.directory as NSString).appendingPathComponent("sessions.json"))
-    hub.onSession = { cluster, up, status in
-      if up {
-        log.info("agent session up: cluster=\(cluster)")
-      } else {
-        log.info("agent session down: cluster=\(cluster) status=\(CoreError(code: status, context: "session"))")
-      }
-      sessions.note(cluster: cluster, up: up)
-      metrics.sessionChanged(cluster: cluster, up: up)
-    }
-    let access = accessLog
-    hub.onProxied = { r in
-      metrics.proxyEnded(r)
-      if access {
-        log.info("proxied cluster=\(r.cluster) session=\(r.session) status=\(r.status) up=\(r.bytesUp) down=\(r.bytesDown) ms=\(Double(r.durationMicros) / 1000)")
-      }
-    }
+    observe(hub, metrics, log) { cluster, up in sessions.note(cluster: cluster, up: up) }
     // A cluster removed or given a new token loses its sessions at once.
     registry.onChange { changes in
       for c in changes where c.closesSessions {
@@ -161,11 +215,182 @@ struct Serve: ParsableCommand {
         hub.dropCluster(c.clusterID)
       }
     }
-    log.notice("kopilot-hub listening on \(host):\(hub.port) clusters=\(registry.clusters().count) public-addr=\(pub)")
+    log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) clusters=\(registry.clusters().count) public-addr=\(pub)")
     waitForTermination()
     log.notice("kopilot-hub stopping")
     hub.stop()
     sessions.clear()
+  }
+
+  func runKubernetes(_ log: Logger, reason: String) throws {
+    var client: KubeClientConfig
+    if let path = kube.kubeconfig {
+      client = try KubeClientConfig.kubeconfig(path: path, context: kube.context)
+    } else {
+      client = try KubeClientConfig.inCluster()
+    }
+    let namespace = kube.namespace ?? state.env("POD_NAMESPACE") ?? client.namespace ?? "kopilot-system"
+    let replica = kube.podName ?? state.env("POD_NAME") ?? ProcessInfo.processInfo.hostName
+    let address = kube.podIP ?? state.env("POD_IP") ?? "127.0.0.1"
+    log.notice("mode: kubernetes (\(reason)); API server \(client.server.absoluteString), namespace \(namespace), replica \(replica)")
+    guard let cert = state.tlsCert ?? state.env("TLS_CERT"), let key = state.tlsKey ?? state.env("TLS_KEY") else {
+      throw ValidationError("the Kubernetes mode needs --tls-cert and --tls-key (TLS_CERT, TLS_KEY): cert-manager's kopilot-hub-tls Secret")
+    }
+    guard let caFile = kube.caFile ?? state.env("CA_FILE") else {
+      throw ValidationError("the Kubernetes mode needs --ca-file (CA_FILE): the CA agents trust, the ca.crt of the kopilot-hub-tls Secret")
+    }
+    let caPEM = try String(contentsOfFile: caFile, encoding: .utf8)
+
+    let api = try KubeClient(config: client, logger: Logger(label: "kopilot.hub.kube"))
+    let registry = KubeClusterRegistry(client: api)
+    registry.start()
+    var settings = KubeAuthSettings()
+    settings.authenticatedTTL = kube.authnTTL
+    settings.allowedTTL = kube.allowedTTL
+    settings.deniedTTL = kube.deniedTTL
+    settings.maxInFlight = kube.reviewConcurrency
+    settings.reviewTimeout = kube.reviewTimeout
+    let (authn, authz) = KubeAuthenticator.pair(client: api, settings: settings)
+
+    // The other replicas, from the Service's EndpointSlices.
+    let peers = PeerTable()
+    let slices = Informer<EndpointSliceObject>(
+      client: api, path: "/apis/discovery.k8s.io/v1/namespaces/\(namespace)/endpointslices",
+      query: [("labelSelector", "kubernetes.io/service-name=\(kube.serviceName)")], what: "endpointslices",
+      logger: Logger(label: "kopilot.hub.peers")) { peers.apply($0) }
+    slices.start()
+    // The public address, live from the ConfigMap unless a flag fixes it.
+    let fixedPublic = publicAddr ?? state.env("PUBLIC_ADDR")
+    let publicAddress = PublicAddress()
+    let configMaps = Informer<ConfigMapObject>(
+      client: api, path: "/api/v1/namespaces/\(namespace)/configmaps",
+      query: [("fieldSelector", "metadata.name=kopilot-hub")], what: "configmap kopilot-hub",
+      logger: Logger(label: "kopilot.hub.config")) { publicAddress.apply($0, log: log) }
+    if fixedPublic == nil { configMaps.start() }
+
+    let local = LocalSessions()
+    let status = ClusterStatusWriter(client: api, replica: replica, address: address, local: local, peers: peers)
+    let box = RouterBox()
+    let loop = try Loop()
+    var cfg = try hubConfig(cert: cert, key: key)
+    if let pc = kube.peerCert ?? state.env("PEER_CERT"), let pk = kube.peerKey ?? state.env("PEER_KEY"),
+       let pca = kube.peerCA ?? state.env("PEER_CA") {
+      let (ph, pp) = try splitHostPort(kube.peerBind ?? state.env("PEER_BIND") ?? "0.0.0.0:8444")
+      cfg.peerCertFile = pc
+      cfg.peerKeyFile = pk
+      cfg.peerCAFile = pca
+      cfg.peerBindHost = ph
+      cfg.peerPort = pp
+    } else {
+      log.warning("no --peer-cert/--peer-key/--peer-ca (PEER_CERT, PEER_KEY, PEER_CA): this replica neither takes nor forwards requests for other replicas")
+    }
+    let hub = try Hub(loop: loop, config: cfg, deferringRouter: { box.route($0, $1) })
+    let metrics = HubMetrics()
+    var router = HubRouter(registry: registry, authenticator: authn, authorizer: authz, publicAddr: fixedPublic ?? "",
+                           agentImage: image, caPEM: caPEM, logger: log, metrics: metrics)
+    router.replicaName = replica
+    router.placement = ReplicaPlacement(selfName: replica, local: local, peers: peers) { id in
+      (registry.object(id: id)?.status?.hubs ?? []).filter { $0.sessions > 0 }.map(\.name)
+    }
+    if fixedPublic == nil { router.publicAddrSource = { publicAddress.value } }
+    router.ready = { registry.hasSynced }
+    box.router = router
+    observe(hub, metrics, log) { cluster, up in
+      local.changed(cluster: cluster, up: up)
+      status.touch(cluster)
+    }
+    registry.onChange { changes in
+      for c in changes where c.closesSessions {
+        log.notice("closing the sessions of \(c.clusterID): \(c.kind)")
+        hub.dropCluster(c.clusterID)
+      }
+    }
+    let webhook: WebhookServer?
+    if kube.webhookBind != "off" {
+      let (wh, wp) = try splitHostPort(kube.webhookBind)
+      webhook = try WebhookServer(host: wh, port: wp, certFile: cert, keyFile: key)
+    } else {
+      webhook = nil
+    }
+    if !registry.waitForSync(timeout: 30) {
+      log.warning("the Clusters are not listed yet (the host API is slow or refuses): /readyz says not ready until they are")
+    }
+    // Entries a previous run of this replica left in Cluster statuses.
+    for c in registry.objects() where (c.status?.hubs ?? []).contains(where: { $0.name == replica }) { status.touch(c.id) }
+    log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) peer-port=\(hub.peerPort) webhook-port=\(webhook?.port ?? 0) clusters=\(registry.clusters().count) public-addr=\(fixedPublic ?? "(ConfigMap kopilot-hub)")")
+    waitForTermination()
+    log.notice("kopilot-hub stopping")
+    // Peers stop sending here before the sessions close.
+    status.withdraw(clusters: Array(local.snapshot().keys))
+    webhook?.stop()
+    hub.stop()
+    registry.stop()
+    slices.stop()
+    configMaps.stop()
+    api.shutdown()
+  }
+}
+
+/// Flags of the Kubernetes mode.
+struct KubeOptions: ParsableArguments {
+  @Option(help: "A kubeconfig for the host cluster (implies --mode kubernetes); default in a pod: the pod's service account.")
+  var kubeconfig: String?
+
+  @Option(help: "The kubeconfig context (default: its current-context).")
+  var context: String?
+
+  @Option(help: "The hub's namespace: where ConfigMap kopilot-hub and the Service's EndpointSlices are. Env: POD_NAMESPACE (default: the pod's, else kopilot-system).")
+  var namespace: String?
+
+  @Option(name: .customLong("pod-name"), help: "This replica's name in Cluster statuses and EndpointSlices. Env: POD_NAME (default: the host name).")
+  var podName: String?
+
+  @Option(name: .customLong("pod-ip"), help: "This replica's address, written to Cluster statuses. Env: POD_IP.")
+  var podIP: String?
+
+  @Option(name: .customLong("ca-file"), help: "PEM CA that agents trust, put into agent manifests (cert-manager's ca.crt). Env: CA_FILE.")
+  var caFile: String?
+
+  @Option(name: .customLong("service-name"), help: "The hub's Service, whose EndpointSlices list the replicas.")
+  var serviceName = "kopilot-hub"
+
+  @Option(name: .customLong("peer-bind"), help: "The peer listener, HOST:PORT (mutual TLS; other replicas forward here). Env: PEER_BIND (default 0.0.0.0:8444).")
+  var peerBind: String?
+
+  @Option(name: .customLong("peer-cert"), help: "PEM certificate for the peer listener and for forwarding (name kopilot-hub-peer). Env: PEER_CERT.")
+  var peerCert: String?
+
+  @Option(name: .customLong("peer-key"), help: "Its private key. Env: PEER_KEY.")
+  var peerKey: String?
+
+  @Option(name: .customLong("peer-ca"), help: "PEM CA every replica's peer certificate chains to. Env: PEER_CA.")
+  var peerCA: String?
+
+  @Option(name: .customLong("webhook-bind"), help: "The admission webhook listener, HOST:PORT, or \"off\".")
+  var webhookBind = "0.0.0.0:9443"
+
+  @Option(name: .customLong("authn-cache-ttl"), help: "Seconds a TokenReview's answer is kept.")
+  var authnTTL: Double = 120
+
+  @Option(name: .customLong("authz-allowed-ttl"), help: "Seconds an allowing SubjectAccessReview is kept.")
+  var allowedTTL: Double = 300
+
+  @Option(name: .customLong("authz-denied-ttl"), help: "Seconds a denying SubjectAccessReview is kept.")
+  var deniedTTL: Double = 30
+
+  @Option(name: .customLong("review-concurrency"), help: "Reviews in flight to the host API at most; more wait (up to 1,000, then 503).")
+  var reviewConcurrency = 32
+
+  @Option(name: .customLong("review-timeout"), help: "Seconds a review may take before the caller gets 504.")
+  var reviewTimeout: Double = 5
+
+  func validate() throws {
+    for (name, v) in [("--authn-cache-ttl", authnTTL), ("--authz-allowed-ttl", allowedTTL), ("--authz-denied-ttl", deniedTTL)]
+    where !(0...86400).contains(v) {
+      throw ValidationError("\(name) is 0 to 86400 seconds")
+    }
+    if !(1...1024).contains(reviewConcurrency) { throw ValidationError("--review-concurrency is 1 to 1024") }
+    if !(0.1...60).contains(reviewTimeout) { throw ValidationError("--review-timeout is 0.1 to 60 seconds") }
   }
 }
 
