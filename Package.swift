@@ -33,6 +33,11 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+    // KopilotKube: the host API client (HTTPS with custom trust roots and
+    // client certificates, streaming watch bodies).
+    .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
   ],
   targets: [
     .target(
@@ -71,7 +76,15 @@ let package = Package(
     ),
     .target(
       name: "KopilotKube",
-      dependencies: [.product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log")],
+      dependencies: [
+        .product(name: "Yams", package: "Yams"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+      ],
       path: "Sources/KopilotKube"
     ),
     .testTarget(name: "KopilotKubeTests", dependencies: ["KopilotKube"], path: "Tests/KopilotKubeTests"),
