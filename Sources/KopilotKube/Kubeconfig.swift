@@ -16,6 +16,8 @@ public struct KubeconfigTarget: Equatable, Sendable {
   /// A client certificate and key, PEM.
   public var clientCertPEM: String?
   public var clientKeyPEM: String?
+  /// The context's namespace, when it names one.
+  public var namespace: String?
 }
 
 /// An error reading a kubeconfig, naming the file and what is wrong.
@@ -64,6 +66,7 @@ public enum Kubeconfig {
       throw fail("cluster \"\(clusterName)\" has no https server")
     }
     var t = KubeconfigTarget(server: server)
+    if let ns = ctx["namespace"] as? String, !ns.isEmpty { t.namespace = ns }
     if let d = cluster["certificate-authority-data"] as? String {
       t.caPEM = try data(d, "certificate-authority-data")
     } else if let f = cluster["certificate-authority"] as? String {
