@@ -27,12 +27,16 @@ type admissionResponse struct {
 // UPDATE (failurePolicy Fail, timeoutSeconds 10, sideEffects None), and
 // returns the object as the mutating webhook's JSONPatch left it.
 func (s *server) admit(r *http.Request, user userInfo, res *resource, op string, o, old obj, dryRun bool) (obj, error) {
+	// The URLs come from the flags or, later, from POST /_fake/webhooks.
+	s.mu.Lock()
+	mutatingURL, validatingURL := s.cfg.mutatingURL, s.cfg.validatingURL
+	s.mu.Unlock()
 	for _, hook := range []struct {
 		name, url string
 		mutating  bool
 	}{
-		{s.cfg.mutatingName, s.cfg.mutatingURL, true},
-		{s.cfg.validatingName, s.cfg.validatingURL, false},
+		{s.cfg.mutatingName, mutatingURL, true},
+		{s.cfg.validatingName, validatingURL, false},
 	} {
 		if hook.url == "" {
 			continue

@@ -166,7 +166,27 @@ func (s *server) serveControl(w http.ResponseWriter, r *http.Request, what strin
 	case what == "close-watches" && r.Method == http.MethodPost:
 		n := s.store.closeWatches()
 		writeJSON(w, http.StatusOK, map[string]int{"closed": n})
-	case what == "faults" || what == "requests" || what == "compact" || what == "close-watches":
+	case what == "webhooks" && r.Method == http.MethodPost:
+		// Where the admission webhooks are, for a test that starts the
+		// webhook server after this fake (its port is not known before).
+		var hooks struct {
+			Mutating   *string `json:"mutating"`
+			Validating *string `json:"validating"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&hooks); err != nil {
+			writeStatus(w, http.StatusBadRequest, "BadRequest", `want {"mutating":"https://...","validating":"https://..."} ("" turns one off)`, nil)
+			return
+		}
+		s.mu.Lock()
+		if hooks.Mutating != nil {
+			s.cfg.mutatingURL = *hooks.Mutating
+		}
+		if hooks.Validating != nil {
+			s.cfg.validatingURL = *hooks.Validating
+		}
+		s.mu.Unlock()
+		writeSuccess(w)
+	case what == "faults" || what == "requests" || what == "compact" || what == "close-watches" || what == "webhooks":
 		methodNotAllowed(w)
 	default:
 		notFoundPath(w)
