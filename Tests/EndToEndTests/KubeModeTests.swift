@@ -330,3 +330,67 @@ final class KubeModeTests: E2ETestCase {
     XCTAssertTrue(r.text.contains("wss://127.0.0.1:\(b.port)/connect?token="), "the manifest points at public_addr")
   }
 }
+
+/// The kubectl suite across two replicas in the Kubernetes mode: the agent
+/// holds its session on hub-b, kubectl talks to hub-a, which authorizes on
+/// the host (TokenReview + SubjectAccessReview) and forwards over the peer
+/// listener. Upgrades (exec, port-forward), watches, logs -f and a 16 MiB
+/// object all cross both hubs.
+class KubeModeKubectlTestCase: KubectlTestCase {
+  override func startTunnel(_ w: E2EWorld) throws {
+    let host = try HostCluster(world: w)
+    try host.start()
+    let a = try host.startReplica("hub-a")
+    let b = try host.startReplica("hub-b")
+    try host.useWebhooks(of: b)
+    let applied = try host.kubectl(["apply", "--validate=false", "-f", Paths.root.appendingPathComponent("deploy/samples/cluster.yaml").path])
+    guard applied.status == 0 else { throw E2EError("kubectl apply: \(applied.stderr)") }
+    let token = try host.kubectl(["get", "cluster", "sample", "-o", "jsonpath={.token}"]).text
+    let agent = try w.start("agent", try Paths.binary("kopilot-agent"), [
+      "--connect", "wss://127.0.0.1:\(b.port)/connect?token=\(token)", "--hub-ca", w.certs.ca,
+      "--apiserver", "https://127.0.0.1:\(fakePort)", "--token-file", w.tokenFile.path, "--ca-file", w.certs.ca,
+    ])
+    try agent.waitFor("connected to the hub", timeout: 30)
+    try b.process.waitFor("agent session up: cluster=default_sample", timeout: 20)
+    try host.eventually("hub-a forwards to hub-b") {
+      statusOf(try w.curl(["-H", "Authorization: Bearer \(HostTokens.alice)", "-w", "\n%{http_code}",
+                           a.url + "/proxy/default_sample/version"])).0 == 200
+    }
+    try """
+      apiVersion: v1
+      kind: Config
+      clusters: [{name: member, cluster: {server: "\(a.url)/proxy/default_sample", certificate-authority: "\(w.certs.ca)"}}]
+      users: [{name: alice, user: {token: \(HostTokens.alice)}}]
+      contexts: [{name: member, context: {cluster: member, user: alice}}]
+      current-context: member
+      """.write(to: kubeconfig, atomically: true, encoding: .utf8)
+  }
+}
+
+/// kubectl 1.27 (SPDY upgrades) through two replicas.
+final class KubeModeKubectl127Tests: KubeModeKubectlTestCase {
+  override var kubectlName: String { "kubectl.1.27" }
+  func testGetAllNamespaces() throws { try checkGetAllNamespaces() }
+  func testGetJSON() throws { try checkGetJSON() }
+  func testWatch() throws { try checkWatch() }
+  func testLogsFollow() throws { try checkLogsFollow() }
+  func testExec() throws { try checkExec() }
+  func testExecStdin() throws { try checkExecStdin() }
+  func testPortForward() throws { try checkPortForward() }
+  func testCreateDelete() throws { try checkCreateDelete() }
+  func testBigObject() throws { try checkBigObject() }
+}
+
+/// kubectl 1.33 (WebSocket upgrades, protobuf create) through two replicas.
+final class KubeModeKubectl133Tests: KubeModeKubectlTestCase {
+  override var kubectlName: String { "kubectl.1.33" }
+  func testGetAllNamespaces() throws { try checkGetAllNamespaces() }
+  func testGetJSON() throws { try checkGetJSON() }
+  func testWatch() throws { try checkWatch() }
+  func testLogsFollow() throws { try checkLogsFollow() }
+  func testExec() throws { try checkExec() }
+  func testExecStdin() throws { try checkExecStdin() }
+  func testPortForward() throws { try checkPortForward() }
+  func testCreateDelete() throws { try checkCreateDelete() }
+  func testBigObject() throws { try checkBigObject() }
+}

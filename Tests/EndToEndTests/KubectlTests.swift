@@ -33,45 +33,51 @@ class KubectlTestCase: E2ETestCase {
         "--cert", w.certs.cert, "--key", w.certs.key, "--token", Tokens.apiserver, "-v",
       ])
       fakePort = Int(try api.waitFor("PORT ").split(separator: " ").last ?? "") ?? 0
-      try w.startHub()
-      var upstream = ["--apiserver", "https://127.0.0.1:\(fakePort)", "--token-file", w.tokenFile.path,
-                      "--ca-file", w.certs.ca]
-      if agentUsesKubeconfig {
-        let ca = try Data(contentsOf: URL(fileURLWithPath: w.certs.ca)).base64EncodedString()
-        let member = w.dir.appendingPathComponent("member.kubeconfig")
-        try """
-          apiVersion: v1
-          kind: Config
-          current-context: member
-          clusters: [{name: m, cluster: {server: "https://127.0.0.1:\(fakePort)", certificate-authority-data: \(ca)}}]
-          users: [{name: agent, user: {token: \(Tokens.apiserver)}}]
-          contexts: [{name: member, context: {cluster: m, user: agent}}]
-          """.write(to: member, atomically: true, encoding: .utf8)
-        upstream = ["--kubeconfig", member.path]
-      }
-      let agent = try w.start("agent", try Paths.binary("kopilot-agent"), [
-        "--connect", "wss://127.0.0.1:\(w.hubPort)/connect?token=\(Tokens.sample)", "--hub-ca", w.certs.ca,
-      ] + upstream)
-      try agent.waitFor("connected to the hub")
-      try w.hub.waitFor("agent session up: cluster=default_sample")
+      try startTunnel(w)
+    }
+  }
+
+  /// Starts the hub side and an agent to the fake member, and writes
+  /// `kubeconfig` for the caller. Here: one hub in the embedded mode.
+  func startTunnel(_ w: E2EWorld) throws {
+    try w.startHub()
+    var upstream = ["--apiserver", "https://127.0.0.1:\(fakePort)", "--token-file", w.tokenFile.path,
+                    "--ca-file", w.certs.ca]
+    if agentUsesKubeconfig {
+      let ca = try Data(contentsOf: URL(fileURLWithPath: w.certs.ca)).base64EncodedString()
+      let member = w.dir.appendingPathComponent("member.kubeconfig")
       try """
         apiVersion: v1
         kind: Config
-        clusters:
-        - name: member
-          cluster:
-            server: \(w.hubURL)/proxy/default_sample
-            certificate-authority: \(w.certs.ca)
-        users:
-        - name: caller
-          user:
-            token: \(Tokens.caller)
-        contexts:
-        - name: member
-          context: {cluster: member, user: caller}
         current-context: member
-        """.write(to: kubeconfig, atomically: true, encoding: .utf8)
+        clusters: [{name: m, cluster: {server: "https://127.0.0.1:\(fakePort)", certificate-authority-data: \(ca)}}]
+        users: [{name: agent, user: {token: \(Tokens.apiserver)}}]
+        contexts: [{name: member, context: {cluster: m, user: agent}}]
+        """.write(to: member, atomically: true, encoding: .utf8)
+      upstream = ["--kubeconfig", member.path]
     }
+    let agent = try w.start("agent", try Paths.binary("kopilot-agent"), [
+      "--connect", "wss://127.0.0.1:\(w.hubPort)/connect?token=\(Tokens.sample)", "--hub-ca", w.certs.ca,
+    ] + upstream)
+    try agent.waitFor("connected to the hub")
+    try w.hub.waitFor("agent session up: cluster=default_sample")
+    try """
+      apiVersion: v1
+      kind: Config
+      clusters:
+      - name: member
+        cluster:
+          server: \(w.hubURL)/proxy/default_sample
+          certificate-authority: \(w.certs.ca)
+      users:
+      - name: caller
+        user:
+          token: \(Tokens.caller)
+      contexts:
+      - name: member
+        context: {cluster: member, user: caller}
+      current-context: member
+      """.write(to: kubeconfig, atomically: true, encoding: .utf8)
   }
 
   /// kubectl with the tunnel's kubeconfig and a cache of its own (discovery
