@@ -268,7 +268,7 @@ final class DeployManifestTests: XCTestCase {
     XCTAssertEqual(map(hubTLS["issuerRef"])["name"] as? String, "kopilot-ca")
     XCTAssertEqual(Set(hubTLS["dnsNames"] as? [String] ?? []), [
       "kopilot-hub", "kopilot-hub.kopilot-system", "kopilot-hub.kopilot-system.svc",
-      "kopilot-hub.kopilot-system.svc.cluster.local",
+      "kopilot-hub.kopilot-system.svc.cluster.local", "kopilot-hub-webhook.kopilot-system.svc",
     ])
     XCTAssertTrue((hubTLS["usages"] as? [String] ?? []).contains("server auth"))
     let peer = try XCTUnwrap(certificates["kopilot-hub-peer-tls"])
@@ -349,7 +349,7 @@ final class DeployManifestTests: XCTestCase {
                  "CA_FILE": "/etc/kopilot/tls/ca.crt", "PEER_CERT": "/etc/kopilot/peer/tls.crt",
                  "PEER_KEY": "/etc/kopilot/peer/tls.key", "PEER_CA": "/etc/kopilot/peer/ca.crt"]
     for (name, path) in files { XCTAssertEqual(env[name]?["value"] as? String, path, name) }
-    XCTAssertEqual(list(c["ports"]).map { "\($0["name"]!) \($0["containerPort"]!)" }, ["https 8443", "peer 8444"])
+    XCTAssertEqual(list(c["ports"]).map { "\($0["name"]!) \($0["containerPort"]!)" }, ["https 8443", "peer 8444", "webhook 9443"])
     for (probe, path) in ["livenessProbe": "/healthz", "readinessProbe": "/readyz"] {
       let get = map(map(c[probe])["httpGet"])
       XCTAssertEqual(get["path"] as? String, path, probe)
@@ -388,14 +388,20 @@ final class DeployManifestTests: XCTestCase {
     XCTAssertEqual(list(svc["ports"]).map { "\($0["name"]!) \($0["port"]!)->\($0["targetPort"]!)" },
                    ["https 443->8443", "peer 8444->8444"])
     XCTAssertEqual(map(svc["selector"]) as? [String: String], selector)
+    // The webhook listener has a ClusterIP Service of its own: only the API
+    // server calls it, so it is not on the nodes' ports.
+    let hookSvc = map(try object(all, "Service", "kopilot-hub-webhook")["spec"])
+    XCTAssertEqual(hookSvc["type"] as? String, "ClusterIP")
+    XCTAssertEqual(list(hookSvc["ports"]).map { "\($0["name"]!) \($0["port"]!)->\($0["targetPort"]!)" }, ["webhook 443->9443"])
+    XCTAssertEqual(map(hookSvc["selector"]) as? [String: String], selector)
     let pdb = map(try object(all, "PodDisruptionBudget", "kopilot-hub")["spec"])
     XCTAssertEqual(pdb["minAvailable"] as? Int, 1)
     XCTAssertEqual(map(map(pdb["selector"])["matchLabels"]) as? [String: String], selector)
 
     // The webhooks: the hub's Service, its paths, CA injected from the
     // serving certificate.
-    for (kind, path) in ["MutatingWebhookConfiguration": "/webhooks/mutate-cluster",
-                         "ValidatingWebhookConfiguration": "/webhooks/validate-cluster"] {
+    for (kind, path) in ["MutatingWebhookConfiguration": WebhookServer.mutatePath,
+                         "ValidatingWebhookConfiguration": WebhookServer.validatePath] {
       let w = try object(all, kind, "kopilot-hub")
       XCTAssertEqual(map(meta(w)["annotations"])["cert-manager.io/inject-ca-from"] as? String,
                      "kopilot-system/kopilot-hub-tls", kind)
@@ -404,7 +410,7 @@ final class DeployManifestTests: XCTestCase {
       let h = hooks[0]
       let s = map(map(h["clientConfig"])["service"])
       XCTAssertEqual("\(s["namespace"] ?? "")/\(s["name"] ?? ""):\(s["port"] ?? "")\(s["path"] ?? "")",
-                     "kopilot-system/kopilot-hub:443\(path)", kind)
+                     "kopilot-system/kopilot-hub-webhook:443\(path)", kind)
       XCTAssertEqual(h["admissionReviewVersions"] as? [String], ["v1"], kind)
       XCTAssertEqual(h["sideEffects"] as? String, "None", kind)
       XCTAssertEqual(h["failurePolicy"] as? String, "Fail", kind)
