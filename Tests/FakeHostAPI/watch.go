@@ -75,8 +75,8 @@ func (s *server) serveWatch(w http.ResponseWriter, r *http.Request, res *resourc
 	deliver := func(ev event) bool {
 		if ev.last {
 			if ev.gone {
-				send("ERROR", obj{"kind": "Status", "apiVersion": "v1", "metadata": obj{}, "status": "Failure",
-					"message": fmt.Sprintf("too old resource version: %d (%d)", lastRV, s.compactedRV()), "reason": "Expired", "code": 410})
+				enc.Encode(eventJSON{"ERROR", statusBody(http.StatusGone, "Expired",
+					fmt.Sprintf("too old resource version: %d (%d)", lastRV, s.compactedRV()), nil)})
 			}
 			return false
 		}
