@@ -348,6 +348,23 @@ final class PeerForwardTests: E2ETestCase {
     XCTAssertEqual(r.text, "502 200 ")
   }
 
+  /// Peer settings that cannot work are refused at start, with the reason.
+  func testIncompletePeerSettingsAreRefused() throws {
+    var c = config(world.certs, peerCert: "hub-a")
+    c.peerCAFile = nil
+    XCTAssertThrowsError(try Hub(loop: loop, config: c) { _ in .status(404, "NotFound", "") }) { e in
+      XCTAssertTrue("\(e)".contains("needs a certificate, a key and a CA"), "\(e)")
+    }
+    c = config(world.certs, peerCert: "hub-a")
+    c.peerCertFile = peer.path("missing.crt")
+    XCTAssertThrowsError(try Hub(loop: loop, config: c) { _ in .status(404, "NotFound", "") })
+    c = config(world.certs, peerCert: "hub-a")
+    c.peerPort = hubB.peerPort // taken
+    XCTAssertThrowsError(try Hub(loop: loop, config: c) { _ in .status(404, "NotFound", "") }) { e in
+      XCTAssertTrue("\(e)".contains("listen on"), "\(e)")
+    }
+  }
+
   /// B asked to forward a request that came from a peer: 508 from the core.
   func testForwardOnThePeerListenerIsALoop() throws {
     let (code, body) = try statusBody("\(aURL)/loop/x")
