@@ -294,15 +294,18 @@ final class PeerForwardTests: E2ETestCase {
   /// A's hop marker (the caller's own dropped) and viaPeer; the member sees
   /// the agent's token and the caller's address in X-Forwarded-For.
   func testHeadersAcrossTheForward() throws {
-    let r = try world.curl(["-H", "Authorization: Bearer \(Tokens.caller)", "-H", "Kopilot-Forwarded-By: forged",
-                            "-H", "X-Forwarded-For: 6.6.6.6", "\(aURL)/proxy/default_sample/headers"], timeout: 20)
+    // From 127.0.0.2 (Linux routes all of 127/8 to lo), so the caller's
+    // address differs from A's own (127.0.0.1, which B sees).
+    let r = try world.curl(["--interface", "127.0.0.2", "-H", "Authorization: Bearer \(Tokens.caller)",
+                            "-H", "Kopilot-Forwarded-By: forged", "-H", "X-Forwarded-For: 6.6.6.6",
+                            "\(aURL)/proxy/default_sample/headers"], timeout: 20)
     XCTAssertEqual(r.status, 0, "curl: \(r.stderr)")
     guard let pairs = try JSONSerialization.jsonObject(with: r.stdout) as? [[String]] else {
       return XCTFail("not a header list: \(r.text)")
     }
     func values(_ name: String) -> [String] { pairs.filter { $0[0].lowercased() == name }.map { $0[1] } }
     XCTAssertEqual(values("authorization"), ["Bearer \(Tokens.apiserver)"])
-    XCTAssertEqual(values("x-forwarded-for"), ["127.0.0.1"])
+    XCTAssertEqual(values("x-forwarded-for"), ["127.0.0.2"], "the caller's address, kept by B")
     XCTAssertEqual(values("x-forwarded-proto"), ["https"])
     XCTAssertEqual(values("kopilot-forwarded-by"), [], "the hop marker stops at B")
     guard let atB = seenAtB.value.last else { return XCTFail("B's router saw nothing") }
