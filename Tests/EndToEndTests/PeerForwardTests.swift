@@ -294,15 +294,18 @@ final class PeerForwardTests: E2ETestCase {
   /// A's hop marker (the caller's own dropped) and viaPeer; the member sees
   /// the agent's token and the caller's address in X-Forwarded-For.
   func testHeadersAcrossTheForward() throws {
-    let r = try world.curl(["-H", "Authorization: Bearer \(Tokens.caller)", "-H", "Kopilot-Forwarded-By: forged",
-                            "-H", "X-Forwarded-For: 6.6.6.6", "\(aURL)/proxy/default_sample/headers"], timeout: 20)
+    // From 127.0.0.2 (Linux routes all of 127/8 to lo), so the caller's
+    // address differs from A's own (127.0.0.1, which B sees).
+    let r = try world.curl(["--interface", "127.0.0.2", "-H", "Authorization: Bearer \(Tokens.caller)",
+                            "-H", "Kopilot-Forwarded-By: forged", "-H", "X-Forwarded-For: 6.6.6.6",
+                            "\(aURL)/proxy/default_sample/headers"], timeout: 20)
     XCTAssertEqual(r.status, 0, "curl: \(r.stderr)")
     guard let pairs = try JSONSerialization.jsonObject(with: r.stdout) as? [[String]] else {
       return XCTFail("not a header list: \(r.text)")
     }
     func values(_ name: String) -> [String] { pairs.filter { $0[0].lowercased() == name }.map { $0[1] } }
     XCTAssertEqual(values("authorization"), ["Bearer \(Tokens.apiserver)"])
-    XCTAssertEqual(values("x-forwarded-for"), ["127.0.0.1"])
+    XCTAssertEqual(values("x-forwarded-for"), ["127.0.0.2"], "the caller's address, kept by B")
     XCTAssertEqual(values("x-forwarded-proto"), ["https"])
     XCTAssertEqual(values("kopilot-forwarded-by"), [], "the hop marker stops at B")
     guard let atB = seenAtB.value.last else { return XCTFail("B's router saw nothing") }
@@ -346,6 +349,23 @@ final class PeerForwardTests: E2ETestCase {
     let r = try world.curl(["-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} ",
                             "\(aURL)/dead/x", "\(aURL)/proxy/default_sample/bytes/10"])
     XCTAssertEqual(r.text, "502 200 ")
+  }
+
+  /// Peer settings that cannot work are refused at start, with the reason.
+  func testIncompletePeerSettingsAreRefused() throws {
+    var c = config(world.certs, peerCert: "hub-a")
+    c.peerCAFile = nil
+    XCTAssertThrowsError(try Hub(loop: loop, config: c) { _ in .status(404, "NotFound", "") }) { e in
+      XCTAssertTrue("\(e)".contains("needs a certificate, a key and a CA"), "\(e)")
+    }
+    c = config(world.certs, peerCert: "hub-a")
+    c.peerCertFile = peer.path("missing.crt")
+    XCTAssertThrowsError(try Hub(loop: loop, config: c) { _ in .status(404, "NotFound", "") })
+    c = config(world.certs, peerCert: "hub-a")
+    c.peerPort = hubB.peerPort // taken
+    XCTAssertThrowsError(try Hub(loop: loop, config: c) { _ in .status(404, "NotFound", "") }) { e in
+      XCTAssertTrue("\(e)".contains("listen on"), "\(e)")
+    }
   }
 
   /// B asked to forward a request that came from a peer: 508 from the core.
