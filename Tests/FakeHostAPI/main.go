@@ -86,6 +86,9 @@ func main() {
 			log.Fatalf("fakehost: %s: %v", *tokensFile, err)
 		}
 	}
+	if len(cfg.tokens) == 0 {
+		log.Print("fakehost: no --tokens: every request will get 401")
+	}
 	roots, err := x509.SystemCertPool()
 	if err != nil || *webhookCA != "" {
 		roots = x509.NewCertPool()
