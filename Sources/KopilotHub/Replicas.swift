@@ -90,9 +90,13 @@ public final class PeerTable: @unchecked Sendable {
 
   public init(portName: String = "peer") { self.portName = portName }
 
-  public func apply(_ event: Informer<EndpointSliceObject>.Event) {
+  /// Applies a change and returns the replicas that are no longer listed
+  /// (their entries in Cluster statuses are stale now).
+  @discardableResult
+  public func apply(_ event: Informer<EndpointSliceObject>.Event) -> Set<String> {
     lock.lock()
     defer { lock.unlock() }
+    let before = synced ? Set(byName.keys) : []
     switch event {
     case .synced(let all):
       slices = Dictionary(all.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
@@ -101,6 +105,15 @@ public final class PeerTable: @unchecked Sendable {
     case .deleted(let s): slices[s.key] = nil
     }
     byName = PeerTable.index(slices.values, portName: portName)
+    return before.subtracting(byName.keys)
+  }
+
+  /// Whether `name` should tidy up after replicas that went away: the
+  /// first by name of the ready ones, so one replica does it, not all.
+  public func isJanitor(_ name: String) -> Bool {
+    lock.lock()
+    defer { lock.unlock() }
+    return byName.values.filter(\.ready).map(\.name).min() == name
   }
 
   static func index<S: Sequence>(_ slices: S, portName: String) -> [String: PeerEndpoint] where S.Element == EndpointSliceObject {

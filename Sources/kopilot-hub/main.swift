@@ -254,10 +254,11 @@ struct Serve: ParsableCommand {
 
     // The other replicas, from the Service's EndpointSlices.
     let peers = PeerTable()
+    let gone = GoneReplicas()
     let slices = Informer<EndpointSliceObject>(
       client: api, path: "/apis/discovery.k8s.io/v1/namespaces/\(namespace)/endpointslices",
       query: [("labelSelector", "kubernetes.io/service-name=\(kube.serviceName)")], what: "endpointslices",
-      logger: Logger(label: "kopilot.hub.peers")) { peers.apply($0) }
+      logger: Logger(label: "kopilot.hub.peers")) { gone.note(peers.apply($0)) }
     slices.start()
     // The public address, live from the ConfigMap unless a flag fixes it.
     let fixedPublic = publicAddr ?? state.env("PUBLIC_ADDR")
@@ -305,6 +306,16 @@ struct Serve: ParsableCommand {
         hub.dropCluster(c.clusterID)
       }
     }
+    // A replica that vanished without withdrawing (killed, node lost) is
+    // still named in Cluster statuses: one replica rewrites those, which
+    // drops every entry of a replica the EndpointSlices no longer list.
+    gone.handler = { names in
+      guard peers.isJanitor(replica) else { return }
+      for c in registry.objects() where (c.status?.hubs ?? []).contains(where: { names.contains($0.name) }) {
+        log.info("cluster \(c.metadata.namespace ?? "")/\(c.metadata.name): dropping status entries of replicas gone: \(names.sorted())")
+        status.touch(c.id)
+      }
+    }
     let webhook: WebhookServer?
     if kube.webhookBind != "off" {
       let (wh, wp) = try splitHostPort(kube.webhookBind)
@@ -328,6 +339,38 @@ struct Serve: ParsableCommand {
     slices.stop()
     configMaps.stop()
     api.shutdown()
+  }
+}
+
+/// Replicas the EndpointSlices stopped listing, handed to `handler` once it
+/// is set (the informer starts before the status writer exists).
+final class GoneReplicas: @unchecked Sendable {
+  private let lock = NSLock()
+  private var pending: Set<String> = []
+  private var h: ((Set<String>) -> Void)?
+
+  var handler: ((Set<String>) -> Void)? {
+    get { lock.lock(); defer { lock.unlock() }; return h }
+    set {
+      lock.lock()
+      h = newValue
+      let p = pending
+      pending = []
+      lock.unlock()
+      if !p.isEmpty { newValue?(p) }
+    }
+  }
+
+  func note(_ names: Set<String>) {
+    guard !names.isEmpty else { return }
+    lock.lock()
+    guard let h else {
+      pending.formUnion(names)
+      lock.unlock()
+      return
+    }
+    lock.unlock()
+    h(names)
   }
 }
 

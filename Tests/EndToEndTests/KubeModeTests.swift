@@ -322,6 +322,24 @@ final class KubeModeTests: E2ETestCase {
     }
   }
 
+  func testStatusForgetsAReplicaThatDiedWithoutWithdrawing() throws {
+    let b = host.replicas["hub-b"]!
+    _ = try startAgent(on: b)
+    try host.eventually("the Cluster's status names hub-b") {
+      (try host.cluster("default", "sample")?["status"] as? [String: Any])?["connected"] as? Bool == true
+    }
+    // hub-b is killed (no chance to withdraw its entry), and the endpoints
+    // controller drops it from the Service.
+    kill(b.process.process.processIdentifier, SIGKILL)
+    b.process.process.waitUntilExit()
+    try host.api("DELETE", "/apis/discovery.k8s.io/v1/namespaces/kopilot-system/endpointslices/kopilot-hub-hub-b")
+    try host.eventually("hub-a drops hub-b's stale entry") {
+      let s = try host.cluster("default", "sample")?["status"] as? [String: Any]
+      return s?["connected"] as? Bool == false && (s?["hubs"] as? [Any])?.isEmpty == true
+    }
+    try host.replicas["hub-a"]!.process.waitFor("dropping status entries of replicas gone: [\"hub-b\"]")
+  }
+
   func testAgentManifestUsesTheConfigMapAddress() throws {
     let b = host.replicas["hub-b"]!
     let r = try world.curl(["-w", "\n%{http_code}", b.url + "/kopilot-agent.yaml?token=\(token)"])
