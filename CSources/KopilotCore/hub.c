@@ -1412,3 +1412,87 @@ int kp_hub_list_sessions(kp_hub_t *hub,
   uv_sem_destroy(&l.done);
   return rc;
 }
+
+/* ---- certificate reload ---- */
+
+typedef struct reload_req {
+  kp_hub_t *hub;
+  kp_tls_ctx_t *tls, *peer_tls, *peer_client; /* NULL: keep the current one */
+  uv_sem_t done;
+} reload_req_t;
+
+/* On the loop: new connections take the new contexts; each connection holds
+ * a reference to the context it was made with, so dropping the hub's own
+ * reference to the old one frees it only when its last connection is gone. */
+static void reload_run(void *arg) {
+  reload_req_t *r = arg;
+  kp_hub_t *hub = r->hub;
+  kp_tls_ctx_t *old;
+  if (r->tls) {
+    old = hub->tls;
+    hub->tls = r->tls;
+    kp_tls_ctx_free(old);
+  }
+  if (r->peer_tls && hub->peer_tls) {
+    old = hub->peer_tls;
+    hub->peer_tls = r->peer_tls;
+    r->peer_tls = NULL;
+    kp_tls_ctx_free(old);
+  }
+  if (r->peer_client && hub->peer_client) {
+    old = hub->peer_client;
+    hub->peer_client = r->peer_client;
+    r->peer_client = NULL;
+    kp_tls_ctx_free(old);
+  }
+  uv_sem_post(&r->done);
+}
+
+int kp_hub_reload_tls(kp_hub_t *hub, const char *cert_file,
+                      const char *key_file, const char *peer_cert_file,
+                      const char *peer_key_file, const char *peer_ca_file,
+                      char *err, size_t errlen) {
+  reload_req_t r;
+  kp_tls_ctx_options_t o;
+  int rc;
+  char dummy[1];
+  if (err == NULL) {
+    err = dummy;
+    errlen = sizeof(dummy);
+  }
+  if (kp_loop_is_current(hub->loop)) return KP_EINVAL;
+  memset(&r, 0, sizeof(r));
+  r.hub = hub;
+  memset(&o, 0, sizeof(o));
+  o.is_server = 1;
+  o.cert_file = cert_file;
+  o.key_file = key_file;
+  rc = kp_tls_ctx_new(&r.tls, &o, err, errlen);
+  if (rc == 0 && peer_cert_file != NULL && hub->peer_tls != NULL) {
+    memset(&o, 0, sizeof(o));
+    o.is_server = 1;
+    o.cert_file = peer_cert_file;
+    o.key_file = peer_key_file;
+    o.ca_file = peer_ca_file;
+    o.require_client_cert = 1;
+    rc = kp_tls_ctx_new(&r.peer_tls, &o, err, errlen);
+    if (rc == 0) {
+      o.is_server = 0;
+      o.require_client_cert = 0;
+      rc = kp_tls_ctx_new(&r.peer_client, &o, err, errlen);
+    }
+  }
+  if (rc == 0) {
+    uv_sem_init(&r.done, 0);
+    rc = kp_loop_post(hub->loop, reload_run, &r);
+    if (rc == 0) uv_sem_wait(&r.done);
+    else kp_tls_ctx_free(r.tls);
+    uv_sem_destroy(&r.done);
+  } else {
+    kp_tls_ctx_free(r.tls);
+  }
+  /* Not taken (no peer listener, or a failure): ours to free. */
+  kp_tls_ctx_free(r.peer_tls);
+  kp_tls_ctx_free(r.peer_client);
+  return rc;
+}

@@ -217,6 +217,22 @@ public final class Hub: @unchecked Sendable {
 
   deinit { stop() }
 
+  /// Reads the certificate files again (renewed in place, as cert-manager
+  /// does): new connections use them, open ones keep theirs. The peer files
+  /// count only when the hub has a peer listener. Throws, changing nothing,
+  /// when a file is missing or the pair does not match.
+  public func reloadTLS(certFile: String, keyFile: String, peerCertFile: String? = nil, peerKeyFile: String? = nil,
+                        peerCAFile: String? = nil) throws {
+    answerLock.lock()
+    defer { answerLock.unlock() }
+    guard !stopped, let h = handle else { return }
+    var err = [CChar](repeating: 0, count: 512)
+    let peer = [peerCertFile, peerKeyFile, peerCAFile].map { $0.flatMap { strdup($0) } }
+    defer { peer.forEach { free($0) } }
+    let rc = kp_hub_reload_tls(h, certFile, keyFile, peer[0], peer[1], peer[2], &err, err.count)
+    guard rc == 0 else { throw CoreError(code: rc, context: "reloading the certificates", detail: String(cString: err)) }
+  }
+
   /// Closes every session of a cluster (removed, or its token changed).
   public func dropCluster(_ id: String) {
     if let h = handle { _ = id.withCString { kp_hub_drop_cluster(h, $0) } }

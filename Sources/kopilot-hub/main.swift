@@ -96,6 +96,9 @@ struct Serve: ParsableCommand {
   @Option(name: .customLong("header-timeout"), help: "Seconds a caller has to send each complete request head (bounds slowloris callers and idle keep-alive connections). Env: HEADER_TIMEOUT_SECONDS.")
   var headerTimeout: Double?
 
+  @Option(name: .customLong("tls-reload-interval"), help: "Seconds between checks of the certificate files; changed files (a renewal) are loaded for new connections.")
+  var tlsReloadInterval: Double = 30
+
   @OptionGroup(title: "Kubernetes mode") var kube: KubeOptions
 
   func validate() throws {
@@ -108,7 +111,22 @@ struct Serve: ParsableCommand {
     if let m = mode ?? state.env("KOPILOT_MODE"), HubMode(rawValue: m) == nil {
       throw ValidationError("--mode must be embedded or kubernetes, not \"\(m)\"")
     }
+    if !(0.1...86400).contains(tlsReloadInterval) { throw ValidationError("--tls-reload-interval is 0.1 to 86400 seconds") }
     try kube.validate()
+  }
+
+  /// Loads renewed certificates for new connections.
+  func watchCertificates(_ hub: Hub, _ cfg: Hub.Config, _ log: Logger) -> CertificateWatcher {
+    let files = [cfg.certFile, cfg.keyFile] + [cfg.peerCertFile, cfg.peerKeyFile, cfg.peerCAFile].compactMap { $0 }
+    return CertificateWatcher(files: files, interval: tlsReloadInterval) {
+      do {
+        try hub.reloadTLS(certFile: cfg.certFile, keyFile: cfg.keyFile, peerCertFile: cfg.peerCertFile,
+                          peerKeyFile: cfg.peerKeyFile, peerCAFile: cfg.peerCAFile)
+        log.notice("certificates reloaded from \(cfg.certFile)\(cfg.peerCertFile.map { " and \($0)" } ?? "")")
+      } catch {
+        log.error("certificates changed but were not loaded (the previous ones stay): \(error)")
+      }
+    }
   }
 
   func run() throws {
@@ -215,9 +233,11 @@ struct Serve: ParsableCommand {
         hub.dropCluster(c.clusterID)
       }
     }
+    let certs = watchCertificates(hub, cfg, log)
     log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) clusters=\(registry.clusters().count) public-addr=\(pub)")
     waitForTermination()
     log.notice("kopilot-hub stopping")
+    certs.stop()
     hub.stop()
     sessions.clear()
   }
@@ -329,8 +349,10 @@ struct Serve: ParsableCommand {
     // Entries a previous run of this replica left in Cluster statuses.
     for c in registry.objects() where (c.status?.hubs ?? []).contains(where: { $0.name == replica }) { status.touch(c.id) }
     log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) peer-port=\(hub.peerPort) webhook-port=\(webhook?.port ?? 0) clusters=\(registry.clusters().count) public-addr=\(fixedPublic ?? "(ConfigMap kopilot-hub)")")
+    let certs = watchCertificates(hub, cfg, log)
     waitForTermination()
     log.notice("kopilot-hub stopping")
+    certs.stop()
     // Peers stop sending here before the sessions close.
     status.withdraw(clusters: Array(local.snapshot().keys))
     webhook?.stop()

@@ -278,7 +278,8 @@ final class E2EWorld {
   /// (fixed tokens); the hub makes the rest (CA, rbac.yaml) on first start.
   var stateDir: URL { dir.appendingPathComponent("state") }
 
-  func startHub(port: Int = 0, extraArgs: [String] = [], name: String = "hub") throws {
+  func startHub(port: Int = 0, extraArgs: [String] = [], name: String = "hub", cert: String? = nil,
+                key: String? = nil) throws {
     try FileManager.default.createDirectory(at: stateDir, withIntermediateDirectories: true)
     try """
       apiVersion: kopilot.smartx.com/v1alpha1
@@ -298,7 +299,7 @@ final class E2EWorld {
       .write(to: stateDir.appendingPathComponent("tokens.csv"), atomically: true, encoding: .utf8)
     hub = try start(name, try Paths.binary("kopilot-hub"), [
       "--state-dir", stateDir.path,
-      "--bind", "127.0.0.1:\(port)", "--tls-cert", certs.cert, "--tls-key", certs.key,
+      "--bind", "127.0.0.1:\(port)", "--tls-cert", cert ?? certs.cert, "--tls-key", key ?? certs.key,
       "--access-log",
     ] + extraArgs)
     let line = try hub.waitFor("kopilot-hub listening on 127.0.0.1:")

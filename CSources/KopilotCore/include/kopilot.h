@@ -223,6 +223,16 @@ int kp_hub_peer_port(const kp_hub_t *hub);
 /* Stops listening, closes every connection and session, and frees. Not from
  * the loop thread. */
 void kp_hub_free(kp_hub_t *hub);
+/* Reads the serving certificate and key again (and, when the hub has a peer
+ * listener and peer_cert_file is given, the peer certificate, key and CA):
+ * connections made from now on use them, those already open keep theirs.
+ * For certificates renewed in place (cert-manager). On any error nothing
+ * changes and err says why. Not from the loop thread; not after
+ * kp_hub_free. */
+int kp_hub_reload_tls(kp_hub_t *hub, const char *cert_file,
+                      const char *key_file, const char *peer_cert_file,
+                      const char *peer_key_file, const char *peer_ca_file,
+                      char *err, size_t errlen);
 /* Closes every session of `cluster` (token revoked, cluster removed). */
 int kp_hub_drop_cluster(kp_hub_t *hub, const char *cluster);
 
