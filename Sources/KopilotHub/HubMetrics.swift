@@ -64,7 +64,38 @@ public final class HubMetrics: @unchecked Sendable {
   public func decided(allowed: Bool) { (allowed ? decisions.allowed : decisions.denied).increment() }
   public func unauthenticated() { decisions.unauthenticated.increment() }
 
-  public func render() -> String { registry.emitToString() }
+  /// Called before each scrape: values read from elsewhere (the review
+  /// caches' counters) are copied in.
+  public var beforeRender: (@Sendable (HubMetrics) -> Void)?
+
+  public func render() -> String {
+    beforeRender?(self)
+    return registry.emitToString()
+  }
+
+  private var reviewGauges: [String: Gauge] = [:]
+
+  /// The host-cluster review caches of the Kubernetes mode: `kind` is
+  /// "token" or "access"; the values are running totals and a size.
+  public func reviews(kind: String, _ s: ReviewStats) {
+    let values: [(String, Int)] = [("hits", s.hits), ("misses", s.misses), ("coalesced", s.coalesced),
+                                   ("reviews", s.reviews), ("errors", s.errors), ("timeouts", s.timeouts),
+                                   ("overloaded", s.overloaded)]
+    lock.lock()
+    defer { lock.unlock() }
+    func gauge(_ name: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
+      let key = name + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+      if let g = reviewGauges[key] { return g }
+      let g = registry.makeGauge(descriptor: metric(name, help), labels: labels)
+      reviewGauges[key] = g
+      return g
+    }
+    for (outcome, v) in values {
+      gauge("kopilot_hub_reviews", "Host-cluster reviews by kind and outcome since start (hits and misses are cache lookups).",
+            [("kind", kind), ("outcome", outcome)]).set(Double(v))
+    }
+    gauge("kopilot_hub_review_cache_entries", "Entries in a review cache.", [("kind", kind)]).set(Double(s.cacheEntries))
+  }
 
   private func gauge(_ table: inout [String: Gauge], _ cluster: String, _ name: String, _ help: String) -> Gauge {
     lock.lock()

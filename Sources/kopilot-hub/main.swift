@@ -307,6 +307,10 @@ struct Serve: ParsableCommand {
     }
     let hub = try Hub(loop: loop, config: cfg, deferringRouter: { box.route($0, $1) })
     let metrics = HubMetrics()
+    metrics.beforeRender = { m in
+      m.reviews(kind: "token", authn.stats)
+      m.reviews(kind: "access", authz.stats)
+    }
     var router = HubRouter(registry: registry, authenticator: authn, authorizer: authz, publicAddr: fixedPublic ?? "",
                            agentImage: image, caPEM: caPEM, logger: log, metrics: metrics)
     router.replicaName = replica
