@@ -1099,7 +1099,7 @@ static void setup_handle_closed(uv_handle_t *h) {
   if (--hub->setup_closing == 0) uv_sem_post(&hub->done);
 }
 
-/* Binds and listens on host:port; *port gets the port bound. */
+/* Binds and listens on host:port; *bound gets the port bound. */
 static int listen_on(uv_tcp_t *t, const char *host, int port, uv_connection_cb cb,
                      int *bound, char *err, size_t errlen) {
   struct sockaddr_storage ss;
@@ -1113,6 +1113,10 @@ static int listen_on(uv_tcp_t *t, const char *host, int port, uv_connection_cb c
     return rc;
   }
   rc = uv_tcp_bind(t, (struct sockaddr *)&ss, 0);
+  /* A deep accept queue: while handshakes are bounded (see the top),
+   * thousands of agents reconnecting at once wait there; one that does not
+   * fit loses its SYN and retries only after a second or more. The kernel
+   * caps this at net.core.somaxconn. */
   if (rc == 0) rc = uv_listen((uv_stream_t *)t, 65535, cb);
   if (rc == 0) rc = uv_tcp_getsockname(t, (struct sockaddr *)&ss, &len);
   if (rc == 0)
@@ -1126,36 +1130,16 @@ static int listen_on(uv_tcp_t *t, const char *host, int port, uv_connection_cb c
 
 static void hub_start(void *arg) {
   kp_hub_t *hub = arg;
-  struct sockaddr_storage ss;
-  int rc, len = sizeof(ss), listener_open = 0;
+  int rc, listener_open = 0;
   const char *host = hub->cfg.bind_host ? hub->cfg.bind_host : "0.0.0.0";
   uv_timer_init(kp__loop_uv(hub->loop), &hub->hs_timer);
   hub->hs_timer.data = hub;
-  if (strchr(host, ':'))
-    rc = uv_ip6_addr(host, hub->cfg.port, (struct sockaddr_in6 *)&ss);
-  else
-    rc = uv_ip4_addr(host, hub->cfg.port, (struct sockaddr_in *)&ss);
-  if (rc != 0) {
-    snprintf(hub->err, hub->errlen, "bad bind address %s: %s", host,
-             uv_strerror(rc));
-  } else if ((rc = uv_tcp_init(kp__loop_uv(hub->loop), &hub->listener)) == 0) {
+  rc = uv_tcp_init(kp__loop_uv(hub->loop), &hub->listener);
+  if (rc == 0) {
     listener_open = 1;
     hub->listener.data = hub;
-    rc = uv_tcp_bind(&hub->listener, (struct sockaddr *)&ss, 0);
-    /* A deep accept queue: while handshakes are bounded (see the top),
-     * thousands of agents reconnecting at once wait there; one that does
-     * not fit loses its SYN and retries only after a second or more. The
-     * kernel caps this at net.core.somaxconn. */
-    if (rc == 0) rc = uv_listen((uv_stream_t *)&hub->listener, 65535, on_connection);
-    if (rc == 0)
-      rc = uv_tcp_getsockname(&hub->listener, (struct sockaddr *)&ss, &len);
-    if (rc == 0)
-      hub->port = ntohs(ss.ss_family == AF_INET
-                            ? ((struct sockaddr_in *)&ss)->sin_port
-                            : ((struct sockaddr_in6 *)&ss)->sin6_port);
-    else
-      snprintf(hub->err, hub->errlen, "listen on %s:%d: %s", host,
-               hub->cfg.port, uv_strerror(rc));
+    rc = listen_on(&hub->listener, host, hub->cfg.port, on_connection,
+                   &hub->port, hub->err, hub->errlen);
   }
   if (rc == 0 && hub->peer_tls != NULL && hub->cfg.peer_port >= 0) {
     const char *ph = hub->cfg.peer_bind_host ? hub->cfg.peer_bind_host : host;

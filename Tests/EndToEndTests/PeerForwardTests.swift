@@ -351,6 +351,75 @@ final class PeerForwardTests: E2ETestCase {
     XCTAssertEqual(r.text, "502 200 ")
   }
 
+  /// A stand-in peer (python, mutual TLS with B's certificate) that
+  /// answers the first request on each connection and closes the
+  /// connection, unanswered, when a second one arrives: what a peer's idle
+  /// timeout crossing a request looks like.
+  static let closingPeer = """
+    import socket, ssl, sys, threading
+    cert, key, ca = sys.argv[1:4]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    srv = socket.create_server(("127.0.0.1", 0))
+    print("PORT %d" % srv.getsockname()[1], flush=True)
+    def serve(raw):
+        try:
+            s = ctx.wrap_socket(raw, server_side=True)
+            buf, n = b"", 0
+            while True:
+                while b"\\r\\n\\r\\n" not in buf:
+                    d = s.recv(65536)
+                    if not d: return
+                    buf += d
+                head, buf = buf.split(b"\\r\\n\\r\\n", 1)
+                n += 1
+                print("request %d on a conn: %s" % (n, head.split(b"\\r\\n")[0].decode()), flush=True)
+                if n > 1:
+                    s.close()
+                    return
+                s.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+        except (OSError, ssl.SSLError) as e:
+            print("conn error:", e, flush=True)
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    """
+
+  /// A pooled peer connection that dies under a request: a GET is sent
+  /// again once on a new connection (and reported once); a POST with a body
+  /// is not, and gets the 502.
+  func testPooledPeerConnectionClosedUnderARequest() throws {
+    let fake = try world.start("closing-peer", world.python, [
+      "-c", Self.closingPeer, peer.path("hub-b.crt"), peer.path("hub-b.key"), peer.ca,
+    ])
+    let port = Int(try fake.waitFor("PORT ").split(separator: " ").last ?? "") ?? 0
+    XCTAssertGreaterThan(port, 0)
+    let proxied = Box<[Int]>([])
+    hubA.stop()
+    var ca = config(world.certs, peerCert: "hub-a")
+    ca.peerPort = -1
+    hubA = try Hub(loop: loop, config: ca) { _ in .forward(host: "127.0.0.1", port: port, hop: "hub-a") }
+    hubA.onProxied = { r in proxied.mutate { $0.append(r.status) } }
+    // One caller connection for all three, so each forward finds the idle
+    // peer connection the previous one left.
+    let r = try world.curl(["-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} ",
+                            "\(aURL)/proxy/default_sample/a", "\(aURL)/proxy/default_sample/b"])
+    XCTAssertEqual(r.text, "200 200 ", r.stderr)
+    let post = try world.curl(["-w", "\n%{http_code}", "--data-binary", "body", "\(aURL)/proxy/default_sample/c"])
+    XCTAssertTrue(post.text.hasSuffix("\n502"), post.text)
+    XCTAssertTrue(post.text.contains("replica 127.0.0.1:\(port) unreachable"), post.text)
+    let deadline = Date().addingTimeInterval(10)
+    while proxied.value.count < 3 && Date() < deadline { usleep(10_000) }
+    usleep(100_000)
+    // 0: the request went out and no response head came back (as for a
+    // tunnel that broke); a peer never reached would report 502.
+    XCTAssertEqual(proxied.value, [200, 200, 0], fake.log)
+    // The GET went out twice (the second time on a new connection).
+    XCTAssertEqual(fake.log.components(separatedBy: "GET /proxy/default_sample/b").count - 1, 2, fake.log)
+  }
+
   /// Peer settings that cannot work are refused at start, with the reason.
   func testIncompletePeerSettingsAreRefused() throws {
     var c = config(world.certs, peerCert: "hub-a")

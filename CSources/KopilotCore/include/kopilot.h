@@ -187,8 +187,10 @@ typedef struct kp_hub_callbacks {
                      int up, int status, void *ud);
   /* A proxied or forwarded request ended (optional; for metrics and access
    * logs): the session that carried it (0: none was live, or a forward),
-   * the member's status (0 when no response head came back: the tunnel
-   * broke; a local 502/503/508 answer reports that status),
+   * the member's status (0 when the request went out and no response head
+   * came back: the tunnel or the peer connection broke; an answer given
+   * before anything went out reports its own status: 503 no session, 502
+   * peer unreachable, 508 loop, 500 bad forward),
    * bytes each way including heads, and the time from the request head to
    * the end of the exchange. Loop thread; cluster is borrowed. */
   void (*on_proxied)(kp_hub_t *hub, const char *cluster, uint64_t session,
