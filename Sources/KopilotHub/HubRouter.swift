@@ -47,14 +47,17 @@ public struct HubRouter: Sendable {
   /// cluster has to be asked first.
   public func route(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void) -> HubAnswer? {
     let metrics = self.metrics
+    let rawCluster = r.target.hasPrefix("/proxy/")
+      ? String(r.target.dropFirst(7).prefix { $0 != "/" && $0 != "?" }) : ""
     @Sendable func counted(_ answer: HubAnswer) -> HubAnswer {
       // A proxied request is counted when it ends (Hub.onProxied); the rest now.
       switch answer {
       case .respond(let status, _, _): metrics?.answered(status: status)
       case .proxy(let cluster, _): metrics?.proxyStarted(cluster: cluster)
       case .acceptAgent: break
-      // A forward also ends in onProxied, with the cluster the target names.
-      case .forward: break
+      // A forward also ends in onProxied, labelled with the cluster as the
+      // target names it (not normalized): counted the same way here.
+      case .forward: metrics?.proxyStarted(cluster: rawCluster)
       }
       return answer
     }
