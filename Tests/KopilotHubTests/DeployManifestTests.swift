@@ -349,6 +349,8 @@ final class DeployManifestTests: XCTestCase {
                  "CA_FILE": "/etc/kopilot/tls/ca.crt", "PEER_CERT": "/etc/kopilot/peer/tls.crt",
                  "PEER_KEY": "/etc/kopilot/peer/tls.key", "PEER_CA": "/etc/kopilot/peer/ca.crt"]
     for (name, path) in files { XCTAssertEqual(env[name]?["value"] as? String, path, name) }
+    // Served agent manifests name the agent image the hub is told of.
+    XCTAssertEqual(env["AGENT_IMAGE"]?["value"] as? String, "ghcr.io/kopilot/kopilot-agent:latest")
     XCTAssertEqual(list(c["ports"]).map { "\($0["name"]!) \($0["containerPort"]!)" }, ["https 8443", "peer 8444", "webhook 9443"])
     for (probe, path) in ["livenessProbe": "/healthz", "readinessProbe": "/readyz"] {
       let get = map(map(c[probe])["httpGet"])
