@@ -3,9 +3,11 @@ import KopilotIO
 import Logging
 
 /// The hub's policy for every caller request: which endpoint, who is asking,
-/// whether RBAC allows it, and which cluster it goes to. Pure: it reads the
-/// registry, the authenticator and the authorizer and returns an answer, so
-/// it runs on the loop thread and is tested without sockets.
+/// whether RBAC allows it, which cluster it goes to and which replica serves
+/// it. It reads the registry, the authenticator, the authorizer and the
+/// placement; it answers on the loop thread when they can answer at once
+/// (always in the embedded mode, on a cache hit in the Kubernetes mode) and
+/// from a task otherwise. Tested without sockets.
 public struct HubRouter: Sendable {
   public var registry: any ClusterRegistry
   public var authenticator: any Authenticator
