@@ -36,6 +36,7 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
   private let logger: Logger
   private let handler: @Sendable (Event) -> Void
   private let watchTimeouts: ClosedRange<Int>
+  private let pageSize: Int
   private var backoff: JitteredBackoff
 
   /// Guards the fields below it; signalled when `synced`, `stopped` or
@@ -46,6 +47,7 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
   private var stopped = false
   private var task: Task<Void, Never>?
   private var ended = false
+  private var currentRV = ""
 
   /// Held around every handler call, so that `stop` returns only when no
   /// call is under way; recursive because a handler may call `stop`.
@@ -60,18 +62,21 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
   public convenience init(client: KubeClient, path: String, query: [(String, String)] = [], what: String,
                           logger: Logger, handler: @escaping @Sendable (Event) -> Void) {
     self.init(client: client, path: path, query: query, what: what, logger: logger,
-              watchTimeouts: 240...480, backoff: JitteredBackoff(base: 0.5, cap: 30), handler: handler)
+              watchTimeouts: 240...480, pageSize: 500, backoff: JitteredBackoff(base: 0.5, cap: 30), handler: handler)
   }
 
   /// - watchTimeouts: the range `timeoutSeconds` of each watch is drawn from.
+  /// - pageSize: the `limit` of each list request.
   init(client: KubeClient, path: String, query: [(String, String)], what: String, logger: Logger,
-       watchTimeouts: ClosedRange<Int>, backoff: JitteredBackoff, handler: @escaping @Sendable (Event) -> Void) {
+       watchTimeouts: ClosedRange<Int>, pageSize: Int, backoff: JitteredBackoff,
+       handler: @escaping @Sendable (Event) -> Void) {
     self.client = client
     self.path = path
     self.query = query.filter { !["watch", "resourceVersion", "limit", "continue", "timeoutSeconds"].contains($0.0) }
     self.what = what
     self.logger = logger
     self.watchTimeouts = watchTimeouts
+    self.pageSize = pageSize
     self.backoff = backoff
     self.handler = handler
   }
@@ -140,6 +145,9 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
     return cache.keys.sorted().compactMap { cache[$0] }
   }
 
+  /// The resourceVersion the next watch starts from.
+  var resourceVersion: String { locked { currentRV } }
+
   // MARK: The loop
 
   private func run() async {
@@ -152,6 +160,8 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
       do {
         if mustList {
           resourceVersion = try await relist()
+          let listed = resourceVersion
+          locked { currentRV = listed }
           mustList = false
           listedSinceProgress = true
           backoff.reset()
@@ -209,7 +219,7 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
     var rv = ""
     var skipped = 0
     repeat {
-      var q = query + [("limit", "500")]
+      var q = query + [("limit", String(pageSize))]
       if let next { q.append(("continue", next)) }
       let data: Data
       do {
@@ -283,10 +293,10 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
         } catch {
           logger.warning("\(what): skipping a \(event.type) event whose object does not decode: \(error)")
         }
-        if let newRV, !newRV.isEmpty { rv = newRV }
+        if let newRV, !newRV.isEmpty { advance(&rv, to: newRV) }
       case "BOOKMARK":
         if let newRV = (try? decoder.decode(MetaOnly.self, from: event.object))?.metadata?.resourceVersion, !newRV.isEmpty {
-          rv = newRV
+          advance(&rv, to: newRV)
         }
       case "ERROR":
         throw KubeAPIError.fromStatus(event.object)
@@ -298,6 +308,11 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
     }
     try Task.checkCancellation()
     return received > 0 || DispatchTime.now().uptimeNanoseconds - began >= 1_000_000_000
+  }
+
+  private func advance(_ rv: inout String, to newRV: String) {
+    rv = newRV
+    locked { currentRV = newRV }
   }
 
   private func locked<T>(_ body: () throws -> T) rethrows -> T {

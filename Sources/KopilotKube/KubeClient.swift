@@ -99,8 +99,13 @@ public final class KubeClient: ReviewClient, @unchecked Sendable {
     base = b
     credentials = Credentials(token: config.bearerToken, file: config.tokenFile, maxAge: tokenMaxAge, logger: logger)
 
+    // AsyncHTTPClient retries a failed connection (refused, TLS) until the
+    // connect timeout and then fails with the last error; a connect timeout
+    // under the request's keeps that error (Unavailable) from turning into
+    // the request's deadline (Timeout).
+    let connect = min(requestTimeout / 2, 5)
     var hc = HTTPClient.Configuration(tlsConfiguration: try Self.tls(config), redirectConfiguration: .disallow,
-                                      timeout: .init(connect: .nanoseconds(Int64(requestTimeout * 1e9))),
+                                      timeout: .init(connect: .nanoseconds(Int64(connect * 1e9))),
                                       decompression: .disabled)
     hc.httpVersion = .http1Only
     http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: hc)
