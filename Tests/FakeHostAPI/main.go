@@ -62,6 +62,7 @@ func main() {
 		validatingName = flag.String("validating-webhook-name", "validate.clusters.kopilot.smartx.com", "the validating webhook's name, as error messages quote it")
 		webhookCA      = flag.String("webhook-ca", "", "PEM CA bundle that verifies the webhook server (default: the system's roots)")
 		verbose        = flag.Bool("v", false, "log every request (method, target, status) on stderr")
+		clientCA       = flag.String("client-ca", "", "PEM CA whose client certificates authenticate (user = CN, groups = O), as kube-apiserver's --client-ca-file")
 	)
 	flag.Parse()
 	if *certFile == "" || *keyFile == "" {
@@ -117,7 +118,7 @@ func main() {
 		Handler: newServer(cfg),
 		// HTTP/1.1 only, as the member fake: ALPN offers http/1.1 and an empty
 		// TLSNextProto keeps net/http from switching to HTTP/2.
-		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}},
+		TLSConfig:    serverTLS(cert, *clientCA),
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     log.New(os.Stderr, "fakehost: http: ", 0),
 		// No timeouts: watches last as long as the client or timeoutSeconds says.
@@ -161,4 +162,21 @@ func parseTokens(r io.Reader) (map[string]userInfo, error) {
 		}
 		out[rec[0]] = u
 	}
+}
+
+// serverTLS is HTTP/1.1 only; with a client CA, a client certificate is
+// asked for and, when given, must chain to it (a bearer token still works
+// without one), as kube-apiserver's --client-ca-file does.
+func serverTLS(cert tls.Certificate, clientCA string) *tls.Config {
+	c := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	if clientCA != "" {
+		pem, err := os.ReadFile(clientCA)
+		pool := x509.NewCertPool()
+		if err != nil || !pool.AppendCertsFromPEM(pem) {
+			log.Fatalf("fakehost: --client-ca %s: no PEM certificate (%v)", clientCA, err)
+		}
+		c.ClientCAs = pool
+		c.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return c
 }

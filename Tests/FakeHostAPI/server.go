@@ -106,6 +106,12 @@ func (s *server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 // authenticate accepts "Bearer <token>" for a token of --tokens; the scheme
 // is case-insensitive as in the apiserver's bearer authenticator.
 func (s *server) authenticate(r *http.Request) (userInfo, bool) {
+	if r.Header.Get("Authorization") == "" && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+		// A verified client certificate (--client-ca): CN is the user, O the groups.
+		leaf := r.TLS.VerifiedChains[0][0]
+		groups := append([]string{}, leaf.Subject.Organization...)
+		return userInfo{Username: leaf.Subject.CommonName, Groups: append(groups, "system:authenticated")}, true
+	}
 	parts := strings.SplitN(r.Header.Get("Authorization"), " ", 2)
 	if len(parts) != 2 || !strings.EqualFold(parts[0], "bearer") {
 		return userInfo{}, false
