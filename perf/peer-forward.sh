@@ -87,11 +87,11 @@ for r in hub-a hub-b; do
   "$bin/kopilot-hub" serve --kubeconfig "$work/kubeconfig" --namespace kopilot-system --pod-name $r --pod-ip 127.0.0.1 \
     --bind 127.0.0.1:0 --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" --ca-file "$work/ca.crt" \
     --peer-bind 127.0.0.1:0 --peer-cert "$work/$r.crt" --peer-key "$work/$r.key" --peer-ca "$work/peer-ca.crt" \
-    --webhook-bind off --public-addr 127.0.0.1:1 --log-level warning > "$work/$r.log" 2>&1 &
+    --webhook-bind off --public-addr 127.0.0.1:1 --log-level notice > "$work/$r.log" 2>&1 &
   pids+=($!)
 done
 for r in hub-a hub-b; do
-  # The listening line is a notice; the rest of the log is quiet at warning.
+  # The listening line is a notice; nothing per request is logged at notice.
   hubport[$r]=$(port_of "$work/$r.log" "listening on 127.0.0.1:")
   peer=$(port_of "$work/$r.log" "peer-port=")
   api POST /apis/discovery.k8s.io/v1/namespaces/kopilot-system/endpointslices "{\"apiVersion\":\"discovery.k8s.io/v1\",\"kind\":\"EndpointSlice\",\"metadata\":{\"name\":\"kopilot-hub-$r\",\"namespace\":\"kopilot-system\",\"labels\":{\"kubernetes.io/service-name\":\"kopilot-hub\"}},\"addressType\":\"IPv4\",\"endpoints\":[{\"addresses\":[\"127.0.0.1\"],\"conditions\":{\"ready\":true},\"targetRef\":{\"kind\":\"Pod\",\"name\":\"$r\",\"namespace\":\"kopilot-system\"}}],\"ports\":[{\"name\":\"peer\",\"port\":$peer}]}"
