@@ -87,7 +87,7 @@ public struct HubRouter: Sendable {
       return .respond(status: 200, contentType: "text/plain; charset=utf-8", body: "ok")
     case "/readyz":
       guard r.method == "GET" || r.method == "HEAD" else { return methodNotAllowed(r) }
-      guard ready() else { return .status(503, "ServiceUnavailable", "not ready: the Clusters are not listed yet") }
+      guard ready() else { return Self.notReady }
       return .respond(status: 200, contentType: "text/plain; charset=utf-8", body: "ok")
     default:
       return .status(404, "NotFound", "the server could not find the requested resource")
@@ -98,6 +98,9 @@ public struct HubRouter: Sendable {
   /// upgrade happens.
   func connect(_ r: HubRequest) -> HubAnswer {
     guard r.method == "GET" else { return methodNotAllowed(r) }
+    // Before the first list every token would look unknown: an agent is
+    // told to come back rather than that its token is wrong.
+    guard ready() else { return Self.notReady }
     guard let token = queryValue(r.target, "token"), !token.isEmpty,
           let cluster = registry.cluster(forAgentToken: token)
     else {
@@ -152,6 +155,7 @@ public struct HubRouter: Sendable {
                                             "cluster": "\(target.cluster)", "reason": "\(decision.reason)"])
         return .status(403, "Forbidden", decision.forbiddenMessage)
       }
+      guard ready() else { return Self.notReady }
       guard registry.cluster(id: target.cluster) != nil else {
         return .status(404, "NotFound", "cluster \(target.cluster.replacingOccurrences(of: "_", with: "/")) is not registered")
       }
@@ -230,6 +234,8 @@ public struct HubRouter: Sendable {
       return .respond(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render())
     }
   }
+
+  static let notReady = HubAnswer.status(503, "ServiceUnavailable", "the hub is starting: it has not listed the Clusters yet")
 
   func methodNotAllowed(_ r: HubRequest) -> HubAnswer {
     .status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")

@@ -107,6 +107,22 @@ final class RouterTests: XCTestCase {
     XCTAssertEqual(status(answer(router(authn: SlowAuthenticator(failure: Odd())), request("GET", "/proxy/default_sample/api"), deferred: &deferred)).0, 503)
   }
 
+  func testBeforeTheClustersAreListedAgentsAndCallersAreToldToComeBack() {
+    var r = router()
+    r.ready = { false }
+    var deferred = false
+    let token = String(repeating: "t", count: 20)
+    XCTAssertEqual(status(answer(r, request("GET", "/connect?token=\(token)", token: nil), deferred: &deferred)).0, 503,
+                   "not 401: the token may well be good")
+    XCTAssertEqual(status(answer(r, request("GET", "/proxy/default_sample/api"), deferred: &deferred)).0, 503)
+    XCTAssertEqual(status(answer(r, request("GET", "/readyz", token: nil), deferred: &deferred)).0, 503)
+    XCTAssertEqual(status(answer(r, request("GET", "/healthz", token: nil), deferred: &deferred)).0, 200, "alive, if not ready")
+    r.ready = { true }
+    guard case .acceptAgent? = answer(r, request("GET", "/connect?token=\(token)", token: nil), deferred: &deferred) else {
+      return XCTFail("a ready hub accepts the agent")
+    }
+  }
+
   func testTheAuthorizedPathIsTheNormalizedOne() {
     let authz = SlowAuthorizer()
     var deferred = false
