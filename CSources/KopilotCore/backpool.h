@@ -37,7 +37,7 @@ typedef struct kp__back {
 } kp__back_t;
 
 /* What a request needs of the pool; lives in the owner's front record. The
- * owner sets relay, head, key and idempotent before kp__backreq_start. */
+ * owner sets head, key and idempotent before kp__backreq_start. */
 struct kp__backreq {
   kp__relay_t *relay;
   kp__back_t *back;  /* its conn while dialing or attached */
