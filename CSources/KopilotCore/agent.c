@@ -1,6 +1,7 @@
 /* agent.c - the agent's data plane: one session to the hub; each stream the
  * hub opens is an HTTP/1.1 connection whose requests go to the member's API
  * server with the agent's own credentials. */
+#include "backpool.h"
 #include "session.h"
 
 #include <stdio.h>
@@ -25,237 +26,58 @@ struct kp_agent {
   uv_timer_t drain_timer;
   int drain_timer_on;
   uv_sem_t done;
-  /* The upstream keep-alive pool (loop thread only): idle conns, most
-   * recently used first; see "upstream connections" below. */
-  struct up_conn *idle;
-  uint32_t idle_count;
-  int pool_freeing; /* kp_agent_free waits for the list to run empty */
+  /* The upstream keep-alive pool (loop thread only); kp_agent_free waits
+   * for its idle list to run empty. See "upstream connections" below. */
+  kp__backpool_t pool;
 };
 
 /* ---- upstream connections and their keep-alive pool ---- */
 
-/* A cold request costs a TCP and a TLS handshake with the API server; an
- * exchange that ended at a request boundary (the relay says REUSABLE)
- * leaves its conn in a pool for the next request instead. The pool is a
- * LIFO list: the most recently used conn is taken first, so a light load
- * keeps reusing a few warm conns and the rest age out by their idle
- * deadline (the conn's own timer, so no pool-wide timer to manage). Idle
- * conns keep reading: a server that closes one (its idle timeout, a
- * restart) is seen at once and the conn leaves the pool. One that closed
- * as a request crossed it (EOF or reset before a response byte) is retried
- * once on a new conn when the request may be sent twice. */
+/* Every request goes to the one API server, so all upstream conns share
+ * one pool key (""); see backpool.h for the pool and the retry. */
 #define UP_MAX_IDLE_DEFAULT 256
 #define UP_IDLE_MS_DEFAULT 60000
-
-typedef struct up_conn {
-  kp_agent_t *agent;
-  kp__conn_t *conn;
-  kp__relay_t *relay; /* the request it carries; NULL when idle or orphaned */
-  struct up_conn *prev, *next; /* the agent's idle list, while pooled */
-  unsigned attached : 1, pooled : 1;
-} up_conn_t;
 
 typedef struct agent_front {
   kp_agent_t *agent;
   kp_mux_stream_t *st;
-  up_conn_t *up;  /* the current request's conn, dialing or attached */
-  uint8_t *head;  /* its rewritten head (owned), kept for a second attempt */
-  size_t head_len;
-  unsigned idempotent : 1, /* the method may be sent twice */
-      reused : 1,          /* the current attempt's conn came from the pool */
-      retried : 1;         /* the request was sent again once already */
+  kp__backreq_t up; /* the current request and its conn */
 } agent_front_t;
 
-static void front_head_free(agent_front_t *f) {
-  /* The head holds the agent's bearer token. */
-  if (f->head) memset(f->head, 0, f->head_len);
-  free(f->head);
-  f->head = NULL;
-  f->head_len = 0;
+static int up_dial(kp__backpool_t *p, kp__backreq_t *q, kp__back_t *b) {
+  kp_agent_t *a = p->ud;
+  (void)q;
+  return kp__conn_dial(&b->conn, a->loop, a->up_host, a->cfg.upstream_port,
+                       a->up_tls, a->up_host, &kp__back_conn_cbs, b);
 }
 
-static uint32_t pool_max(const kp_agent_t *a) {
-  return a->cfg.upstream_max_idle ? a->cfg.upstream_max_idle : UP_MAX_IDLE_DEFAULT;
-}
-
-static void pool_remove(up_conn_t *u) {
-  kp_agent_t *a = u->agent;
-  if (u->prev) u->prev->next = u->next;
-  else a->idle = u->next;
-  if (u->next) u->next->prev = u->prev;
-  u->prev = u->next = NULL;
-  u->pooled = 0;
-  a->idle_count--;
-}
-
-/* An idle conn leaves the list when it is taken or, if it closes instead,
- * in its on_close: a conn that is closing stays listed (skipped, and
- * counted against the bound) until it is gone. While the agent is being
- * freed, the list running empty is what kp_agent_free waits for. */
-static void pool_closed(up_conn_t *u) {
-  kp_agent_t *a = u->agent;
-  pool_remove(u);
-  if (a->pool_freeing && a->idle == NULL) uv_sem_post(&a->done);
-}
-
-/* Keeps a conn that ended at a request boundary. Returns 0 when it is not
- * kept (the pool is full or closing, the conn is ending): the caller closes
- * it. A full pool turns the returning conn away rather than evicting an
- * older one: either way one conn closes, and this needs no bookkeeping. */
-static int pool_put(up_conn_t *u) {
-  kp_agent_t *a = u->agent;
-  kp__conn_t *c = u->conn;
-  uint64_t idle_ms;
-  if (a->freeing || a->draining || c->closing || c->eof || c->shut ||
-      a->idle_count >= pool_max(a))
-    return 0;
-  u->pooled = 1;
-  u->prev = NULL;
-  u->next = a->idle;
-  if (a->idle) a->idle->prev = u;
-  a->idle = u;
-  a->idle_count++;
-  idle_ms = a->cfg.upstream_idle_ms ? a->cfg.upstream_idle_ms : UP_IDLE_MS_DEFAULT;
-  kp__conn_set_timeout(c, idle_ms);
-  /* The relay may have paused it; an idle conn reads to see a close (and
-   * bytes nobody asked for, which close it too: up_read). */
-  kp__conn_read(c, 1);
-  return 1;
-}
-
-/* The most recently used idle conn that is not closing, or NULL. */
-static up_conn_t *pool_take(kp_agent_t *a) {
-  up_conn_t *u;
-  for (u = a->idle; u; u = u->next) {
-    if (u->conn->closing || u->conn->eof) continue;
-    pool_remove(u);
-    kp__conn_set_timeout(u->conn, 0);
-    return u;
-  }
-  return NULL;
-}
-
-/* Closes every idle conn (shutdown, free); each leaves the list as it
- * closes. */
-static void pool_close_all(kp_agent_t *a) {
-  up_conn_t *u;
-  for (u = a->idle; u; u = u->next) kp__conn_close(u->conn, KP_ECLOSED);
-}
-
-/* The front record must stop pointing at an upstream conn that is going
- * away: the relay can outlive it. */
-static void up_detach(up_conn_t *u) {
-  agent_front_t *f;
-  if (u->relay == NULL) return;
-  f = kp__relay_user_data(u->relay);
-  if (f->up == u) f->up = NULL;
-}
-
-/* The API server could not be reached: the caller gets a 502 Status and
- * the conn closes (up_closed frees u). */
-static void up_fail(up_conn_t *u, int status) {
-  kp__relay_t *r = u->relay;
+/* The API server could not be reached: the caller gets a 502 Status (the
+ * conn, if any, closes on its own). */
+static void up_fail(kp__backreq_t *q, int status) {
   char msg[256];
   size_t n;
   uint8_t *resp;
   snprintf(msg, sizeof(msg), "kopilot-agent: cannot reach the API server: %s",
            kp_strerror(status));
-  up_detach(u);
-  u->relay = NULL;
   resp = kp__http_build_status(502, "ServiceUnavailable", msg, 1, &n);
-  if (resp) kp__relay_respond(r, resp, n, 1);
-  else kp__relay_abort(r, KP_ENOMEM);
+  if (resp) kp__relay_respond(q->relay, resp, n, 1);
+  else kp__relay_abort(q->relay, KP_ENOMEM);
   free(resp);
 }
 
-static void up_ready(kp__conn_t *c, int status) {
-  up_conn_t *u = c->ud;
-  kp__ep_t ep = {&kp__conn_ep_ops, c};
-  agent_front_t *f;
-  if (u->relay == NULL) return;
-  if (status != 0) {
-    up_fail(u, status);
-    return;
-  }
-  f = kp__relay_user_data(u->relay);
-  u->attached = 1;
-  kp__relay_attach(u->relay, ep, f->head, f->head_len);
+/* kp_agent_free's last step waits for this (free_pool_run). */
+static void up_drained(kp__backpool_t *p) {
+  kp_agent_t *a = p->ud;
+  uv_sem_post(&a->done);
 }
 
-static void up_read(kp__conn_t *c, const uint8_t *p, size_t n,
-                    kp_chunk_t *chunk) {
-  up_conn_t *u = c->ud;
-  if (u->pooled) {
-    /* An idle conn was sent bytes nobody asked for: whatever the server
-     * thinks the next response is, it cannot be trusted with a request. */
-    kp__conn_close(c, KP_EPROTO);
-    return;
-  }
-  if (u->relay && u->attached) kp__relay_back_data(u->relay, p, n, chunk);
-}
-static void up_eof(kp__conn_t *c) {
-  up_conn_t *u = c->ud;
-  if (u->pooled) kp__conn_close(c, 0); /* the server closed an idle conn */
-  else if (u->relay && u->attached) kp__relay_back_eof(u->relay);
-}
-static void up_written(kp__conn_t *c, size_t n) {
-  up_conn_t *u = c->ud;
-  (void)n;
-  if (u->relay && u->attached) kp__relay_writable(u->relay);
-}
-static void up_closed(kp__conn_t *c, int status) {
-  up_conn_t *u = c->ud;
-  if (u->pooled) {
-    pool_closed(u);
-  } else {
-    up_detach(u);
-    if (u->relay && u->attached) kp__relay_back_closed(u->relay, status);
-    else if (u->relay) up_fail(u, status ? status : KP_ECLOSED); /* closed while dialing */
-  }
-  free(u);
-}
-
-static const kp__conn_cbs_t up_cbs = {
-    .on_ready = up_ready,
-    .on_read = up_read,
-    .on_eof = up_eof,
-    .on_written = up_written,
-    .on_close = up_closed,
+static const kp__backpool_hooks_t up_hooks = {
+    .dial = up_dial,
+    .fail = up_fail,
+    .drained = up_drained,
 };
 
-/* Dials a new conn for the front's current request; it attaches when the
- * TLS handshake is done (up_ready). A function that returns an error fires
- * no callback. */
-static int up_dial(agent_front_t *f, kp__relay_t *r) {
-  kp_agent_t *a = f->agent;
-  up_conn_t *u = calloc(1, sizeof(*u));
-  int rc;
-  if (u == NULL) return KP_ENOMEM;
-  u->agent = a;
-  u->relay = r;
-  rc = kp__conn_dial(&u->conn, a->loop, a->up_host, a->cfg.upstream_port,
-                     a->up_tls, a->up_host, &up_cbs, u);
-  if (rc != 0) {
-    free(u);
-    return rc;
-  }
-  f->up = u;
-  return 0;
-}
-
 /* ---- streams from the hub ---- */
-
-/* Methods a client may send twice (RFC 9110 9.2.2) that kube-apiserver
- * serves; PUT is idempotent too but carries a body, which is never
- * resent. */
-static int method_idempotent(const kp_http_head_t *h) {
-  static const char *const m[] = {"GET", "HEAD", "OPTIONS", "DELETE", NULL};
-  const char *const *p;
-  for (p = m; *p; p++)
-    if (h->method_len == strlen(*p) && memcmp(h->method, *p, h->method_len) == 0)
-      return 1;
-  return 0;
-}
 
 static void af_on_request(kp__relay_t *r, const kp_http_head_t *head,
                           const uint8_t *raw, size_t raw_len) {
@@ -264,7 +86,6 @@ static void af_on_request(kp__relay_t *r, const kp_http_head_t *head,
   static const char *const drop[] = {"authorization", "host", NULL};
   char extra[8192];
   int n;
-  up_conn_t *u;
   (void)raw;
   (void)raw_len;
   uv_mutex_lock(&a->mu);
@@ -276,55 +97,30 @@ static void af_on_request(kp__relay_t *r, const kp_http_head_t *head,
                  a->cfg.upstream_port);
   uv_mutex_unlock(&a->mu);
   if (n < 0 || (size_t)n >= sizeof(extra)) n = 0;
-  front_head_free(f);
-  f->head = kp__http_build_request(head, head->target, head->target_len, drop,
-                                   extra, (size_t)n, &f->head_len);
+  kp__backreq_clear_head(&f->up);
+  f->up.head = kp__http_build_request(head, head->target, head->target_len,
+                                      drop, extra, (size_t)n, &f->up.head_len);
   /* The token is in that buffer: wipe the stack copy now. */
   memset(extra, 0, sizeof(extra));
-  if (f->head == NULL) {
+  if (f->up.head == NULL) {
     kp__relay_abort(r, KP_ENOMEM);
     return;
   }
-  f->idempotent = method_idempotent(head) != 0;
-  f->retried = 0;
-  u = pool_take(a);
-  if (u != NULL) {
-    kp__ep_t ep = {&kp__conn_ep_ops, u->conn};
-    f->reused = 1;
-    f->up = u;
-    u->relay = r;
-    u->attached = 1;
-    kp__relay_attach(r, ep, f->head, f->head_len);
-    return;
-  }
-  f->reused = 0;
-  if (up_dial(f, r) != 0) kp__relay_abort(r, KP_EIO);
+  f->up.idempotent = kp__backpool_idempotent(head) != 0;
+  if (kp__backreq_start(&a->pool, &f->up, r) != 0) kp__relay_abort(r, KP_EIO);
 }
 
 static void af_release_back(kp__relay_t *r, kp__ep_t back,
                             kp__relay_back_end_t how) {
   agent_front_t *f = kp__relay_user_data(r);
-  kp__conn_t *c = back.h;
-  up_conn_t *u = c->ud;
-  u->relay = NULL;
-  u->attached = 0;
-  f->up = NULL;
-  if (how == KP__RELAY_BACK_REUSABLE && pool_put(u)) return;
-  kp__conn_close(c, 0);
+  kp__backreq_release(&f->up, back, how);
 }
 
-/* A pooled conn that died under a request it had not answered: the server
- * closed it as the request crossed (its idle timeout, a restart). Once, on
- * a new conn, and only for a method that may be sent twice; a fresh conn
- * that dies is the server's answer and gets the 502. */
 static int af_retry(kp__relay_t *r, int err) {
   agent_front_t *f = kp__relay_user_data(r);
   (void)err;
-  if (!f->reused || !f->idempotent || f->retried || f->agent->freeing)
-    return 0;
-  f->retried = 1;
-  f->reused = 0;
-  return up_dial(f, r) == 0;
+  if (f->agent->freeing) return 0;
+  return kp__backreq_retry(&f->agent->pool, &f->up);
 }
 
 static void af_done(kp__relay_t *r) {
@@ -332,11 +128,8 @@ static void af_done(kp__relay_t *r) {
   /* The stream is not touched here: it is closed already (that is what
    * finished the relay) or was reset by the relay's abort. A conn still
    * here is a dial (an attached one was released or closed first). */
-  if (f->up) {
-    f->up->relay = NULL; /* a dial still running sees no relay */
-    kp__conn_close(f->up->conn, KP_ECLOSED);
-  }
-  front_head_free(f);
+  kp__backreq_orphan(&f->up);
+  kp__backreq_clear_head(&f->up);
   free(f);
 }
 
@@ -359,6 +152,7 @@ static void agent_on_stream(kp__sess_t *s, kp_mux_stream_t *st) {
   }
   f->agent = a;
   f->st = st;
+  f->up.key = ""; /* every upstream conn is to the one API server */
   kp_mux_stream_set_user_data(st, r);
   kp_mux_stream_accept(st);
 }
@@ -529,8 +323,8 @@ static void shutdown_run(void *arg) {
   uv_loop_t *uv = kp__loop_uv(a->loop);
   a->draining = 1;
   /* No request will want an idle conn any more; those in flight close
-   * theirs when they end (pool_put refuses while draining). */
-  pool_close_all(a);
+   * theirs when they end (the closed pool refuses them). */
+  kp__backpool_close(&a->pool);
   if (a->dialing) {
     kp__conn_close(a->dialing, KP_ECLOSED); /* on_state follows */
   } else if (a->sess == NULL) {
@@ -603,6 +397,11 @@ int kp_agent_new(kp_agent_t **out, kp_loop_t *loop,
   a->up_host = dup_or_null(cfg->upstream_host);
   a->cbs = *cbs;
   a->ud = ud;
+  kp__backpool_init(&a->pool, &up_hooks, a,
+                    cfg->upstream_max_idle ? cfg->upstream_max_idle
+                                           : UP_MAX_IDLE_DEFAULT,
+                    cfg->upstream_idle_ms ? cfg->upstream_idle_ms
+                                          : UP_IDLE_MS_DEFAULT);
   uv_mutex_init(&a->mu);
   uv_sem_init(&a->done, 0);
   *out = a;
@@ -625,6 +424,7 @@ static void drain_timer_closed(uv_handle_t *h) {
 static void free_run(void *arg) {
   kp_agent_t *a = arg;
   a->freeing = 1;
+  kp__backpool_close(&a->pool); /* requests ending now return no conn */
   if (a->sess) kp__sess_close(a->sess, KP_ECLOSED);
   else if (a->dialing) kp__conn_close(a->dialing, KP_ECLOSED);
   else uv_sem_post(&a->done);
@@ -636,14 +436,13 @@ static void free_timer_run(void *arg) {
   else uv_sem_post(&a->done);
 }
 
-/* Last: the idle upstream conns. Each one's on_close reaches the agent
- * (pool_closed), so the agent lives until the list is empty; `done` is
- * posted then. The session is gone by now, so no request returns a conn. */
+/* Last: the idle upstream conns. Each one's on_close reaches the pool in
+ * the agent, so the agent lives until the list is empty; `done` is posted
+ * then (up_drained). The session is gone by now, so no request returns a
+ * conn. */
 static void free_pool_run(void *arg) {
   kp_agent_t *a = arg;
-  a->pool_freeing = 1;
-  if (a->idle == NULL) uv_sem_post(&a->done);
-  else pool_close_all(a);
+  if (kp__backpool_wait_empty(&a->pool)) uv_sem_post(&a->done);
 }
 
 void kp_agent_free(kp_agent_t *a) {

@@ -3,6 +3,7 @@
  * (who may do what, which token is which cluster) is the owner's: every
  * request head goes to callbacks.on_request, which answers with one of the
  * kp_hub_request_* calls. */
+#include "backpool.h"
 #include "session.h"
 
 #include <stdio.h>
@@ -58,8 +59,7 @@ struct kp_hub {
   char *peer_server_name;
   int peer_port;             /* 0: no peer listener */
   int has_peer_listener, peer_listener_closed;
-  struct hub_fwd *fwd_idle;  /* idle peer conns, most recently used first */
-  uint32_t fwd_idle_count;
+  kp__backpool_t fwd_pool;   /* idle peer conns, keyed by "host:port" */
 };
 
 /* kp_hub_request_t is never defined: the handle given out is the caller's
@@ -83,14 +83,11 @@ typedef struct hub_front {
   char cluster[256];   /* of the current proxied request */
   int via_peer;        /* accepted on the peer listener */
   /* The current forward to a peer replica (fwd_to[0] == 0: none). */
-  struct hub_fwd *fwd; /* its peer conn while dialing or attached */
-  uint8_t *fwd_head;   /* the head sent (owned), kept for a second attempt */
-  size_t fwd_head_len;
+  kp__backreq_t fwd;   /* its head and peer conn (key: fwd_to) */
   char fwd_host[256];
   int fwd_port;
   char fwd_to[300];    /* "host:port", for messages and the idle pool */
   char fwd_why[256];   /* why the peer conn failed, first reason */
-  unsigned fwd_reused : 1, fwd_idempotent : 1, fwd_retried : 1;
   /* A failed exchange on a reused peer conn that may yet be retried: its
    * on_proxied waits, so a retried forward is reported once. */
   unsigned proxied_held : 1;
@@ -98,7 +95,7 @@ typedef struct hub_front {
 } hub_front_t;
 
 static void front_free(hub_front_t *f) {
-  free(f->fwd_head);
+  kp__backreq_clear_head(&f->fwd);
   free(f);
 }
 
@@ -207,23 +204,18 @@ static kp__sess_t *pick_session(hub_cluster_t *c, kp__sess_t *skip) {
 
 /* A stream carries one request: done or reusable, it is closed (FIN); a
  * failed exchange resets it. */
-static void fwd_release(kp__relay_t *r, kp__ep_t back,
-                        kp__relay_back_end_t how);
-
 static void front_release_back(kp__relay_t *r, kp__ep_t back,
                                kp__relay_back_end_t how) {
+  hub_front_t *f = kp__relay_user_data(r);
   kp_mux_stream_t *st = back.h;
   if (back.ops == &kp__conn_ep_ops) {
-    fwd_release(r, back, how); /* a peer replica's conn */
+    kp__backreq_release(&f->fwd, back, how); /* a peer replica's conn */
     return;
   }
   kp_mux_stream_set_user_data(st, NULL);
   if (how != KP__RELAY_BACK_FAILED) kp_mux_stream_close(st);
   else kp_mux_stream_reset(st);
-  (void)r;
 }
-
-static void fwd_orphan(hub_front_t *f);
 
 /* Reports a held exchange (see front_exchange) that was not retried. */
 static void flush_held(hub_front_t *f) {
@@ -239,7 +231,7 @@ static void front_done(kp__relay_t *r) {
   hub_front_t *f = kp__relay_user_data(r);
   flush_held(f);
   f->relay = NULL;
-  fwd_orphan(f);
+  kp__backreq_orphan(&f->fwd); /* a peer conn still dialing goes away */
   if (f->detached) {
     /* The conn went to an agent session; this record is ours to free. The
      * relay may finish inside take_front or only when its pump unwinds. */
@@ -280,8 +272,8 @@ static void front_exchange(kp__relay_t *r, int status, uint64_t up,
                            uint64_t down) {
   hub_front_t *f = kp__relay_user_data(r);
   kp_hub_t *hub = f->hub;
-  if (status == 0 && f->fwd_to[0] && f->fwd_reused && f->fwd_idempotent &&
-      !f->fwd_retried) {
+  if (status == 0 && f->fwd_to[0] && f->fwd.reused && f->fwd.idempotent &&
+      !f->fwd.retried) {
     /* front_retry may send it again (then this report is dropped); any
      * other ending reports it (flush_held). */
     f->proxied_held = 1;
@@ -783,53 +775,6 @@ int kp_hub_request_via_peer(const kp_hub_request_t *req) {
 #define FWD_IDLE_MS 10000
 #define FWD_DEFAULT_SERVER_NAME "kopilot-hub-peer"
 
-typedef struct hub_fwd {
-  kp_hub_t *hub;
-  kp__conn_t *conn;
-  kp__relay_t *relay; /* the request it carries; NULL when idle or orphaned */
-  struct hub_fwd *prev, *next; /* the hub's idle list, while pooled */
-  unsigned attached : 1, pooled : 1;
-  char key[300]; /* "host:port" */
-} hub_fwd_t;
-
-static void fwd_pool_remove(hub_fwd_t *u) {
-  kp_hub_t *hub = u->hub;
-  if (u->prev) u->prev->next = u->next;
-  else hub->fwd_idle = u->next;
-  if (u->next) u->next->prev = u->prev;
-  u->prev = u->next = NULL;
-  u->pooled = 0;
-  hub->fwd_idle_count--;
-}
-
-static int fwd_pool_put(hub_fwd_t *u) {
-  kp_hub_t *hub = u->hub;
-  kp__conn_t *c = u->conn;
-  if (hub->stopping || c->closing || c->eof || c->shut ||
-      hub->fwd_idle_count >= FWD_MAX_IDLE)
-    return 0;
-  u->pooled = 1;
-  u->prev = NULL;
-  u->next = hub->fwd_idle;
-  if (hub->fwd_idle) hub->fwd_idle->prev = u;
-  hub->fwd_idle = u;
-  hub->fwd_idle_count++;
-  kp__conn_set_timeout(c, FWD_IDLE_MS);
-  kp__conn_read(c, 1); /* to see the peer close it */
-  return 1;
-}
-
-static hub_fwd_t *fwd_pool_take(kp_hub_t *hub, const char *key) {
-  hub_fwd_t *u;
-  for (u = hub->fwd_idle; u; u = u->next) {
-    if (u->conn->closing || u->conn->eof || strcmp(u->key, key) != 0) continue;
-    fwd_pool_remove(u);
-    kp__conn_set_timeout(u->conn, 0);
-    return u;
-  }
-  return NULL;
-}
-
 /* Keeps the first reason a peer conn failed for the 502's message. */
 static void fwd_note_why(hub_front_t *f, kp__conn_t *c, int status) {
   const char *tls = c && c->tls ? kp_tls_last_error(c->tls) : "";
@@ -861,120 +806,49 @@ static void fwd_fail(hub_front_t *f, int status) {
   status_json(f, 502, "BadGateway", msg);
 }
 
-static void fwd_ready(kp__conn_t *c, int status) {
-  hub_fwd_t *u = c->ud;
-  hub_front_t *f;
-  kp__ep_t ep = {&kp__conn_ep_ops, c};
-  if (u->relay == NULL) return;
-  f = kp__relay_user_data(u->relay);
-  if (status != 0) {
-    fwd_note_why(f, c, status); /* fwd_closed follows and answers */
-    return;
-  }
-  u->attached = 1;
-  kp__relay_attach(u->relay, ep, f->fwd_head, f->fwd_head_len);
+static void fwd_note(kp__backreq_t *q, kp__conn_t *c, int status) {
+  fwd_note_why(kp__relay_user_data(q->relay), c, status);
 }
 
-static void fwd_read(kp__conn_t *c, const uint8_t *p, size_t n,
-                     kp_chunk_t *chunk) {
-  hub_fwd_t *u = c->ud;
-  if (u->pooled) {
-    kp__conn_close(c, KP_EPROTO); /* bytes nobody asked for */
-    return;
-  }
-  if (u->relay && u->attached) kp__relay_back_data(u->relay, p, n, chunk);
+static void fwd_fail_req(kp__backreq_t *q, int status) {
+  fwd_fail(kp__relay_user_data(q->relay), status);
 }
 
-static void fwd_eof(kp__conn_t *c) {
-  hub_fwd_t *u = c->ud;
-  if (u->pooled) kp__conn_close(c, 0);
-  else if (u->relay && u->attached) kp__relay_back_eof(u->relay);
-}
-
-static void fwd_written(kp__conn_t *c, size_t n) {
-  hub_fwd_t *u = c->ud;
-  (void)n;
-  if (u->relay && u->attached) kp__relay_writable(u->relay);
-}
-
-static void fwd_closed(kp__conn_t *c, int status) {
-  hub_fwd_t *u = c->ud;
-  kp_hub_t *hub = u->hub;
-  if (u->pooled) {
-    fwd_pool_remove(u);
-  } else if (u->relay) {
-    hub_front_t *f = kp__relay_user_data(u->relay);
-    if (f->fwd == u) f->fwd = NULL;
-    fwd_note_why(f, c, status);
-    if (u->attached) kp__relay_back_closed(u->relay, status);
-    else fwd_fail(f, status ? status : KP_ECLOSED); /* closed while dialing */
-  }
-  free(u);
+/* Every peer conn counts in open_conns until it is gone: shutdown waits. */
+static void fwd_closed(kp__backpool_t *p) {
+  kp_hub_t *hub = p->ud;
   hub->open_conns--;
   maybe_done(hub);
 }
 
-static const kp__conn_cbs_t fwd_cbs = {
-    .on_ready = fwd_ready,
-    .on_read = fwd_read,
-    .on_eof = fwd_eof,
-    .on_written = fwd_written,
-    .on_close = fwd_closed,
-};
-
-/* Dials the front's current forward; it attaches in fwd_ready. Returns an
- * error (and fires nothing) when the dial cannot start. */
-static int fwd_dial(hub_front_t *f) {
-  kp_hub_t *hub = f->hub;
-  hub_fwd_t *u = calloc(1, sizeof(*u));
+/* Dials the front's current forward with the peer certificate (mutual TLS)
+ * and a deadline for getting through the handshake. */
+static int fwd_dial(kp__backpool_t *p, kp__backreq_t *q, kp__back_t *b) {
+  kp_hub_t *hub = p->ud;
+  hub_front_t *f = kp__relay_user_data(q->relay);
   int rc;
-  if (u == NULL) return KP_ENOMEM;
-  u->hub = hub;
-  u->relay = f->relay;
-  snprintf(u->key, sizeof(u->key), "%s", f->fwd_to);
   f->fwd_why[0] = 0;
-  rc = kp__conn_dial(&u->conn, hub->loop, f->fwd_host, f->fwd_port,
-                     hub->peer_client, hub->peer_server_name, &fwd_cbs, u);
-  if (rc != 0) {
-    free(u);
-    return rc;
-  }
-  kp__conn_set_timeout(u->conn, FWD_DEADLINE_MS);
+  rc = kp__conn_dial(&b->conn, hub->loop, f->fwd_host, f->fwd_port,
+                     hub->peer_client, hub->peer_server_name,
+                     &kp__back_conn_cbs, b);
+  if (rc != 0) return rc;
+  kp__conn_set_timeout(b->conn, FWD_DEADLINE_MS);
   hub->open_conns++;
-  f->fwd = u;
   return 0;
 }
 
-static void fwd_release(kp__relay_t *r, kp__ep_t back,
-                        kp__relay_back_end_t how) {
-  hub_front_t *f = kp__relay_user_data(r);
-  kp__conn_t *c = back.h;
-  hub_fwd_t *u = c->ud;
-  u->relay = NULL;
-  u->attached = 0;
-  if (f->fwd == u) f->fwd = NULL;
-  if (how == KP__RELAY_BACK_REUSABLE && fwd_pool_put(u)) return;
-  kp__conn_close(c, 0);
-}
-
-/* The relay is finishing: a peer conn still dialing for it goes away. */
-static void fwd_orphan(hub_front_t *f) {
-  hub_fwd_t *u = f->fwd;
-  if (u == NULL) return;
-  f->fwd = NULL;
-  u->relay = NULL;
-  kp__conn_close(u->conn, KP_ECLOSED);
-}
+static const kp__backpool_hooks_t fwd_hooks = {
+    .dial = fwd_dial,
+    .note = fwd_note,
+    .fail = fwd_fail_req,
+    .closed = fwd_closed,
+};
 
 static int front_retry(kp__relay_t *r, int err) {
   hub_front_t *f = kp__relay_user_data(r);
   (void)err;
-  if (f->fwd_to[0] == 0 || !f->fwd_reused || !f->fwd_idempotent ||
-      f->fwd_retried || f->hub->stopping)
-    return 0;
-  f->fwd_retried = 1;
-  f->fwd_reused = 0;
-  if (fwd_dial(f) != 0) return 0;
+  if (f->fwd_to[0] == 0 || f->hub->stopping) return 0;
+  if (!kp__backreq_retry(&f->hub->fwd_pool, &f->fwd)) return 0;
   f->proxied_held = 0; /* the new attempt reports */
   return 1;
 }
@@ -987,15 +861,6 @@ static int front_describe_failure(kp__relay_t *r, int err, char *buf,
   fwd_note_why(f, NULL, err);
   snprintf(buf, len, "replica %s unreachable: %s", f->fwd_to, f->fwd_why);
   return 1;
-}
-
-static int method_idempotent(const kp_http_head_t *h) {
-  static const char *const m[] = {"GET", "HEAD", "OPTIONS", "DELETE", NULL};
-  const char *const *p;
-  for (p = m; *p; p++)
-    if (h->method_len == strlen(*p) && memcmp(h->method, *p, h->method_len) == 0)
-      return 1;
-  return 0;
 }
 
 /* A hop marker goes into a header line: visible ASCII and inner spaces. */
@@ -1026,7 +891,6 @@ static void do_forward(hub_front_t *f, const char *host, int port,
   static const char *const drop[] = {"authorization", "x-forwarded-for",
                                      "x-forwarded-proto",
                                      "kopilot-forwarded-by", NULL};
-  hub_fwd_t *u;
   int n, rc;
   f->fwd_to[0] = 0;
   f->session = 0;
@@ -1066,28 +930,18 @@ static void do_forward(hub_front_t *f, const char *host, int port,
                "Kopilot-Forwarded-By: %s\r\n",
                (int)(strrchr(f->conn->peer, ':') - f->conn->peer),
                f->conn->peer, hop);
-  free(f->fwd_head);
-  f->fwd_head = kp__http_build_request(&head, head.target, head.target_len,
-                                       drop, extra, (size_t)n, &f->fwd_head_len);
-  if (f->fwd_head == NULL) {
+  kp__backreq_clear_head(&f->fwd);
+  f->fwd.head = kp__http_build_request(&head, head.target, head.target_len,
+                                       drop, extra, (size_t)n, &f->fwd.head_len);
+  if (f->fwd.head == NULL) {
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }
-  f->fwd_idempotent = method_idempotent(&head) != 0;
-  f->fwd_retried = 0;
-  u = fwd_pool_take(hub, f->fwd_to);
-  if (u != NULL) {
-    kp__ep_t ep = {&kp__conn_ep_ops, u->conn};
-    f->fwd_reused = 1;
-    f->fwd_why[0] = 0;
-    f->fwd = u;
-    u->relay = f->relay;
-    u->attached = 1;
-    kp__relay_attach(f->relay, ep, f->fwd_head, f->fwd_head_len);
-    return;
-  }
-  f->fwd_reused = 0;
-  if ((rc = fwd_dial(f)) != 0) fwd_fail(f, rc);
+  f->fwd.idempotent = kp__backpool_idempotent(&head) != 0;
+  f->fwd.key = f->fwd_to;
+  f->fwd_why[0] = 0;
+  if ((rc = kp__backreq_start(&hub->fwd_pool, &f->fwd, f->relay)) != 0)
+    fwd_fail(f, rc);
 }
 
 /* ---- setup and teardown ---- */
@@ -1242,6 +1096,7 @@ int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
   hub->cfg = *cfg;
   hub->cbs = *cbs;
   hub->ud = ud;
+  kp__backpool_init(&hub->fwd_pool, &fwd_hooks, hub, FWD_MAX_IDLE, FWD_IDLE_MS);
   hub->err = err;
   hub->errlen = errlen;
   uv_sem_init(&hub->done, 0);
@@ -1276,7 +1131,8 @@ static void close_every_conn(uv_handle_t *h, void *arg) {
     return;
   c = h->data;
   if ((c->cbs == &front_cbs && ((hub_front_t *)c->ud)->hub == hub) ||
-      (c->cbs == &fwd_cbs && ((hub_fwd_t *)c->ud)->hub == hub) ||
+      (c->cbs == &kp__back_conn_cbs &&
+       ((kp__back_t *)c->ud)->pool == &hub->fwd_pool) ||
       (c->cbs == &kp__sess_conn_cbs && ((kp__sess_t *)c->ud)->ud == hub))
     kp__conn_close(c, KP_ECLOSED);
 }
@@ -1302,6 +1158,7 @@ static void timer_closed(uv_handle_t *h) {
 static void hub_stop(void *arg) {
   kp_hub_t *hub = arg;
   hub->stopping = 1;
+  kp__backpool_close(&hub->fwd_pool); /* forwards ending now keep no conn */
   uv_close((uv_handle_t *)&hub->hs_timer, timer_closed);
   /* Only this hub's conns may be closed: a loop shared with an agent has
    * other tcp handles. The walk closes conns whose cbs belong to the hub. */
