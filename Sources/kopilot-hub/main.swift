@@ -13,7 +13,8 @@ struct HubCommand: ParsableCommand {
     discussion: """
       Agents dial wss://HUB/connect?token=T; callers send any Kubernetes API request to
       https://HUB/proxy/{namespace}_{name}/<path>. With no Kubernetes around (the embedded
-      default) everything the hub needs lives in a state folder created on first start.
+      default) everything the hub needs lives in a state folder created on first start; in a
+      pod, or with --kubeconfig, it follows the host cluster (`serve --help` tells more).
       """,
     subcommands: [Serve.self, Clusters.self],
     defaultSubcommand: Serve.self)
