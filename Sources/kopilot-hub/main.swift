@@ -11,9 +11,9 @@ struct HubCommand: ParsableCommand {
     commandName: "kopilot-hub",
     abstract: "The Kopilot hub: agents' tunnels in, callers' Kubernetes API requests out to member clusters.",
     discussion: """
-      Agents dial wss://HUB/connect?token=T; callers send any Kubernetes API request to
-      https://HUB/proxy/{namespace}_{name}/<path>. With no Kubernetes around (the embedded
-      default) everything the hub needs lives in a state folder created on first start; in a
+      Agents dial wss://HUB/connect?token=T; callers send any Kubernetes API request to \
+      https://HUB/proxy/{namespace}_{name}/<path>. With no Kubernetes around (the embedded \
+      default) everything the hub needs lives in a state folder created on first start; in a \
       pod, or with --kubeconfig, it follows the host cluster (`serve --help` tells more).
       """,
     subcommands: [Serve.self, Clusters.self],
@@ -61,10 +61,10 @@ struct Serve: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Run the hub (the default).",
     discussion: """
-      Two modes. Embedded (the default outside a cluster): clusters, callers and RBAC come from
-      the state folder. Kubernetes (in a pod, or with --kubeconfig): Cluster objects of the host
-      cluster, callers checked with TokenReview and SubjectAccessReview, certificates from files
-      (cert-manager's Secrets), other replicas found through the Service's EndpointSlices. The
+      Two modes. Embedded (the default outside a cluster): clusters, callers and RBAC come from \
+      the state folder. Kubernetes (in a pod, or with --kubeconfig): Cluster objects of the host \
+      cluster, callers checked with TokenReview and SubjectAccessReview, certificates from files \
+      (cert-manager's Secrets), other replicas found through the Service's EndpointSlices. The \
       first log line says which mode and why.
       """)
 
