@@ -291,11 +291,11 @@ final class KubeModeTests: E2ETestCase {
     let a = host.replicas["hub-a"]!
     // A new caller identity for each case, so no cache answers.
     try host.api("POST", "/_fake/faults", ["pathPrefix": "/apis/authentication.k8s.io", "delayMs": 4000, "count": 0])
-    let started = Date()
+    // The host would answer after 4 s; the hub's review timeout (1 s) answers
+    // first: a 504 Timeout, where the host's answer would have been a 403.
     let (code, reason, message) = try get(a, "/proxy/default_sample/headers", token: HostTokens.bob)
     XCTAssertEqual(code, 504, message)
     XCTAssertEqual(reason, "Timeout")
-    XCTAssertLessThan(Date().timeIntervalSince(started), 3.9, "the review timeout (1 s) bounds the wait, not the host")
     // A caller that hangs up while its review waits costs nothing.
     _ = try? world.curl(["-H", "Authorization: Bearer hangs-up-before-the-answer", "--max-time", "1", a.url + "/proxy/default_sample/x"], timeout: 1)
     try host.api("DELETE", "/_fake/faults")
