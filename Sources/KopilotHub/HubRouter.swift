@@ -49,8 +49,7 @@ public struct HubRouter: Sendable {
   /// cluster has to be asked first.
   public func route(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void) -> HubAnswer? {
     let metrics = self.metrics
-    let rawCluster = r.target.hasPrefix("/proxy/")
-      ? String(r.target.dropFirst(7).prefix { $0 != "/" && $0 != "?" }) : ""
+    let target = r.target
     @Sendable func counted(_ answer: HubAnswer) -> HubAnswer {
       // A proxied request is counted when it ends (Hub.onProxied); the rest now.
       switch answer {
@@ -59,7 +58,9 @@ public struct HubRouter: Sendable {
       case .acceptAgent: break
       // A forward also ends in onProxied, labelled with the cluster as the
       // target names it (not normalized): counted the same way here.
-      case .forward: metrics?.proxyStarted(cluster: rawCluster)
+      case .forward:
+        let raw = target.hasPrefix("/proxy/") ? String(target.dropFirst(7).prefix { $0 != "/" && $0 != "?" }) : ""
+        metrics?.proxyStarted(cluster: raw)
       }
       return answer
     }

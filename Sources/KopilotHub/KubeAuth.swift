@@ -269,6 +269,15 @@ final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: @unchecked S
     self.ttl = ttl
   }
 
+  /// A cache sized and timed by `settings`; without a shared limiter, one
+  /// of its own.
+  convenience init(settings: KubeAuthSettings, clock: @escaping ReviewClock, limiter: ReviewLimiter?, what: String,
+                   logger: Logger, ttl: @escaping @Sendable (Value) -> TimeInterval) {
+    self.init(capacity: settings.maxCacheEntries, clock: clock,
+              limiter: limiter ?? ReviewLimiter(maxInFlight: settings.maxInFlight, maxQueued: settings.maxQueued),
+              timeout: settings.reviewTimeout, what: what, logger: logger, ttl: ttl)
+  }
+
   var stats: ReviewStats {
     lock.lock()
     defer { lock.unlock() }
@@ -431,11 +440,8 @@ public final class KubeAuthenticator: Authenticator, @unchecked Sendable {
     self.settings = settings
     self.logger = logger
     let s = settings
-    cache = ReviewCache(
-      capacity: settings.maxCacheEntries, clock: clock,
-      limiter: limiter ?? ReviewLimiter(maxInFlight: settings.maxInFlight, maxQueued: settings.maxQueued),
-      timeout: settings.reviewTimeout, what: "token review", logger: logger,
-      ttl: { $0 == nil ? s.unauthenticatedTTL : s.authenticatedTTL })
+    cache = ReviewCache(settings: settings, clock: clock, limiter: limiter, what: "token review", logger: logger,
+                        ttl: { $0 == nil ? s.unauthenticatedTTL : s.authenticatedTTL })
   }
 
   static let refused = AuthenticationError(.invalidToken, "Unauthorized")
@@ -502,11 +508,8 @@ public final class KubeAuthorizer: Authorizer, @unchecked Sendable {
     self.settings = settings
     self.logger = logger
     let s = settings
-    cache = ReviewCache(
-      capacity: settings.maxCacheEntries, clock: clock,
-      limiter: limiter ?? ReviewLimiter(maxInFlight: settings.maxInFlight, maxQueued: settings.maxQueued),
-      timeout: settings.reviewTimeout, what: "access review", logger: logger,
-      ttl: { $0.allowed ? s.allowedTTL : s.deniedTTL })
+    cache = ReviewCache(settings: settings, clock: clock, limiter: limiter, what: "access review", logger: logger,
+                        ttl: { $0.allowed ? s.allowedTTL : s.deniedTTL })
   }
 
   /// The cached decision, or nil when a review is needed. Never blocks.
