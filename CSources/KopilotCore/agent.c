@@ -98,7 +98,7 @@ static void af_on_request(kp__relay_t *r, const kp_http_head_t *head,
   uv_mutex_unlock(&a->mu);
   if (n < 0 || (size_t)n >= sizeof(extra)) n = 0;
   kp__backreq_clear_head(&f->up);
-  f->up.head = kp__http_build_request(head, head->target, head->target_len,
+  f->up.head = kp_http_build_request(head, head->target, head->target_len,
                                       drop, extra, (size_t)n, &f->up.head_len);
   /* The token is in that buffer: wipe the stack copy now. */
   memset(extra, 0, sizeof(extra));

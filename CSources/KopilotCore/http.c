@@ -423,6 +423,49 @@ const kp_http_header_t *kp_http_find_header(const kp_http_head_t *head,
   return NULL;
 }
 
+static int kp__has_prefix_ci(const char *s, size_t len, const char *pre) {
+  size_t n = strlen(pre);
+  return len >= n && kp__strieq(s, n, pre);
+}
+
+int kp_http_is_identity_header(const char *name, size_t len) {
+  /* Impersonate-User/-Group/-Uid/-Extra-*: kube-apiserver's impersonation.
+   * X-Remote-User/-Group/-Extra-*: its --requestheader-* defaults, honoured
+   * from a front proxy whose client certificate it trusts (the agent's
+   * upstream connection may be such a one). X-Forwarded-User/-Groups/
+   * -Email/-Preferred-Username: what oauth2-proxy-style auth proxies set. */
+  return kp__has_prefix_ci(name, len, "impersonate-") ||
+         kp__has_prefix_ci(name, len, "x-remote-") ||
+         kp__strieq(name, len, "x-forwarded-user") ||
+         kp__strieq(name, len, "x-forwarded-groups") ||
+         kp__strieq(name, len, "x-forwarded-email") ||
+         kp__strieq(name, len, "x-forwarded-preferred-username");
+}
+
+int kp_http_connection_names_protected(const kp_http_head_t *head,
+                                       const char **name, size_t *len) {
+  size_t k;
+  if (head == NULL) return 0;
+  for (k = 0; k < head->num_headers; k++) {
+    const kp_http_header_t *h = &head->headers[k];
+    const char *e;
+    size_t pos = 0, elen;
+    if (!kp__strieq(h->name, h->name_len, "connection")) continue;
+    while (kp__list_next(h->value, h->value_len, &pos, &e, &elen)) {
+      if (kp__strieq(e, elen, "content-length") ||
+          kp__strieq(e, elen, "transfer-encoding") ||
+          kp__strieq(e, elen, "host") ||
+          kp__strieq(e, elen, "authorization") ||
+          kp_http_is_identity_header(e, elen)) {
+        if (name) *name = e;
+        if (len) *len = elen;
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Bodies                                                              */
 /* ------------------------------------------------------------------ */

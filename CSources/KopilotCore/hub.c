@@ -559,13 +559,17 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   kp__sess_t *s, *tried = NULL;
   kp_http_head_t head;
   char extra[256], msg[384];
+  /* A caller's credentials and any identity it claims never reach a
+   * member: the only identity a member may see is one the hub set. */
   static const char *const drop[] = {"authorization", "x-forwarded-for",
                                      "x-forwarded-proto",
-                                     "kopilot-forwarded-by", NULL};
+                                     "kopilot-forwarded-by",
+                                     KP_HTTP_DROP_IDENTITY, NULL};
   /* From a peer replica, X-Forwarded-For names the caller already (the
    * peer is authenticated; its own address says nothing). */
   static const char *const drop_peer[] = {"authorization",
-                                          "kopilot-forwarded-by", NULL};
+                                          "kopilot-forwarded-by",
+                                          KP_HTTP_DROP_IDENTITY, NULL};
   uint8_t *req;
   size_t req_len;
   int n, keep_xff;
@@ -581,7 +585,7 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
     n = snprintf(extra, sizeof(extra),
                  "X-Forwarded-For: %.*s\r\nX-Forwarded-Proto: https\r\n",
                  (int)(strrchr(f->conn->peer, ':') - f->conn->peer), f->conn->peer);
-  req = kp__http_build_request(&head, target, strlen(target),
+  req = kp_http_build_request(&head, target, strlen(target),
                                keep_xff ? drop_peer : drop, extra, (size_t)n,
                                &req_len);
   if (req == NULL) {
@@ -888,9 +892,12 @@ static void do_forward(hub_front_t *f, const char *host, int port,
   kp_hub_t *hub = f->hub;
   kp_http_head_t head;
   char extra[512];
-  static const char *const drop[] = {"authorization", "x-forwarded-for",
-                                     "x-forwarded-proto",
-                                     "kopilot-forwarded-by", NULL};
+  /* Authorization goes on: the peer authorizes the request again on its
+   * own merits (its mTLS client vouches for the connection, not for what a
+   * caller put on it). */
+  static const char *const drop[] = {"x-forwarded-for", "x-forwarded-proto",
+                                     "kopilot-forwarded-by",
+                                     KP_HTTP_DROP_IDENTITY, NULL};
   int n, rc;
   f->fwd_to[0] = 0;
   f->session = 0;
@@ -931,7 +938,7 @@ static void do_forward(hub_front_t *f, const char *host, int port,
                (int)(strrchr(f->conn->peer, ':') - f->conn->peer),
                f->conn->peer, hop);
   kp__backreq_clear_head(&f->fwd);
-  f->fwd.head = kp__http_build_request(&head, head.target, head.target_len,
+  f->fwd.head = kp_http_build_request(&head, head.target, head.target_len,
                                        drop, extra, (size_t)n, &f->fwd.head_len);
   if (f->fwd.head == NULL) {
     kp__relay_abort(f->relay, KP_ENOMEM);

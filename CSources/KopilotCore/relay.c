@@ -325,6 +325,21 @@ static int request_head(kp__relay_t *r, dir_t *d) {
     }
   }
   d->hlen = (size_t)rc;
+  {
+    const char *nm;
+    size_t nl;
+    if (kp_http_connection_names_protected(&head, &nm, &nl)) {
+      char msg[160];
+      snprintf(msg, sizeof(msg),
+               "the Connection header may not name %.*s: framing, Host, "
+               "credentials and identity fields are not hop-by-hop here",
+               (int)(nl > 64 ? 64 : nl), nm);
+      d->state = ST_DONE;
+      q_clear(d);
+      respond_status(r, 400, "BadRequest", msg);
+      return 1;
+    }
+  }
   r->req_keep_alive = (head.flags & KP_HTTP_F_KEEP_ALIVE) != 0;
   r->req_http11 = head.minor_version == 1;
   r->req_head = head.method_len == 4 && memcmp(head.method, "HEAD", 4) == 0;
@@ -848,17 +863,30 @@ static int named_by_connection(const kp_http_head_t *head, const char *name,
   return 0;
 }
 
-static const char *const hop_by_hop[] = {
+/* Fields never copied from the incoming head: hop-by-hop ones (RFC 9110
+ * 7.6.1), and the framing ones, which kp_http_build_request writes itself. */
+static const char *const not_copied[] = {
     "connection", "keep-alive", "proxy-connection", "proxy-authorization",
-    "te", "trailer", "upgrade", NULL};
+    "te", "trailer", "upgrade", "content-length", "transfer-encoding", NULL};
 
-uint8_t *kp__http_build_request(const kp_http_head_t *head, const char *target,
-                                size_t target_len, const char *const *drop,
-                                const char *extra, size_t extra_len,
-                                size_t *out_len) {
+/* Does the field name match a drop entry (lower case; "x-*" by prefix)? */
+static int drop_matches(const char *name, size_t len, const char *entry) {
+  size_t n = strlen(entry);
+  if (strcmp(entry, KP_HTTP_DROP_IDENTITY) == 0)
+    return kp_http_is_identity_header(name, len);
+  if (n && entry[n - 1] == '*')
+    return len >= n - 1 && strncasecmp(name, entry, n - 1) == 0;
+  return kp__strieq(name, len, entry);
+}
+
+uint8_t *kp_http_build_request(const kp_http_head_t *head, const char *target,
+                               size_t target_len, const char *const *drop,
+                               const char *extra, size_t extra_len,
+                               size_t *out_len) {
   sbuf_t b = {0};
   size_t i;
   int upgrade = (head->flags & KP_HTTP_F_UPGRADE) != 0;
+  char framing[64];
   sb_add(&b, head->method, head->method_len);
   sb_str(&b, " ");
   sb_add(&b, target, target_len);
@@ -867,12 +895,12 @@ uint8_t *kp__http_build_request(const kp_http_head_t *head, const char *target,
     const kp_http_header_t *h = &head->headers[i];
     const char *const *d;
     int skip = 0;
-    for (d = hop_by_hop; *d && !skip; d++)
+    for (d = not_copied; *d && !skip; d++)
       skip = kp__strieq(h->name, h->name_len, *d);
     /* An upgrade keeps Upgrade; Connection is written anew below. */
     if (skip && upgrade && kp__strieq(h->name, h->name_len, "upgrade")) skip = 0;
     for (d = drop; d && *d && !skip; d++)
-      skip = kp__strieq(h->name, h->name_len, *d);
+      skip = drop_matches(h->name, h->name_len, *d);
     if (!skip && named_by_connection(head, h->name, h->name_len) &&
         !(upgrade && kp__strieq(h->name, h->name_len, "upgrade")))
       skip = 1;
@@ -883,6 +911,14 @@ uint8_t *kp__http_build_request(const kp_http_head_t *head, const char *target,
     sb_str(&b, "\r\n");
   }
   if (upgrade) sb_str(&b, "Connection: Upgrade\r\n");
+  /* The framing the relay will follow (RFC 9112 6.3), and nothing else. */
+  if (head->flags & KP_HTTP_F_CHUNKED) {
+    sb_str(&b, "Transfer-Encoding: chunked\r\n");
+  } else if (head->flags & KP_HTTP_F_CONTENT_LENGTH) {
+    snprintf(framing, sizeof(framing), "Content-Length: %lld\r\n",
+             (long long)head->content_length);
+    sb_str(&b, framing);
+  }
   if (extra_len) sb_add(&b, extra, extra_len);
   sb_str(&b, "\r\n");
   if (b.failed) {

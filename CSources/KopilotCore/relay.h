@@ -140,15 +140,6 @@ void kp__relay_current_head(kp__relay_t *r, const uint8_t **raw, size_t *len);
 /* Closes the front and any back at once. */
 void kp__relay_abort(kp__relay_t *r, int err);
 
-/* Builds a request head: method and target, then every header of `head`
- * except hop-by-hop ones (Connection and what it names, Keep-Alive,
- * Proxy-Connection, Proxy-Authorization, TE, Trailer, Upgrade - the last
- * kept for upgrades), except those named in `drop` (NULL-terminated), then
- * `extra` (raw "Name: value\r\n" lines). Returns a malloc'd buffer. */
-uint8_t *kp__http_build_request(const kp_http_head_t *head, const char *target,
-                                size_t target_len, const char *const *drop,
-                                const char *extra, size_t extra_len,
-                                size_t *out_len);
 /* The reason phrase for a status code ("Status" for ones not listed). */
 const char *kp__http_reason(int status);
 /* A complete error response whose body is a Kubernetes Status object, as

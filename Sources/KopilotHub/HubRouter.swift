@@ -143,12 +143,12 @@ public struct HubRouter: Sendable {
     guard let target = parseProxyTarget(r.target) else {
       return .status(400, "BadRequest", "the path must be /proxy/{namespace}_{name}/... without encoded dots or slashes")
     }
-    if r.viaPeer {
-      // Another replica authorized the caller and vouches for it over mutual
-      // TLS; it sent here because this replica holds a session. Never
-      // forwarded again: without a session here the core answers 503.
-      return .proxy(cluster: target.cluster, target: target.forwardTarget)
-    }
+    // A request from another replica (the peer listener, mutual TLS) is
+    // authenticated and authorized here again, on its own merits, with the
+    // caller's token that the forwarding replica passes on: a replica's
+    // mTLS certificate vouches for the connection, never for what a caller
+    // managed to put on it. It is never forwarded again: without a session
+    // here the core answers 503.
     let (registry, logger, placement, hop) = (self.registry, self.logger, self.placement, self.replicaName)
     return authorized(r, later: later, request: { AuthorizationRequest(user: $0, method: r.method, target: target) }) { user, decision in
       guard decision.allowed else {
@@ -160,6 +160,7 @@ public struct HubRouter: Sendable {
       guard registry.cluster(id: target.cluster) != nil else {
         return .status(404, "NotFound", "cluster \(target.cluster.replacingOccurrences(of: "_", with: "/")) is not registered")
       }
+      if r.viaPeer { return .proxy(cluster: target.cluster, target: target.forwardTarget) }
       switch placement.place(clusterID: target.cluster) {
       case .local: return .proxy(cluster: target.cluster, target: target.forwardTarget)
       case .peer(let p): return .forward(host: p.host, port: p.port, hop: hop)

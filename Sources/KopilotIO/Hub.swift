@@ -11,8 +11,8 @@ public struct HubRequest: Sendable {
   /// The caller's address, "ip:port".
   public var peer: String
   /// The request came in on the peer listener: another hub replica
-  /// forwarded it (that replica authorized the caller; it sends no
-  /// Authorization, and a `Kopilot-Forwarded-By` header names it).
+  /// forwarded it (with the caller's Authorization, which is checked here
+  /// again, and a `Kopilot-Forwarded-By` header naming it).
   public var viaPeer = false
 
   public init(method: String, target: String, headers: [(name: String, value: String)], peer: String) {
@@ -48,8 +48,8 @@ public enum HubAnswer: Sendable {
   /// Upgrade to an agent session of the cluster.
   case acceptAgent(cluster: String)
   /// Forward to another hub replica's peer listener (mutual TLS), with the
-  /// request target unchanged, Authorization removed and
-  /// `Kopilot-Forwarded-By: <hop>` added. Unreachable: 502; asked for a
+  /// request target and the caller's Authorization unchanged (the peer
+  /// authorizes it again) and `Kopilot-Forwarded-By: <hop>` added. Unreachable: 502; asked for a
   /// request that came from a peer (`viaPeer`): 508.
   case forward(host: String, port: Int, hop: String)
 

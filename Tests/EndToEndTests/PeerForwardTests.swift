@@ -290,7 +290,8 @@ final class PeerForwardTests: E2ETestCase {
     XCTAssertEqual(r.text, "HTTP/1.1 101 Switching Protocols\necho 0 ok\necho 1 ok\necho 2 ok\n")
   }
 
-  /// The caller's Authorization reaches neither B nor the member; B sees
+  /// The caller's Authorization reaches B (which authorizes it again) but
+  /// never the member; B sees
   /// A's hop marker (the caller's own dropped) and viaPeer; the member sees
   /// the agent's token and the caller's address in X-Forwarded-For.
   func testHeadersAcrossTheForward() throws {
@@ -310,7 +311,7 @@ final class PeerForwardTests: E2ETestCase {
     XCTAssertEqual(values("kopilot-forwarded-by"), [], "the hop marker stops at B")
     guard let atB = seenAtB.value.last else { return XCTFail("B's router saw nothing") }
     XCTAssertTrue(atB.viaPeer)
-    XCTAssertNil(atB.header("authorization"))
+    XCTAssertEqual(atB.header("authorization"), "Bearer \(Tokens.caller)", "B authorizes the caller again")
     XCTAssertEqual(atB.headers.filter { $0.name.lowercased() == "kopilot-forwarded-by" }.map(\.value), ["hub-a"])
     XCTAssertEqual(atB.target, "/proxy/default_sample/headers")
   }

@@ -70,7 +70,7 @@ static void on_request(kp__relay_t *r, const kp_http_head_t *head,
   switch (raw_len % 3) {
   case 0: {
     kp__ep_t back = {back_ops, &back_ep};
-    req = kp__http_build_request(head, "/x", 2, NULL, "X: y\r\n", 6, &len);
+    req = kp_http_build_request(head, "/x", 2, NULL, "X: y\r\n", 6, &len);
     if (req == NULL) abort();
     memset(&back_ep, 0, sizeof(back_ep));
     back_ep.accept_pattern = (unsigned)raw_len;

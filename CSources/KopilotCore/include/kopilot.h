@@ -240,8 +240,10 @@ int kp_hub_drop_cluster(kp_hub_t *hub, const char *cluster);
 
 /* Forwards the request to a live session of `cluster` (the one with the
  * fewest open streams), with `target` as the new request target (borrowed;
- * copied), the caller's Authorization removed and X-Forwarded-For/-Proto
- * set. No session: 503 naming the cluster. */
+ * copied), the caller's Authorization and identity fields
+ * (kp_http_is_identity_header) removed, X-Forwarded-For/-Proto set and the
+ * framing written anew (kp_http_build_request). No session: 503 naming the
+ * cluster. */
 void kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
                           const char *target);
 /* Answers locally. body is copied; content_type NULL = application/json. */
@@ -257,8 +259,10 @@ void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster);
  * the peer certificate as client certificate, the server's certificate
  * checked against peer_ca_file and peer_server_name; connect and handshake
  * must finish within 5 s. The request head goes out as the caller sent it
- * (same target) except: Authorization removed (this replica authorized the
- * caller and vouches for it over mutual TLS), X-Forwarded-For/-Proto set as
+ * (same target, the caller's Authorization kept: the peer authenticates and
+ * authorizes the request again on its own merits, since mutual TLS vouches
+ * for the connection, not for what a caller put on it) except: identity
+ * fields removed and framing written anew, X-Forwarded-For/-Proto set as
  * kp_hub_request_proxy does, and `Kopilot-Forwarded-By: <hop>` added (any
  * the caller sent is dropped; hop: printable ASCII, borrowed, copied).
  * Body, response, streaming and upgrades are relayed as for a proxied
@@ -272,7 +276,7 @@ void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster);
 void kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
                             const char *hop);
 /* 1 when the request arrived on the peer listener (another replica
- * forwarded it; that replica authorized the caller), else 0. Any thread,
+ * forwarded it: authorize it as any other, never forward it again), else 0. Any thread,
  * until the request is answered. */
 int kp_hub_request_via_peer(const kp_hub_request_t *req);
 
@@ -399,6 +403,46 @@ int kp_http_parse_response(const uint8_t *buf, size_t len, size_t max_head,
  * returns a pointer into *head (borrowed), or NULL if none. */
 const kp_http_header_t *kp_http_find_header(const kp_http_head_t *head,
                                             const char *name);
+
+/* Is name[0..len) a field a Kubernetes API server (or an authenticating
+ * proxy in front of one) takes as the caller's identity? Impersonate-*
+ * (user impersonation), X-Remote-* (kube-apiserver's request-header
+ * authentication defaults) and the X-Forwarded-User/-Groups/-Email family
+ * of auth proxies; case-insensitive. A hub removes every such field a
+ * caller sends: the only identity a member may see is one the hub set. */
+int kp_http_is_identity_header(const char *name, size_t len);
+
+/* Does a Connection field of this request name a field that a proxy must
+ * not drop as hop-by-hop? RFC 9110 7.6.1 lets a sender list any field
+ * there, and a proxy removes what is listed; for Content-Length and
+ * Transfer-Encoding that hands the next hop other framing than the proxy
+ * parsed (request smuggling), for Host another target, for Authorization
+ * and identity fields other credentials. Such a request is refused (400).
+ * Returns 1 and points *name and *len at the first such option (borrowed from
+ * head), 0 when there is none. */
+int kp_http_connection_names_protected(const kp_http_head_t *head,
+                                       const char **name, size_t *len);
+
+/* Builds the head a proxy sends on: method, `target`, the version of
+ * `head`, then every field of `head` except
+ *  - hop-by-hop fields (Connection and every field it names, Keep-Alive,
+ *    Proxy-Connection, Proxy-Authorization, TE, Trailer, Upgrade; Upgrade
+ *    is kept and "Connection: Upgrade" written for an upgrade request);
+ *  - Content-Length and Transfer-Encoding: the framing is written anew from
+ *    what the parser decided ("Transfer-Encoding: chunked" or
+ *    "Content-Length: N" or nothing), so the next hop frames the body
+ *    exactly as this hop relays it, whatever the caller wrote;
+ *  - those matching an entry of `drop` (NULL-terminated, lower case; an
+ *    entry ending in '*' matches by prefix, "x-kopilot-*";
+ *    KP_HTTP_DROP_IDENTITY matches every kp_http_is_identity_header field);
+ * then `extra` (raw "Name: value\r\n" lines) and the blank line.
+ * Returns a malloc'd buffer (owned by the caller; *out_len its length), or
+ * NULL when out of memory. */
+#define KP_HTTP_DROP_IDENTITY "@identity"
+uint8_t *kp_http_build_request(const kp_http_head_t *head, const char *target,
+                               size_t target_len, const char *const *drop,
+                               const char *extra, size_t extra_len,
+                               size_t *out_len);
 
 /* Body framing. A proxy forwards a body as it came (chunked stays chunked),
  * so the body scanner only has to find where the body ends; it also reports
