@@ -276,7 +276,8 @@ void kp__conn_shutdown(kp__conn_t *c) {
 
 static void conn_timeout(uv_timer_t *t) {
   kp__conn_t *c = t->data;
-  kp__conn_close(c, KP_ETIMEDOUT);
+  if (c->cbs->on_timeout) c->cbs->on_timeout(c);
+  else kp__conn_close(c, KP_ETIMEDOUT);
 }
 
 void kp__conn_set_timeout(kp__conn_t *c, uint64_t ms) {

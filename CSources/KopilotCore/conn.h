@@ -25,6 +25,9 @@ typedef struct kp__conn_cbs {
   void (*on_written)(kp__conn_t *c, size_t n);
   /* Closed; the conn is freed after this returns. */
   void (*on_close)(kp__conn_t *c, int status);
+  /* Optional: the deadline set with kp__conn_set_timeout passed. Without
+   * it the conn closes with KP_ETIMEDOUT. */
+  void (*on_timeout)(kp__conn_t *c);
 } kp__conn_cbs_t;
 
 struct kp__conn {

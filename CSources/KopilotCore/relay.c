@@ -15,7 +15,21 @@ enum {
 typedef struct qnode {
   struct qnode *next;
   kp_slice_t s; /* holds a chunk reference when s.chunk != NULL */
+  int copy;     /* s.chunk is the relay's own copy: more may be appended */
 } qnode_t;
+
+/* A slice this small (or borrowed bytes) is copied rather than referenced:
+ * a peer that sends one byte per read (or per mux frame) would otherwise
+ * pin a whole read chunk per byte, and the flow-control windows bound
+ * bytes, not chunks. Copies are appended to the queue's last copy, so
+ * queued small slices take about as much memory as their bytes. */
+#define RELAY_COPY_MAX (KP_CHUNK_SIZE / 16)
+
+/* While this much of the caller's responses is unsent, no further
+ * pipelined request is read: a caller that sends requests and never reads
+ * cannot make the hub queue answers without bound. The head deadline the
+ * router armed for the next request then closes it. */
+#define RELAY_ANSWER_BOUND (256u << 10)
 
 typedef struct dir {
   int state;
@@ -89,9 +103,20 @@ void *kp__relay_user_data(kp__relay_t *r) { return r->ud; }
 
 static int q_push(dir_t *d, const uint8_t *p, size_t n, kp_chunk_t *chunk,
                   int front_of_queue) {
-  qnode_t *q = malloc(sizeof(*q));
+  qnode_t *q, *t = d->qt;
+  if (!front_of_queue && (chunk == NULL || n <= RELAY_COPY_MAX) && t != NULL &&
+      t->copy && t->s.base + t->s.len + n <=
+                     kp_chunk_data(t->s.chunk) + kp_chunk_capacity(t->s.chunk)) {
+    memcpy(t->s.base + t->s.len, p, n);
+    t->s.len += n;
+    return 0;
+  }
+  q = malloc(sizeof(*q));
   if (q == NULL) return KP_ENOMEM;
+  q->copy = 0;
+  if (chunk != NULL && n <= RELAY_COPY_MAX && !front_of_queue) chunk = NULL;
   if (chunk == NULL) {
+    q->copy = 1;
     /* Borrowed bytes: keep a copy. */
     chunk = kp_chunk_new(n);
     if (chunk == NULL) {
@@ -457,7 +482,11 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
   while (d->qh != NULL && !r->done && !(d->from_front && r->front_closed)) {
     qnode_t *q = d->qh;
     if (d->state == ST_HEAD) {
-      int n = head_append(r, d, q->s.base, q->s.len);
+      int n;
+      if (d->from_front && r->front.ops->pending &&
+          r->front.ops->pending(r->front.h) > RELAY_ANSWER_BOUND)
+        break; /* kp__relay_writable resumes once answers drain */
+      n = head_append(r, d, q->s.base, q->s.len);
       if (n < 0) {
         kp__relay_abort(r, n);
         return 1;

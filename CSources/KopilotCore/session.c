@@ -13,6 +13,18 @@
 
 static void sess_conn_closed(kp__conn_t *c, int status);
 
+/* A peer that sends frames which must be answered (pings, window updates,
+ * WebSocket pings, streams to reset) and never reads would make the
+ * session queue answers without bound. Stream data stops at
+ * SESS_HIGH_WATER (one frame of at most a window may pass it), so a queue
+ * beyond that plus a window plus SESS_CTRL_ALLOWANCE is answers the peer
+ * does not read: reading from it stops. If it has not read them within
+ * SESS_STALL_MS, the session ends with GoAway(internal error). The same
+ * shape as HTTP/2 servers' limits on queued control frames (CVE-2019-9512,
+ * ping flood). */
+#define SESS_CTRL_ALLOWANCE (1u << 20)
+#define SESS_STALL_MS 10000
+
 /* ---- output ---- */
 
 /* Writes bufs as one binary message (framed) or as they are (raw). A
@@ -216,7 +228,19 @@ static void sess_feed(kp__sess_t *s, const uint8_t *p, size_t n,
 
 static void sess_conn_read(kp__conn_t *c, const uint8_t *p, size_t n,
                            kp_chunk_t *chunk) {
-  sess_feed(c->ud, p, n, chunk);
+  kp__sess_t *s = c->ud;
+  sess_feed(s, p, n, chunk);
+  if (!s->closing && !s->stalled && c->pending > s->ctrl_limit) {
+    s->stalled = 1;
+    kp__conn_read(c, 0);
+    kp__conn_set_timeout(c, SESS_STALL_MS);
+  }
+}
+
+static void sess_conn_timeout(kp__conn_t *c) {
+  kp__sess_t *s = c->ud;
+  if (!s->mux_closed) kp_mux_goaway(s->mux, KP_MUX_GOAWAY_INTERNAL);
+  sess_fail(s, KP_ETIMEDOUT);
 }
 
 static void sess_conn_eof(kp__conn_t *c) {
@@ -229,6 +253,11 @@ static void sess_conn_written(kp__conn_t *c, size_t n) {
   (void)n;
   if (!s->closing && !s->mux_closed && c->pending < SESS_LOW_WATER)
     kp_mux_set_send_blocked(s->mux, 0);
+  if (s->stalled && !s->closing && c->pending <= s->ctrl_limit / 2) {
+    s->stalled = 0;
+    kp__conn_set_timeout(c, 0);
+    kp__conn_read(c, 1);
+  }
 }
 
 static void sess_timer_closed(uv_handle_t *h) {
@@ -255,6 +284,7 @@ const kp__conn_cbs_t kp__sess_conn_cbs = {
     .on_eof = sess_conn_eof,
     .on_written = sess_conn_written,
     .on_close = sess_conn_closed,
+    .on_timeout = sess_conn_timeout,
 };
 
 static void sess_tick(uv_timer_t *t) {
@@ -293,6 +323,7 @@ int kp__sess_start(kp__sess_t **out, kp__conn_t *conn, int is_server,
   s->ud = ud;
   s->framed = framed;
   s->is_server = is_server;
+  s->ctrl_limit = (uint64_t)SESS_HIGH_WATER + cfg.window + SESS_CTRL_ALLOWANCE;
   s->id = next_id++;
   kp_ws_decoder_init(&s->ws, is_server, 0);
   uv_timer_init(kp__loop_uv(conn->loop), &s->timer);

@@ -30,6 +30,10 @@ struct kp__sess {
   int is_server;
   kp_ws_decoder_t ws;
   int closing, timer_open, mux_closed;
+  /* The peer's control frames made us queue more than this (see
+   * session.c); reading is off until the queue drains. */
+  uint64_t ctrl_limit;
+  int stalled;
   int close_status;
   uint64_t id;
   struct kp__sess *next, *prev; /* owner's list */
