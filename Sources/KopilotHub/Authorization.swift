@@ -10,23 +10,34 @@ public struct AuthorizationRequest: Hashable, Sendable {
   public var user: UserInfo
   /// The HTTP method the caller used.
   public var method: String
-  /// The RBAC verb for `method`, nil when the method has none.
+  /// The request asks to switch protocols (`RBACVerb.isUpgrade`): exec,
+  /// attach, port-forward, a WebSocket watch.
+  public var upgrade: Bool
+  /// The RBAC verb (`RBACVerb.forRequest`), nil when the request has none
+  /// and is refused.
   public var verb: String?
   /// The normalized path, `/proxy/{cluster}/...` without the query.
   public var path: String
 
-  public init(user: UserInfo, method: String, path: String) {
+  public init(user: UserInfo, method: String, upgrade: Bool = false, path: String) {
     self.user = user
     self.method = method
-    self.verb = RBACVerb.forHTTPMethod(method)
+    self.upgrade = upgrade
+    self.verb = RBACVerb.forRequest(method: method, upgrade: upgrade)
     self.path = path
   }
 
   /// The request for a parsed `/proxy/` target: `parseProxyTarget` has
   /// resolved dot segments, so `/proxy/a_b/../c_d/x` is authorized as
   /// `/proxy/c_d/x`, the path the caller will really reach.
-  public init(user: UserInfo, method: String, target: ProxyTarget) {
-    self.init(user: user, method: method, path: RBACVerb.authorizationPath(for: target))
+  public init(user: UserInfo, method: String, upgrade: Bool = false, target: ProxyTarget) {
+    self.init(user: user, method: method, upgrade: upgrade, path: RBACVerb.authorizationPath(for: target))
+  }
+
+  /// The request a caller's head makes on `target`: method and upgrade both
+  /// read from the head, so no caller of this can forget the upgrade.
+  public init(user: UserInfo, _ head: HubRequest, target: ProxyTarget) {
+    self.init(user: user, method: head.method, upgrade: RBACVerb.isUpgrade(head.headers), target: target)
   }
 }
 
@@ -45,11 +56,49 @@ public enum RBACVerb {
     }
   }
 
+  /// The verb for a request: `forHTTPMethod`, except that an upgrade needs
+  /// `create`. kube-apiserver authorizes pods/exec, pods/attach and
+  /// pods/portforward as `create`: kubectl up to 1.29 opens them with an
+  /// SPDY upgrade on POST, which is `create` anyway, but kubectl 1.30+ opens
+  /// them with a WebSocket upgrade on GET, and by the method alone a role
+  /// meant to read could run commands in pods. The hub cannot tell an exec
+  /// from any other upgrade by its path without parsing every API group's
+  /// connect subresources, so every upgrade needs `create` (a WebSocket
+  /// watch too). Only GET, HEAD and POST may ask for one (kube clients use
+  /// GET and POST): PUT, PATCH and DELETE with an upgrade are refused, since
+  /// `create` alone must never allow what `delete` would be asked for.
+  public static func forRequest(method: String, upgrade: Bool) -> String? {
+    guard let verb = forHTTPMethod(method) else { return nil }
+    guard upgrade else { return verb }
+    return verb == "get" || verb == "create" ? "create" : nil
+  }
+
+  /// Whether a head asks to switch protocols: any `Upgrade` field, or a
+  /// `Connection` field whose value holds "upgrade" in any case and place.
+  /// Broader than RFC 9110 7.8 on purpose: kube-apiserver's
+  /// `httpstream.IsUpgradeRequest` takes "upgrade" anywhere in a Connection
+  /// value, and a head the member treats as an upgrade must never have
+  /// been authorized as a plain `get`.
+  public static func isUpgrade(_ headers: [(name: String, value: String)]) -> Bool {
+    headers.contains { h in
+      let name = h.name.lowercased()
+      return name == "upgrade" || (name == "connection" && h.value.lowercased().contains("upgrade"))
+    }
+  }
+
   /// `/proxy/<cluster><path>`, the query dropped: RBAC non-resource URLs
   /// match paths only, as kube-apiserver matches `req.URL.Path`.
   public static func authorizationPath(for target: ProxyTarget) -> String {
     let path = target.forwardTarget.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
     return "/proxy/\(target.cluster)\(path.isEmpty ? "/" : path)"
+  }
+
+  /// Why a request has no verb, for the log.
+  static func noVerbReason(_ r: AuthorizationRequest) -> String {
+    if r.upgrade && forHTTPMethod(r.method) != nil {
+      return "an upgrade with HTTP method \(r.method) has no RBAC verb (only GET, HEAD and POST may upgrade, as create)"
+    }
+    return "HTTP method \(r.method) has no RBAC verb (GET/HEAD, POST, PUT, PATCH and DELETE do)"
   }
 }
 
@@ -155,7 +204,7 @@ public struct RBACPolicy: Sendable, Equatable {
 
   public func decide(_ r: AuthorizationRequest) -> AuthorizationDecision {
     guard let verb = r.verb else {
-      return .deny(r, reason: "HTTP method \(r.method) has no RBAC verb (GET/HEAD, POST, PUT, PATCH and DELETE do)")
+      return .deny(r, reason: RBACVerb.noVerbReason(r))
     }
     for b in bindings {
       guard let subject = b.subjects.first(where: { $0.matches(r.user) }), let role = roles[b.roleName] else { continue }

@@ -150,7 +150,7 @@ public struct HubRouter: Sendable {
     // managed to put on it. It is never forwarded again: without a session
     // here the core answers 503.
     let (registry, logger, placement, hop) = (self.registry, self.logger, self.placement, self.replicaName)
-    return authorized(r, later: later, request: { AuthorizationRequest(user: $0, method: r.method, target: target) }) { user, decision in
+    return authorized(r, later: later, request: { AuthorizationRequest(user: $0, r, target: target) }) { user, decision in
       guard decision.allowed else {
         logger.info("forbidden", metadata: ["user": "\(user.name)", "method": "\(r.method)",
                                             "cluster": "\(target.cluster)", "reason": "\(decision.reason)"])

@@ -537,7 +537,7 @@ public final class KubeAuthorizer: Authorizer, @unchecked Sendable {
   public var stats: ReviewStats { cache.stats }
 
   static func noVerb(_ r: AuthorizationRequest) -> AuthorizationDecision {
-    .deny(r, reason: "HTTP method \(r.method) has no RBAC verb (GET/HEAD, POST, PUT, PATCH and DELETE do)")
+    .deny(r, reason: RBACVerb.noVerbReason(r))
   }
 
   /// A SubjectAccessReview's status as the hub's decision: anything but

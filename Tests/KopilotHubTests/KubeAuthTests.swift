@@ -442,6 +442,29 @@ final class KubeAuthTests: XCTestCase {
     XCTAssertEqual(fake.accessReviewCount, 1)
   }
 
+  /// An upgrade (kubectl exec over WebSocket is a GET) is reviewed as
+  /// create, and a cached get for the same path does not answer it.
+  func testUpgradeIsReviewedAsCreate() async throws {
+    let fake = FakeReviewClient()
+    fake.decide = { r in AccessReviewResult(allowed: r.verb == "get", reason: r.verb == "get" ? "" : "get only") }
+    let authz = KubeAuthorizer(client: fake, clock: ManualClock().clock)
+    let user = UserInfo(name: "alice")
+    let target = try XCTUnwrap(parseProxyTarget("/proxy/a_b/api/v1/namespaces/default/pods/web-0/exec?command=id"))
+    let get = HubRequest(method: "GET", target: "/proxy/a_b/api/v1/namespaces/default/pods/web-0/exec", headers: [], peer: "p")
+    var upgrade = get
+    upgrade.headers = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+
+    let plain = try await authz.authorize(AuthorizationRequest(user: user, get, target: target))
+    XCTAssertTrue(plain.allowed)
+    let up = AuthorizationRequest(user: user, upgrade, target: target)
+    XCTAssertNil(authz.cachedDecision(for: up), "the cached get must not answer an upgrade")
+    let d = try await authz.authorize(up)
+    XCTAssertFalse(d.allowed)
+    XCTAssertEqual(d.forbiddenMessage, "User \"alice\" cannot create path \"/proxy/a_b/api/v1/namespaces/default/pods/web-0/exec\": get only")
+    XCTAssertEqual(fake.accessReviews.map(\.verb), ["get", "create"])
+    XCTAssertEqual(authz.cachedDecision(for: up)?.allowed, false)
+  }
+
   func testDenialCarriesTheHostsReasonAndIsCached30s() async throws {
     let fake = FakeReviewClient()
     fake.decide = { r in

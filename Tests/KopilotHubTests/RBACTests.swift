@@ -81,6 +81,67 @@ final class RBACTests: XCTestCase {
     for m in ["OPTIONS", "CONNECT", "TRACE", "PROPFIND", ""] { XCTAssertNil(RBACVerb.forHTTPMethod(m), m) }
   }
 
+  /// kubectl exec, attach and port-forward: 1.27 upgrades to SPDY with
+  /// POST, 1.30+ to WebSocket with GET. Both need `create`.
+  func testUpgradesNeedCreate() {
+    typealias H = [(name: String, value: String)]
+    let upgrades: [(String, H)] = [
+      ("kubectl 1.33 WebSocket", [("Connection", "Upgrade"), ("Upgrade", "websocket")]),
+      ("kubectl 1.27 SPDY", [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")]),
+      ("Upgrade alone", [("Upgrade", "websocket")]),
+      ("Upgrade empty", [("upgrade", "")]),
+      ("Connection alone", [("Connection", "upgrade")]),
+      ("lower case", [("connection", "upgrade"), ("upgrade", "websocket")]),
+      ("upper case", [("CONNECTION", "UPGRADE")]),
+      ("later in the list", [("Connection", "keep-alive, Upgrade")]),
+      ("no spaces", [("Connection", "close,upgrade")]),
+      ("second Connection line", [("Connection", "keep-alive"), ("Connection", "upgrade")]),
+      ("inside a token, as kube-apiserver matches", [("Connection", "x-upgrade-y")]),
+    ]
+    for (note, h) in upgrades {
+      XCTAssertTrue(RBACVerb.isUpgrade(h), note)
+      XCTAssertEqual(RBACVerb.forRequest(method: "GET", upgrade: true), "create", note)
+    }
+    let plain: [(String, H)] = [
+      ("none", []),
+      ("keep-alive", [("Connection", "keep-alive")]),
+      ("close", [("Connection", "close")]),
+      ("a value naming upgrade elsewhere", [("Accept", "upgrade")]),
+    ]
+    for (note, h) in plain { XCTAssertFalse(RBACVerb.isUpgrade(h), note) }
+
+    XCTAssertEqual(["GET", "HEAD", "POST"].map { RBACVerb.forRequest(method: $0, upgrade: true) }, ["create", "create", "create"])
+    // create must never stand in for delete, update or patch.
+    for m in ["PUT", "PATCH", "DELETE", "OPTIONS"] { XCTAssertNil(RBACVerb.forRequest(method: m, upgrade: true), m) }
+    XCTAssertEqual(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"].map { RBACVerb.forRequest(method: $0, upgrade: false) },
+                   ["get", "get", "create", "update", "patch", "delete"])
+
+    // The seed example grants get only: reading works, exec does not.
+    let p = try! RBACFile.parse(Self.seedExample)
+    let exec = "/proxy/default_sample/api/v1/namespaces/default/pods/web-0/exec?command=id&stdout=true"
+    func head(_ m: String, _ h: H) -> HubRequest { HubRequest(method: m, target: exec, headers: h, peer: "127.0.0.1:1") }
+    let target = parseProxyTarget(exec)!
+    XCTAssertTrue(p.decide(AuthorizationRequest(user: sa, head("GET", []), target: target)).allowed)
+    for (note, h) in upgrades {
+      for m in ["GET", "POST"] {
+        let d = p.decide(AuthorizationRequest(user: sa, head(m, h), target: target))
+        XCTAssertFalse(d.allowed, "\(m) \(note)")
+        XCTAssertEqual(d.forbiddenMessage,
+                       "User \"system:serviceaccount:kopilot-system:kubectl\" cannot create path \"/proxy/default_sample/api/v1/namespaces/default/pods/web-0/exec\"")
+      }
+    }
+    let del = p.decide(AuthorizationRequest(user: sa, head("DELETE", [("Upgrade", "websocket")]), target: target))
+    XCTAssertFalse(del.allowed)
+    XCTAssertTrue(del.reason.contains("only GET, HEAD and POST may upgrade"), del.reason)
+
+    // get and create on the path: exec over either protocol is allowed.
+    let both = try! RBACFile.parse(Self.seedExample.replacingOccurrences(of: "    verbs:\n      - get", with: "    verbs:\n      - get\n      - create"))
+    for (note, h) in upgrades {
+      XCTAssertTrue(both.decide(AuthorizationRequest(user: sa, head("GET", h), target: target)).allowed, note)
+      XCTAssertTrue(both.decide(AuthorizationRequest(user: sa, head("POST", h), target: target)).allowed, note)
+    }
+  }
+
   static let policy = """
     apiVersion: rbac.authorization.k8s.io/v1
     kind: ClusterRole

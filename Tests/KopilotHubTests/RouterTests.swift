@@ -54,8 +54,10 @@ final class RouterTests: XCTestCase {
               authenticator: authn, authorizer: authz, publicAddr: "hub:443", agentImage: "img", caPEM: "")
   }
 
-  func request(_ method: String, _ target: String, token: String? = "alice-token") -> HubRequest {
-    HubRequest(method: method, target: target, headers: token.map { [("Authorization", "Bearer \($0)")] } ?? [], peer: "127.0.0.1:1")
+  func request(_ method: String, _ target: String, token: String? = "alice-token",
+               headers: [(name: String, value: String)] = []) -> HubRequest {
+    HubRequest(method: method, target: target, headers: (token.map { [("Authorization", "Bearer \($0)")] } ?? []) + headers,
+               peer: "127.0.0.1:1")
   }
 
   /// Routes `r` and returns the answer, whether it came at once or later.
@@ -130,5 +132,25 @@ final class RouterTests: XCTestCase {
     guard case .proxy(let cluster, _)? = a else { return XCTFail("expected a proxy answer") }
     XCTAssertEqual(cluster, "default_sample")
     XCTAssertEqual(authz.asked.value, ["get /proxy/default_sample/api"])
+  }
+
+  /// kubectl 1.30+ opens exec with a WebSocket upgrade on GET: the router
+  /// asks for create, so a caller allowed only get is refused.
+  func testAnUpgradeIsAuthorizedAsCreate() {
+    let exec = "/proxy/default_sample/api/v1/namespaces/default/pods/web-0/exec?command=id"
+    for headers in [[("Connection", "Upgrade"), ("Upgrade", "websocket")], [("Upgrade", "SPDY/3.1")], [("connection", "keep-alive, UPGRADE")]] {
+      let authz = SlowAuthorizer()
+      var deferred = false
+      let a = answer(router(authz: authz), request("GET", exec, headers: headers), deferred: &deferred)
+      XCTAssertEqual(status(a).0, 403, "\(headers)")
+      XCTAssertEqual(authz.asked.value, ["create /proxy/default_sample/api/v1/namespaces/default/pods/web-0/exec"])
+    }
+    // The same GET without an upgrade is a get.
+    let authz = SlowAuthorizer()
+    var deferred = false
+    guard case .proxy? = answer(router(authz: authz), request("GET", exec), deferred: &deferred) else {
+      return XCTFail("a plain get was refused")
+    }
+    XCTAssertEqual(authz.asked.value, ["get /proxy/default_sample/api/v1/namespaces/default/pods/web-0/exec"])
   }
 }
