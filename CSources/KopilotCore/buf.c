@@ -84,3 +84,24 @@ void kp_chunk_unref(kp_chunk_t *c) {
 uint8_t *kp_chunk_data(kp_chunk_t *c) { return c->data; }
 size_t kp_chunk_capacity(const kp_chunk_t *c) { return c->capacity; }
 size_t kp_chunk_live_count(void) { return atomic_load(&live_chunks); }
+
+/* ---- the memory budget ---- */
+
+static atomic_uint_fast64_t budget_limit, budget_used;
+
+void kp_memory_budget_set(uint64_t bytes) { atomic_store(&budget_limit, bytes); }
+
+void kp_memory_budget_get(uint64_t *limit, uint64_t *used) {
+  if (limit) *limit = atomic_load(&budget_limit);
+  if (used) *used = atomic_load(&budget_used);
+}
+
+int kp__budget_take(uint64_t n) {
+  uint64_t limit = atomic_load(&budget_limit);
+  uint64_t was = atomic_fetch_add(&budget_used, n);
+  if (limit == 0 || was + n <= limit) return 1;
+  atomic_fetch_sub(&budget_used, n);
+  return 0;
+}
+
+void kp__budget_give(uint64_t n) { atomic_fetch_sub(&budget_used, n); }

@@ -41,4 +41,10 @@ static inline void kp__store64(uint8_t *p, uint64_t v) {
 /* ASCII case-insensitive comparison of a counted string with a C string. */
 int kp__strieq(const char *a, size_t alen, const char *b);
 
+/* Draws n bytes from the memory budget (kp_memory_budget_set): 1 when
+ * they fit (or there is no budget), 0 when they would pass it. */
+int kp__budget_take(uint64_t n);
+/* Gives back n bytes drawn with kp__budget_take. */
+void kp__budget_give(uint64_t n);
+
 #endif

@@ -32,6 +32,9 @@ struct kp_mux_stream {
   uint32_t recv_window;              /* what the peer may still send us */
   uint32_t unconsumed;               /* delivered, not yet consumed */
   uint32_t owed;                     /* consumed, not yet given back */
+  uint32_t target;                   /* receive window announced in all */
+  uint32_t charged;                  /* of it, drawn from the budget */
+  uint64_t epoch;                    /* when the last update went out */
   int status;                        /* once finished */
   unsigned inbound : 1, accepted : 1, acked : 1, sent_fin : 1, recv_fin : 1,
       finished : 1, want_write : 1, in_wq : 1, in_tw : 1;
@@ -77,6 +80,8 @@ struct kp_mux {
   int ping_outstanding;
   uint32_t ping_id;
   uint64_t ping_deadline;
+  uint64_t ping_sent;
+  uint64_t rtt;             /* ms, from the last answered ping; 0: none */
 };
 
 /* ---------------------------------------------------------------- */
@@ -159,6 +164,8 @@ static kp_mux_stream_t *stream_new(kp_mux_t *m, uint32_t id, int inbound) {
    * ACK window update announces our larger receive window. */
   s->send_window = KP_MUX_INITIAL_WINDOW;
   s->recv_window = KP_MUX_INITIAL_WINDOW;
+  s->target = KP_MUX_INITIAL_WINDOW;
+  s->epoch = m->now;
   b = bucket_of(m, id);
   s->hnext = m->buckets[b];
   m->buckets[b] = s;
@@ -189,10 +196,16 @@ static void wq_push(kp_mux_t *m, kp_mux_stream_t *s) {
 
 /* Takes a stream out of every lookup structure and queues its
  * on_stream_close. The memory stays until the outermost leave(). */
+static void budget_release(kp_mux_stream_t *s) {
+  if (s->charged) kp__budget_give(s->charged);
+  s->charged = 0;
+}
+
 static void stream_finish(kp_mux_stream_t *s, int status) {
   kp_mux_t *m = s->m;
   kp_mux_stream_t **pp;
   if (s->finished) return;
+  budget_release(s);
   s->finished = 1;
   s->status = status;
   for (pp = &m->buckets[bucket_of(m, s->id)]; *pp != s; pp = &(*pp)->hnext) {
@@ -224,6 +237,7 @@ static void do_free(kp_mux_t *m) {
   kp_mux_stream_t *s, *n;
   for (s = m->live; s != NULL; s = n) {
     n = s->next;
+    budget_release(s);
     free(s);
   }
   for (s = m->cq_head; s != NULL; s = n) {
@@ -318,9 +332,12 @@ static int proto_error(kp_mux_t *m, const char *what, uint32_t id) {
  * delta = MaxStreamWindowSize - recvWindow, sent with SYN or ACK). */
 static void send_window_open(kp_mux_stream_t *s, uint16_t flag) {
   kp_mux_t *m = s->m;
-  uint32_t delta = m->cfg.window - KP_MUX_INITIAL_WINDOW;
+  uint32_t start = m->cfg.window_start ? m->cfg.window_start : m->cfg.window;
+  uint32_t delta = start - KP_MUX_INITIAL_WINDOW;
   /* Added, not set: data may have arrived before an accept. */
   s->recv_window += delta;
+  s->target = start;
+  s->epoch = m->now;
   emit(m, KP_MUX_TYPE_WINDOW_UPDATE, flag, s->id, delta, NULL, 0);
 }
 
@@ -465,6 +482,7 @@ static int handle_header(kp_mux_t *m) {
     } else if ((h.flags & KP_MUX_FLAG_ACK) && m->ping_outstanding &&
                h.length == m->ping_id) {
       m->ping_outstanding = 0;
+      m->rtt = m->now > m->ping_sent ? m->now - m->ping_sent : 0;
     }
     return 0;
   case KP_MUX_TYPE_GO_AWAY:
@@ -502,6 +520,9 @@ int kp_mux_new(kp_mux_t **out, const kp_mux_config_t *cfg,
   if (out == NULL || cfg == NULL || cbs == NULL || cbs->send == NULL)
     return KP_EINVAL;
   if (cfg->window < KP_MUX_INITIAL_WINDOW || cfg->accept_backlog == 0)
+    return KP_EINVAL;
+  if (cfg->window_start != 0 && (cfg->window_start < KP_MUX_INITIAL_WINDOW ||
+                                 cfg->window_start > cfg->window))
     return KP_EINVAL;
   m = calloc(1, sizeof(*m));
   if (m == NULL) return KP_ENOMEM;
@@ -646,6 +667,7 @@ int kp_mux_ping(kp_mux_t *m) {
   m->ping_id++;
   m->ping_outstanding = 1;
   m->ping_deadline = m->now + m->cfg.keepalive_timeout_ms;
+  m->ping_sent = m->now;
   emit(m, KP_MUX_TYPE_PING, KP_MUX_FLAG_SYN, 0, m->ping_id, NULL, 0);
   leave(m);
   return 0;
@@ -723,6 +745,7 @@ int64_t kp_mux_stream_write(kp_mux_stream_t *s, const uint8_t *data,
 
 void kp_mux_stream_consume(kp_mux_stream_t *s, size_t n) {
   kp_mux_t *m = s->m;
+  uint32_t grow;
   if (s->finished || m->closed) return;
   if (n > s->unconsumed) n = s->unconsumed;
   s->unconsumed -= (uint32_t)n;
@@ -730,12 +753,30 @@ void kp_mux_stream_consume(kp_mux_stream_t *s, size_t n) {
   /* yamux sendWindowUpdate: the update is held back until at least half
    * the window is owed, then sized to all that was consumed. After the
    * peer's FIN nothing more will come, so nothing is given back. */
-  if (s->recv_fin || s->owed < m->cfg.window / 2) return;
+  if (s->recv_fin || s->owed < s->target / 2) return;
   enter(m);
-  s->recv_window += s->owed;
-  emit(m, KP_MUX_TYPE_WINDOW_UPDATE, 0, s->id, s->owed, NULL, 0);
+  grow = 0;
+  /* Auto-tuning: half the window went by within the allowance, so the
+   * window, not the reader, set the pace: double it (at most `window`). */
+  if (m->cfg.window_start && s->target < m->cfg.window &&
+      m->now - s->epoch <= KP_MUX_TUNE_FLOOR_MS + 2 * m->rtt)
+    grow = KP__MIN(s->target, m->cfg.window - s->target);
+  if (grow && !kp__budget_take(grow)) grow = 0; /* under pressure: as it is */
+  s->charged += grow;
+  s->target += grow;
+  s->recv_window += s->owed + grow;
+  emit(m, KP_MUX_TYPE_WINDOW_UPDATE, 0, s->id, s->owed + grow, NULL, 0);
   s->owed = 0;
+  s->epoch = m->now;
   leave(m);
+}
+
+void kp_mux_set_now(kp_mux_t *m, uint64_t now_ms) {
+  if (m != NULL && now_ms > m->now) m->now = now_ms;
+}
+
+uint32_t kp_mux_stream_recv_target(const kp_mux_stream_t *s) {
+  return s->target;
 }
 
 int kp_mux_stream_close(kp_mux_stream_t *s) {

@@ -229,6 +229,7 @@ static void sess_feed(kp__sess_t *s, const uint8_t *p, size_t n,
 static void sess_conn_read(kp__conn_t *c, const uint8_t *p, size_t n,
                            kp_chunk_t *chunk) {
   kp__sess_t *s = c->ud;
+  kp_mux_set_now(s->mux, uv_now(kp__loop_uv(c->loop)));
   sess_feed(s, p, n, chunk);
   if (!s->closing && !s->stalled && c->pending > s->ctrl_limit) {
     s->stalled = 1;
@@ -307,6 +308,9 @@ int kp__sess_start(kp__sess_t **out, kp__conn_t *conn, int is_server,
   if (s == NULL) return KP_ENOMEM;
   kp_mux_config_default(&cfg, is_server);
   if (window > cfg.window) cfg.window = window;
+  /* Streams start at yamux's 256 KiB and earn more as their readers keep
+   * up (kp_mux_config_t.window_start): a slow caller pins little. */
+  cfg.window_start = KP_MUX_INITIAL_WINDOW;
   if (keepalive_ms) {
     /* A ping unanswered for one interval means the peer is gone (frozen,
      * or a half-open connection). */

@@ -76,6 +76,9 @@ public final class Hub: @unchecked Sendable {
     public var keepaliveMs: UInt64 = 0
     /// How long a caller has to send each request head (ms); 0 = 30 s.
     public var headTimeoutMs: UInt64 = 0
+    /// The process-wide memory budget (bytes) that stream windows grow
+    /// from (kp_memory_budget_set); 0: none.
+    public var memoryBudget: UInt64 = 0
     /// Peer forwarding between replicas, over mutual TLS: this certificate
     /// and key serve the peer listener and are the client certificate when
     /// forwarding; both sides' certificates must chain to `peerCAFile`.
@@ -180,6 +183,7 @@ public final class Hub: @unchecked Sendable {
           cfg.mux_window = config.muxWindow
           cfg.keepalive_ms = config.keepaliveMs
           cfg.head_timeout_ms = config.headTimeoutMs
+          kp_memory_budget_set(config.memoryBudget)
           return kp_hub_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
         }
       }
@@ -333,4 +337,18 @@ public func queryValue(_ target: String, _ name: String) -> String? {
     }
   }
   return nil
+}
+
+/// The memory this process may use, as the kernel will enforce it: the
+/// cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) when one is
+/// set, else the machine's physical memory.
+public func memoryLimit() -> UInt64 {
+  let physical = ProcessInfo.processInfo.physicalMemory
+  for path in ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"] {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+          let limit = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    else { continue } // "max", absent, unreadable
+    return min(limit, physical)
+  }
+  return physical
 }

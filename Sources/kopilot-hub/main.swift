@@ -91,6 +91,9 @@ struct Serve: ParsableCommand {
   @Option(name: .customLong("mux-window"), help: "Receive window per tunnel stream, in KiB (256 to 65536; default 4096). Each stream may buffer up to this much; larger windows carry bulk transfers faster over long round trips. Env: MUX_WINDOW_KIB.")
   var muxWindowKiB: Int?
 
+  @Option(name: .customLong("memory-budget"), help: "MiB that tunnel streams' receive windows may grow into, all streams together. Streams start with 256 KiB and earn up to --mux-window while their readers keep up; once the budget is drawn, windows stop growing (transfers go on at the window they have). Default: a quarter of the container's memory limit (cgroup), or of the machine's memory. Env: MEMORY_BUDGET_MIB.")
+  var memoryBudgetMiB: Int?
+
   @Option(help: "Seconds between keepalive pings to each agent; a ping unanswered that long drops the session. Env: KEEPALIVE_SECONDS.")
   var keepalive: Double?
 
@@ -106,6 +109,9 @@ struct Serve: ParsableCommand {
     if let h = headerTimeout, !(0.1...3600).contains(h) { throw ValidationError("--header-timeout is 0.1 to 3600 seconds") }
     if let k = keepalive, !(0.1...3600).contains(k) { throw ValidationError("--keepalive is 0.1 to 3600 seconds") }
     if let w = muxWindowKiB, !(256...65536).contains(w) { throw ValidationError("--mux-window is 256 to 65536 KiB") }
+    if let b = memoryBudgetMiB ?? Int(state.env("MEMORY_BUDGET_MIB") ?? ""), !(1...(1 << 30)).contains(b) {
+      throw ValidationError("--memory-budget is 1 MiB or more")
+    }
     if let l = logLevel ?? state.env("LOG_LEVEL"), Logger.Level(rawValue: l) == nil {
       throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
     }
@@ -169,6 +175,11 @@ struct Serve: ParsableCommand {
     cfg.muxWindow = b.window
     cfg.keepaliveMs = b.keepaliveMs
     cfg.headTimeoutMs = b.headMs
+    if let mib = memoryBudgetMiB ?? Int(state.env("MEMORY_BUDGET_MIB") ?? "") {
+      cfg.memoryBudget = UInt64(mib) << 20
+    } else {
+      cfg.memoryBudget = memoryLimit() / 4
+    }
     return cfg
   }
 

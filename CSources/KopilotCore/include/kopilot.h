@@ -89,6 +89,16 @@ size_t kp_chunk_capacity(const kp_chunk_t *c);
 /* Chunks currently allocated (in use or pooled) by the whole process. */
 size_t kp_chunk_live_count(void);
 
+/* The process-wide memory budget (bytes; 0, the default: none). What it
+ * covers: the receive window that mux streams earn beyond their starting
+ * window (kp_mux_config_t.window_start), the memory a stream's reader may
+ * leave waiting in the process. A stream whose window would pass the
+ * budget does not grow; it keeps flowing at the window it has. Any
+ * thread. */
+void kp_memory_budget_set(uint64_t bytes);
+/* The budget's limit and what is drawn from it now. */
+void kp_memory_budget_get(uint64_t *limit, uint64_t *used);
+
 /* A slice: a range of a chunk, holding one reference to it. */
 typedef struct kp_slice {
   kp_chunk_t *chunk; /* owned reference, or NULL for a borrowed range */
@@ -731,6 +741,14 @@ typedef struct kp_mux_stream kp_mux_stream_t;
 typedef struct kp_mux_config {
   int is_server;            /* server opens even stream ids, client odd */
   uint32_t window;          /* receive window per stream; >= 256 KiB */
+  /* Auto-tuning: 0 = every stream announces `window` at once (yamux's
+   * fixed window). Else a stream starts with this receive window (>= 256
+   * KiB, <= window) and doubles it, up to `window`, each time the reader
+   * consumed half of it within KP_MUX_TUNE_FLOOR_MS plus two measured
+   * round trips: the window then limits the transfer (HTTP/2 and QUIC
+   * stacks tune the same way). A reader that keeps the data waiting never
+   * earns more, so a slow reader pins little. */
+  uint32_t window_start;
   uint32_t accept_backlog;  /* unaccepted inbound streams (> 0); more: RST */
   uint32_t max_streams;     /* open streams in total; 0 = 65536; more: RST
                              * inbound, KP_ETOOMANY outbound */
@@ -809,6 +827,14 @@ int kp_mux_feed(kp_mux_t *m, const uint8_t *data, size_t len,
  * the clock. Returns the delay in ms until the next call is needed
  * (UINT64_MAX: none). */
 uint64_t kp_mux_tick(kp_mux_t *m, uint64_t now_ms);
+/* Tells the session the time (ms, the clock kp_mux_tick uses) without
+ * running timers: window auto-tuning measures with it. Cheap; call it when
+ * bytes arrive. Any time, callbacks included. */
+void kp_mux_set_now(kp_mux_t *m, uint64_t now_ms);
+/* The window tuning's time allowance (see kp_mux_config_t.window_start). */
+#define KP_MUX_TUNE_FLOOR_MS 10
+/* A stream's current receive window (what it announced in all). */
+uint32_t kp_mux_stream_recv_target(const kp_mux_stream_t *s);
 /* Tells the session whether the transport can take more bytes. While
  * blocked, stream writes return 0; unblocking fires on_writable for the
  * streams that were refused. Control frames are still sent. */
