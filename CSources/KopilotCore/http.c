@@ -511,6 +511,7 @@ void kp_http_body_init(kp_http_body_t *body, const kp_http_head_t *head,
   if (head->flags & KP_HTTP_F_CHUNKED) {
     body->mode = KP_HTTP_BODY_CHUNKED;
     body->state = KP__CH_SIZE;
+    body->no_trailers = is_request;
   } else if (head->flags & KP_HTTP_F_CONTENT_LENGTH) {
     body->mode = KP_HTTP_BODY_LENGTH;
     body->remaining = (uint64_t)head->content_length;
@@ -603,6 +604,7 @@ static int kp__chunked_scan(kp_http_body_t *b, const uint8_t *in, size_t len,
       if (++b->line_len > KP__TRAILER_MAX) goto fail;
       i++;
       if (c == '\r') b->state = KP__CH_END_LF;
+      else if (b->no_trailers) goto fail;
       else if (kp__is_tchar(c)) b->state = KP__CH_TR_NAME;
       else goto fail; /* obs-fold, a bare LF or a bad name byte */
       break;

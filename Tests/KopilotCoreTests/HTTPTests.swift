@@ -557,8 +557,18 @@ final class HTTPTests: XCTestCase {
     XCTAssertEqual(scanBody(&body, Array("FFFFFFFFFFFFFFFF\r\nab".utf8), wantData: false).0, 20)
     XCTAssertEqual(body.remaining, UInt64.max - 2)
 
-    // Trailers just under 64 KiB in total are fine.
+    // A request's chunked body may carry no trailer field (a proxy would
+    // pass fields on after it checked the head): refused, sticky.
     kp_http_body_init(&body, &head, 1, 0)
+    XCTAssertEqual(scanBody(&body, Array("0\r\nImpersonate-User: admin\r\n\r\n".utf8), wantData: false).0, EBADMSG)
+    kp_http_body_init(&body, &head, 1, 0)
+    XCTAssertEqual(scanBody(&body, Array("1\r\na\r\n0\r\n\r\n".utf8), wantData: false).0, 11, "no trailers: fine")
+    XCTAssertEqual(body.done, 1)
+
+    // A response's trailers just under 64 KiB in total are fine.
+    let resp = Array("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
+    XCTAssertEqual(parseHead(resp, request: false, head: &head).0, Int32(resp.count))
+    kp_http_body_init(&body, &head, 0, 0)
     let trailer = "0\r\nX: " + String(repeating: "t", count: 64 * 1024 - 9) + "\r\n\r\n"
     let tb = Array(trailer.utf8)
     XCTAssertEqual(scanBody(&body, tb, wantData: false).0, Int32(tb.count))

@@ -470,6 +470,7 @@ typedef struct kp_http_body {
   int state;          /* private chunked-decoder state */
   uint32_t line_len;  /* private: length of the size line / trailer so far */
   int done;           /* set once the whole body has been seen */
+  int no_trailers;    /* private: a request's chunked body may carry none */
 } kp_http_body_t;
 
 /* Sets up *body (caller-owned, no resources) for the message whose head was
@@ -486,7 +487,9 @@ void kp_http_body_init(kp_http_body_t *body, const kp_http_head_t *head,
  * be forwarded as they are), 0 once done, or KP_EBADMSG for malformed
  * chunked framing (bad hex, more than 16 size digits, missing CRLF after
  * data, control bytes in extensions or trailers, a size line over 4 KiB or
- * trailers over 64 KiB); after an error every call fails again.
+ * trailers over 64 KiB, any trailer field in a request: a proxy would pass
+ * fields on after it checked the head, and no Kubernetes client sends
+ * request trailers); after an error every call fails again.
  * Sets body->done when the end was reached; the bytes after the returned
  * count belong to the next message. UNTIL_CLOSE never sets done: the caller
  * ends the body when the peer closes.
