@@ -78,7 +78,8 @@ public struct ClusterAdmin: Sendable {
     guard Set(got) == Set(expected), got.count == expected.count else {
       throw HubError(.invalid, "internal: the edited file does not hold the intended clusters; nothing written", file: path)
     }
-    try Files.replace(path, Data(text.utf8), defaultMode: 0o644)
+    // Agent tokens: readable by the hub's user alone.
+    try Files.replace(path, Data(text.utf8), defaultMode: 0o600, secret: true)
   }
 
   static func canonical(_ clusters: [Cluster]) throws -> String {

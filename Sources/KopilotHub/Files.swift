@@ -23,10 +23,12 @@ enum Files {
   }
 
   /// Replaces `path` atomically (temp file + rename), keeping its mode when
-  /// it exists.
-  static func replace(_ path: String, _ data: Data, defaultMode: mode_t) throws {
+  /// it exists. A `secret` file (it holds tokens) keeps only its owner's
+  /// bits: whatever it had, after a write it is readable by its owner alone.
+  static func replace(_ path: String, _ data: Data, defaultMode: mode_t, secret: Bool = false) throws {
     var st = stat()
-    let mode = stat(path, &st) == 0 ? st.st_mode & 0o7777 : defaultMode
+    var mode = stat(path, &st) == 0 ? st.st_mode & 0o7777 : defaultMode
+    if secret { mode &= 0o700 }
     let tmp = try writeTemp(beside: path, data, mode: mode)
     if rename(tmp, path) != 0 {
       let e = errno
@@ -44,6 +46,8 @@ enum Files {
       throw HubError(.io, "cannot create a temporary file: \(String(cString: strerror(errno)))", file: path)
     }
     let tmp = String(cString: template)
+    // mkstemp made it 0600, so a secret is never readable by others, not
+    // even for a moment; a wider mode is set while the file is still empty.
     var ok = fchmod(fd, mode) == 0
     data.withUnsafeBytes { buf in
       var off = 0
@@ -64,7 +68,8 @@ enum Files {
     return tmp
   }
 
-  /// Creates `dir` (and parents) with mode 0700 when absent.
+  /// Creates `dir` with mode 0700 when absent (made with that mode, never
+  /// wider for a moment); missing parents get the default mode.
   static func ensureDirectory(_ dir: String) throws {
     if dir.isEmpty { return }
     var isDir: ObjCBool = false
@@ -72,12 +77,23 @@ enum Files {
       guard isDir.boolValue else { throw HubError(.io, "exists and is not a folder", file: dir) }
       return
     }
-    do {
-      try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
-                                              attributes: [.posixPermissions: 0o700])
-    } catch {
-      throw HubError(.io, "cannot create the folder: \(error.localizedDescription)", file: dir)
+    let parent = (dir as NSString).deletingLastPathComponent
+    if !parent.isEmpty && parent != dir && !FileManager.default.fileExists(atPath: parent) {
+      do {
+        try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+      } catch {
+        throw HubError(.io, "cannot create the folder: \(error.localizedDescription)", file: parent)
+      }
     }
+    if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+      throw HubError(.io, "cannot create the folder: \(String(cString: strerror(errno)))", file: dir)
+    }
+  }
+
+  /// The permission bits of `path` (following links), nil when it is absent.
+  static func mode(_ path: String) -> mode_t? {
+    var st = stat()
+    return stat(path, &st) == 0 ? st.st_mode & 0o7777 : nil
   }
 
   static func readText(_ path: String) throws -> String {

@@ -24,6 +24,9 @@ public struct HubError: Error, CustomStringConvertible, Sendable, Equatable {
     public static let io = Code("io")
     /// Creating or reading a certificate or key failed.
     public static let certificate = Code("certificate")
+    /// A file or folder's permissions would let others read secrets or
+    /// change what the hub trusts.
+    public static let insecure = Code("insecure")
     /// `AgentManifest.render` got a provider it does not know.
     public static let unknownProvider = Code("unknownProvider")
   }

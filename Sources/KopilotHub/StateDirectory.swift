@@ -11,12 +11,18 @@ import X509
 /// | `ca.key`      | its key                                                  | 0600 |
 /// | `hub.crt`     | the hub's serving certificate, signed by the CA          | 0644 |
 /// | `hub.key`     | its key                                                  | 0600 |
-/// | `clusters.yaml` | Cluster objects (`ClusterFile`); starts empty          | 0644 |
+/// | `clusters.yaml` | Cluster objects (`ClusterFile`) with agent tokens      | 0600 |
 /// | `tokens.csv`  | callers (`TokenFile`); starts with an admin token        | 0600 |
 /// | `rbac.yaml`   | ClusterRoles/Bindings (`RBACFile`); grants admins /proxy/* | 0644 |
 ///
 /// A file that exists is never touched; every path can be set on its own
 /// (the hub's flags), e.g. to use a certificate from elsewhere.
+///
+/// Files holding secrets (`secretFiles`: the keys, agent tokens, caller
+/// tokens) are created 0600. The folder itself must not be writable by
+/// group or others: whoever can write there can swap tokens.csv or
+/// rbac.yaml and grant themselves everything, so `prepare` refuses such a
+/// folder, and reports a secret file that group or others can read.
 public struct StatePaths: Sendable, Equatable {
   public var directory: String
   public var caCert: String
@@ -41,6 +47,9 @@ public struct StatePaths: Sendable, Equatable {
     tokens = p("tokens.csv")
     rbac = p("rbac.yaml")
   }
+
+  /// The files that hold secrets: private keys, agent tokens, caller tokens.
+  public var secretFiles: [String] { [caKey, hubKey, clusters, tokens] }
 }
 
 public struct StateDirectory: Sendable {
@@ -78,6 +87,7 @@ public struct StateDirectory: Sendable {
   public func prepare(now: Date = Date()) throws -> Report {
     var report = Report()
     try Files.ensureDirectory(paths.directory)
+    try Self.checkFolder(paths.directory)
     for p in [paths.caCert, paths.caKey, paths.hubCert, paths.hubKey, paths.clusters, paths.tokens, paths.rbac] {
       try Files.ensureDirectory((p as NSString).deletingLastPathComponent)
     }
@@ -119,7 +129,7 @@ public struct StateDirectory: Sendable {
       throw HubError(.certificate, "\(paths.hubCert) and \(paths.hubKey) must both exist or both be absent; delete the one left to make a new hub certificate")
     }
 
-    if try Files.createNew(paths.clusters, Data(Self.initialClusters.utf8), mode: 0o644) {
+    if try Files.createNew(paths.clusters, Data(Self.initialClusters.utf8), mode: 0o600) {
       report.created.append(paths.clusters)
     }
     let token = RandomToken.make()
@@ -130,7 +140,31 @@ public struct StateDirectory: Sendable {
     if try Files.createNew(paths.rbac, Data(try Self.initialRBAC().utf8), mode: 0o644) {
       report.created.append(paths.rbac)
     }
+    report.notices += Self.exposedSecrets(paths.secretFiles)
     return report
+  }
+
+  /// Refuses a state folder that group or others may write: they could
+  /// replace clusters.yaml, tokens.csv or rbac.yaml (or a key) and so give
+  /// themselves any access, whatever the files' own modes say.
+  static func checkFolder(_ dir: String) throws {
+    guard let mode = Files.mode(dir), mode & 0o022 != 0 else { return }
+    let who = mode & 0o020 != 0 && mode & 0o002 != 0 ? "its group and everyone" : mode & 0o020 != 0 ? "its group" : "everyone"
+    throw HubError(.insecure, """
+      the state folder is writable by \(who) (mode \(String(mode, radix: 8))): whoever can write there can \
+      replace tokens.csv or rbac.yaml and grant themselves access; the hub does not start. \
+      Fix: chmod go-w \(dir) (0700 is best: it holds keys and tokens)
+      """, file: dir)
+  }
+
+  /// A line per secret file group or others may read (or write), for the
+  /// hub to log as a warning at start.
+  static func exposedSecrets(_ files: [String]) -> [String] {
+    files.compactMap { f in
+      guard let mode = Files.mode(f), mode & 0o077 != 0 else { return nil }
+      return "SECURITY: \(f) holds secrets but its mode is \(String(mode, radix: 8)): group or others can " +
+        "\(mode & 0o022 != 0 ? "change" : "read") it; fix: chmod 600 \(f)"
+    }
   }
 
   private func checkServing(hosts: [String], now: Date) -> [String] {

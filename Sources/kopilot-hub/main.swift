@@ -23,7 +23,7 @@ struct HubCommand: ParsableCommand {
 /// Flags shared by every subcommand that touches the state folder. Each one
 /// can also come from the environment variable named in its help.
 struct StateOptions: ParsableArguments {
-  @Option(name: .customLong("state-dir"), help: "The state folder. Env: STATE_DIR.")
+  @Option(name: .customLong("state-dir"), help: "The state folder, made 0700 with its secret files (keys, clusters.yaml, tokens.csv) 0600; the hub will not start in a folder group or others can write, and warns about secret files they can read. Env: STATE_DIR.")
   var stateDirFlag: String?
 
   @Option(name: .customLong("clusters-file"), help: "Cluster objects (default: STATE/clusters.yaml). Env: CLUSTERS_FILE.")

@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import KopilotHub
 
@@ -47,6 +48,26 @@ final class ClusterAdminTests: XCTestCase {
     XCTAssertEqual(try admin.listClusters().map(\.id), ["default_edge-2"])
     try admin.removeCluster(name: "edge-2")
     XCTAssertEqual(try admin.listClusters(), [])
+  }
+
+  /// clusters.yaml holds agent tokens: a new file is 0600 from the start,
+  /// and an edit leaves one that others could read readable by its owner
+  /// alone.
+  func testTheFileIsPrivate() throws {
+    let dir = try makeTempDir()
+    let path = dir + "/clusters.yaml"
+    func mode() -> Int {
+      ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? NSNumber)?.intValue ?? -1
+    }
+    let admin = ClusterAdmin(path: path)
+    try admin.addCluster(name: "first")
+    XCTAssertEqual(mode(), 0o600)
+    XCTAssertEqual(chmod(path, 0o644), 0)
+    try admin.addCluster(name: "second")
+    XCTAssertEqual(mode(), 0o600)
+    XCTAssertEqual(chmod(path, 0o640), 0)
+    try admin.removeCluster(name: "first")
+    XCTAssertEqual(mode(), 0o600)
   }
 
   func testAbsentFileAndLists() throws {

@@ -21,7 +21,9 @@ final class StateDirectoryTests: XCTestCase {
     XCTAssertEqual(mode(p.caKey), 0o600)
     XCTAssertEqual(mode(p.hubKey), 0o600)
     XCTAssertEqual(mode(p.tokens), 0o600)
+    XCTAssertEqual(mode(p.clusters), 0o600, "agent tokens")
     XCTAssertEqual(mode(p.caCert), 0o644)
+    XCTAssertEqual(report.notices, [], "no warning on a fresh folder")
 
     // The admin token works end to end through the files just made.
     let token = try XCTUnwrap(report.adminToken)
@@ -116,6 +118,7 @@ final class StateDirectoryTests: XCTestCase {
     paths.tokens = dir + "/elsewhere/my-tokens.csv"
     try FileManager.default.createDirectory(atPath: dir + "/elsewhere", withIntermediateDirectories: true)
     try write("mine-mine-mine-01,me,1\n", to: paths.tokens)
+    XCTAssertEqual(chmod(paths.tokens, 0o600), 0)
     let r = try StateDirectory(paths: paths).prepare()
     XCTAssertFalse(r.created.contains(paths.tokens))
     XCTAssertNil(r.adminToken)
@@ -136,6 +139,50 @@ final class StateDirectoryTests: XCTestCase {
     let again = try StateDirectory(paths: paths).prepare()
     XCTAssertEqual(Set(again.created), Set([paths.hubCert, paths.hubKey]))
     XCTAssertEqual(try String(contentsOfFile: paths.caCert, encoding: .utf8), caBefore)
+  }
+
+  /// Whoever can write the folder can swap tokens.csv or rbac.yaml: the
+  /// hub refuses to start there, naming the folder and the fix.
+  func testAFolderOthersCanWriteIsRefused() throws {
+    for bad: mode_t in [0o777, 0o770, 0o702, 0o1777] {
+      let dir = try makeTempDir()
+      XCTAssertEqual(chmod(dir, bad), 0)
+      XCTAssertThrowsError(try StateDirectory(paths: StatePaths(directory: dir)).prepare(), String(bad, radix: 8)) { e in
+        let h = e as? HubError
+        XCTAssertEqual(h?.code, .insecure)
+        XCTAssertEqual(h?.file, dir)
+        XCTAssertTrue("\(e)".contains("chmod go-w \(dir)"), "\(e)")
+        XCTAssertTrue("\(e)".contains("writable by"), "\(e)")
+      }
+      XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/tokens.csv"), "nothing written there")
+    }
+    // Others may read and enter (the secrets are 0600 inside): it starts.
+    let dir = try makeTempDir()
+    XCTAssertEqual(chmod(dir, 0o755), 0)
+    XCTAssertNoThrow(try StateDirectory(paths: StatePaths(directory: dir)).prepare())
+  }
+
+  /// Secret files others can read are reported loudly, each with its fix;
+  /// public files (certificates, rbac.yaml) are not.
+  func testSecretsOthersCanReadAreReported() throws {
+    let dir = try makeTempDir()
+    let state = StateDirectory(paths: StatePaths(directory: dir))
+    try state.prepare()
+    let p = state.paths
+    XCTAssertEqual(chmod(p.clusters, 0o644), 0)
+    XCTAssertEqual(chmod(p.caKey, 0o640), 0)
+    XCTAssertEqual(chmod(p.tokens, 0o606), 0)
+    XCTAssertEqual(chmod(p.rbac, 0o644), 0)
+    let notices = try state.prepare().notices
+    XCTAssertEqual(notices.count, 3, "\(notices)")
+    for (f, m) in [(p.clusters, "644"), (p.caKey, "640"), (p.tokens, "606")] {
+      let n = notices.first { $0.contains(f) }
+      XCTAssertNotNil(n, f)
+      XCTAssertTrue(n?.hasPrefix("SECURITY: ") == true, n ?? "")
+      XCTAssertTrue(n?.contains("mode is \(m)") == true, n ?? "")
+      XCTAssertTrue(n?.contains("chmod 600 \(f)") == true, n ?? "")
+    }
+    XCTAssertEqual(StatePaths(directory: dir).secretFiles, [p.caKey, p.hubKey, p.clusters, p.tokens])
   }
 
   func testHostHelpers() {
