@@ -95,6 +95,8 @@ public final class HubMetrics: @unchecked Sendable {
             [("kind", kind), ("outcome", outcome)]).set(Double(v))
     }
     gauge("kopilot_hub_review_cache_entries", "Entries in a review cache.", [("kind", kind)]).set(Double(s.cacheEntries))
+    gauge("kopilot_hub_review_cache_bytes", "Bytes a review cache holds, keys and answers.", [("kind", kind)])
+      .set(Double(s.cacheBytes))
   }
 
   private func gauge(_ table: inout [String: Gauge], _ cluster: String, _ name: String, _ help: String) -> Gauge {

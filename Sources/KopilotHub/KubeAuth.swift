@@ -10,7 +10,9 @@ import Logging
 // they may do, both asked of the host cluster's API server. In front of the
 // reviews: caches (so the router answers most requests on the loop thread,
 // synchronously), single-flight (a burst of identical misses costs one
-// review), a bound on reviews in flight with a bounded wait queue, and a
+// review), a bound on reviews in flight with a bounded wait queue (one for
+// TokenReviews, one for SubjectAccessReviews, so a flood of made-up tokens
+// cannot crowd out the authorizations of callers already known), and a
 // deadline per review. Whatever goes wrong ends in a typed error the router
 // turns into 503 or 504; never in an allow, never in a wait without end.
 
@@ -27,8 +29,15 @@ public struct KubeAuthSettings: Sendable, Equatable {
   public var deniedTTL: TimeInterval = 30
   /// Entries per cache; beyond it the oldest goes.
   public var maxCacheEntries = 10_000
-  /// Reviews sent to the host at once (authentication and authorization
-  /// together when they share a `ReviewLimiter`).
+  /// Bytes per cache, keys and values counted by what they hold (a path
+  /// may be 64 KiB; a SubjectAccessReview's key and its denial message both
+  /// hold it); beyond it the oldest goes. An answer bigger than this alone
+  /// is not cached. 32 MiB holds the 10,000 entries of ordinary paths many
+  /// times over, and at most 32 MiB of hostile ones.
+  public var maxCacheBytes = 32 << 20
+  /// Reviews of one kind sent to the host at once: TokenReviews and
+  /// SubjectAccessReviews each have this many places (each kind its own
+  /// `ReviewLimiter`, made by `KubeAuthenticator.pair`).
   public var maxInFlight = 32
   /// Reviews waiting for a place; beyond it a review fails at once.
   public var maxQueued = 1_000
@@ -108,6 +117,8 @@ public struct ReviewStats: Sendable, Equatable {
   public var timeouts = 0
   public var overloaded = 0
   public var cacheEntries = 0
+  /// What the cache holds, as `TTLCache` counts it.
+  public var cacheBytes = 0
   public init() {}
 }
 
@@ -199,39 +210,62 @@ public final class ReviewLimiter: @unchecked Sendable {
   }
 }
 
-/// A map with a time to live per entry and a bound on its size: past the
-/// bound the entry inserted longest ago goes. Not thread-safe; its owner
-/// locks.
+/// A map with a time to live per entry and two bounds, on entries and on
+/// bytes (each entry's `cost`): past either the entry inserted longest ago
+/// goes. Not thread-safe; its owner locks.
 struct TTLCache<Key: Hashable, Value> {
   let capacity: Int
-  private var entries: [Key: (value: Value, expires: Double, seq: UInt64)] = [:]
+  let maxBytes: Int
+  /// What an entry holds, in bytes; the cache adds `entryOverhead`.
+  let cost: (Key, Value) -> Int
+  /// Per entry besides its contents: the dictionary slot, the order row,
+  /// the string headers. A rough figure; it keeps many tiny entries from
+  /// counting as nothing.
+  static var entryOverhead: Int { 128 }
+  private var entries: [Key: (value: Value, expires: Double, seq: UInt64, bytes: Int)] = [:]
   /// Insertion order; stale rows (the key inserted again since, or gone)
   /// are skipped when met and swept when they outnumber the live ones.
   private var order: [(key: Key, seq: UInt64)] = []
   private var head = 0
   private var seq: UInt64 = 0
 
-  init(capacity: Int) { self.capacity = max(1, capacity) }
+  /// Sum of the live entries' bytes.
+  private(set) var bytes = 0
+
+  init(capacity: Int, maxBytes: Int = .max, cost: @escaping (Key, Value) -> Int = { _, _ in 0 }) {
+    self.capacity = max(1, capacity)
+    self.maxBytes = max(0, maxBytes)
+    self.cost = cost
+  }
 
   var count: Int { entries.count }
 
   mutating func value(_ key: Key, now: Double) -> Value? {
     guard let e = entries[key] else { return nil }
     guard now < e.expires else {
-      entries[key] = nil
+      remove(key)
       return nil
     }
     return e.value
   }
 
+  private mutating func remove(_ key: Key) {
+    if let e = entries.removeValue(forKey: key) { bytes -= e.bytes }
+  }
+
   mutating func insert(_ key: Key, _ value: Value, expires: Double) {
+    let size = cost(key, value) + Self.entryOverhead
+    remove(key)
+    // Bigger than the whole bound: it would only push everything else out.
+    guard size <= maxBytes else { return }
     seq += 1
-    entries[key] = (value, expires, seq)
+    entries[key] = (value, expires, seq, size)
+    bytes += size
     order.append((key, seq))
-    while entries.count > capacity && head < order.count {
+    while (entries.count > capacity || bytes > maxBytes) && head < order.count {
       let o = order[head]
       head += 1
-      if entries[o.key]?.seq == o.seq { entries[o.key] = nil }
+      if entries[o.key]?.seq == o.seq { remove(o.key) }
     }
     if order.count - head > 2 * entries.count + 64 {
       order = entries.map { ($0.key, $0.value.seq) }.sorted { $0.seq < $1.seq }
@@ -258,10 +292,11 @@ final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: @unchecked S
   private let what: String
   private let logger: Logger
 
-  init(capacity: Int, clock: @escaping ReviewClock, limiter: ReviewLimiter, timeout: TimeInterval, what: String,
+  init(capacity: Int, maxBytes: Int = .max, cost: @escaping @Sendable (Key, Value) -> Int = { _, _ in 0 },
+       clock: @escaping ReviewClock, limiter: ReviewLimiter, timeout: TimeInterval, what: String,
        logger: Logger, ttl: @escaping @Sendable (Value) -> TimeInterval) {
     self.logger = logger
-    cache = TTLCache(capacity: capacity)
+    cache = TTLCache(capacity: capacity, maxBytes: maxBytes, cost: cost)
     self.clock = clock
     self.limiter = limiter
     self.timeout = timeout
@@ -269,11 +304,11 @@ final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: @unchecked S
     self.ttl = ttl
   }
 
-  /// A cache sized and timed by `settings`; without a shared limiter, one
-  /// of its own.
-  convenience init(settings: KubeAuthSettings, clock: @escaping ReviewClock, limiter: ReviewLimiter?, what: String,
-                   logger: Logger, ttl: @escaping @Sendable (Value) -> TimeInterval) {
-    self.init(capacity: settings.maxCacheEntries, clock: clock,
+  /// A cache sized and timed by `settings`, entries weighed by `cost`;
+  /// without a limiter given, one of its own.
+  convenience init(settings: KubeAuthSettings, cost: @escaping @Sendable (Key, Value) -> Int, clock: @escaping ReviewClock,
+                   limiter: ReviewLimiter?, what: String, logger: Logger, ttl: @escaping @Sendable (Value) -> TimeInterval) {
+    self.init(capacity: settings.maxCacheEntries, maxBytes: settings.maxCacheBytes, cost: cost, clock: clock,
               limiter: limiter ?? ReviewLimiter(maxInFlight: settings.maxInFlight, maxQueued: settings.maxQueued),
               timeout: settings.reviewTimeout, what: what, logger: logger, ttl: ttl)
   }
@@ -283,6 +318,7 @@ final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: @unchecked S
     defer { lock.unlock() }
     var s = counters
     s.cacheEntries = cache.count
+    s.cacheBytes = cache.bytes
     return s
   }
 
@@ -432,15 +468,17 @@ public final class KubeAuthenticator: Authenticator, @unchecked Sendable {
   private let cache: ReviewCache<SHA256Digest, UserInfo?>
   private let logger: Logger
 
-  /// - limiter: share one with the `KubeAuthorizer` so the bound covers
-  ///   both kinds of review; nil: one of its own, from `settings`.
+  /// - limiter: the bound on TokenReviews in flight; nil: one of its own,
+  ///   from `settings`. Never share it with a `KubeAuthorizer`: anyone can
+  ///   send made-up tokens, and each costs a TokenReview.
   public init(client: any ReviewClient, settings: KubeAuthSettings = KubeAuthSettings(), limiter: ReviewLimiter? = nil,
               clock: @escaping ReviewClock = monotonicSeconds, logger: Logger = Logger(label: "kopilot.hub.authn")) {
     self.client = client
     self.settings = settings
     self.logger = logger
     let s = settings
-    cache = ReviewCache(settings: settings, clock: clock, limiter: limiter, what: "token review", logger: logger,
+    cache = ReviewCache(settings: settings, cost: { _, user in 32 + (user.map(ReviewCost.user) ?? 0) }, clock: clock,
+                        limiter: limiter, what: "token review", logger: logger,
                         ttl: { $0 == nil ? s.unauthenticatedTTL : s.authenticatedTTL })
   }
 
@@ -508,7 +546,10 @@ public final class KubeAuthorizer: Authorizer, @unchecked Sendable {
     self.settings = settings
     self.logger = logger
     let s = settings
-    cache = ReviewCache(settings: settings, clock: clock, limiter: limiter, what: "access review", logger: logger,
+    cache = ReviewCache(settings: settings, cost: { k, d in
+                          ReviewCost.user(k.user) + k.path.utf8.count + k.verb.utf8.count
+                            + d.reason.utf8.count + d.forbiddenMessage.utf8.count
+                        }, clock: clock, limiter: limiter, what: "access review", logger: logger,
                         ttl: { $0.allowed ? s.allowedTTL : s.deniedTTL })
   }
 
@@ -555,14 +596,26 @@ public final class KubeAuthorizer: Authorizer, @unchecked Sendable {
 }
 
 extension KubeAuthenticator {
-  /// An authenticator and an authorizer sharing one `ReviewLimiter`, so
-  /// `maxInFlight` bounds all reviews the hub sends.
+  /// An authenticator and an authorizer, each with a `ReviewLimiter` of its
+  /// own (`maxInFlight` and `maxQueued` each). A TokenReview can be asked
+  /// for by anyone with a made-up token; a SubjectAccessReview only for a
+  /// caller the host has authenticated. With one limiter, a flood of random
+  /// tokens would fill it and every authenticated caller's cache miss would
+  /// get 503; apart, the flood only delays other unknown tokens.
   public static func pair(client: any ReviewClient, settings: KubeAuthSettings = KubeAuthSettings(),
                           clock: @escaping ReviewClock = monotonicSeconds,
                           logger: Logger = Logger(label: "kopilot.hub.auth")) -> (KubeAuthenticator, KubeAuthorizer) {
-    let limiter = ReviewLimiter(maxInFlight: settings.maxInFlight, maxQueued: settings.maxQueued)
-    return (KubeAuthenticator(client: client, settings: settings, limiter: limiter, clock: clock, logger: logger),
-            KubeAuthorizer(client: client, settings: settings, limiter: limiter, clock: clock, logger: logger))
+    func limiter() -> ReviewLimiter { ReviewLimiter(maxInFlight: settings.maxInFlight, maxQueued: settings.maxQueued) }
+    return (KubeAuthenticator(client: client, settings: settings, limiter: limiter(), clock: clock, logger: logger),
+            KubeAuthorizer(client: client, settings: settings, limiter: limiter(), clock: clock, logger: logger))
+  }
+}
+
+/// What cached answers weigh: the bytes of the strings they hold.
+enum ReviewCost {
+  static func user(_ u: UserInfo) -> Int {
+    u.name.utf8.count + u.uid.utf8.count + u.groups.reduce(0) { $0 + $1.utf8.count + 16 }
+      + u.extra.reduce(0) { $0 + $1.key.utf8.count + $1.value.reduce(0) { $0 + $1.utf8.count + 16 } + 16 }
   }
 }
 

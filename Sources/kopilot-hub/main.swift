@@ -281,6 +281,7 @@ struct Serve: ParsableCommand {
     settings.allowedTTL = kube.allowedTTL
     settings.deniedTTL = kube.deniedTTL
     settings.maxInFlight = kube.reviewConcurrency
+    settings.maxCacheBytes = kube.reviewCacheMiB << 20
     settings.reviewTimeout = kube.reviewTimeout
     let (authn, authz) = KubeAuthenticator.pair(client: api, settings: settings)
 
@@ -459,8 +460,11 @@ struct KubeOptions: ParsableArguments {
   @Option(name: .customLong("authz-denied-ttl"), help: "Seconds a denying SubjectAccessReview is kept.")
   var deniedTTL: Double = 30
 
-  @Option(name: .customLong("review-concurrency"), help: "Reviews in flight to the host API at most; more wait (up to 1,000, then 503).")
+  @Option(name: .customLong("review-concurrency"), help: "Reviews in flight to the host API at most, for TokenReviews and for SubjectAccessReviews each (so unknown tokens cannot crowd out authorizations); more wait (up to 1,000, then 503).")
   var reviewConcurrency = 32
+
+  @Option(name: .customLong("review-cache-mib"), help: "MiB each review cache (TokenReviews, SubjectAccessReviews) may hold, beside its 10,000 entries; the oldest answers go first.")
+  var reviewCacheMiB = 32
 
   @Option(name: .customLong("review-timeout"), help: "Seconds a review may take before the caller gets 504.")
   var reviewTimeout: Double = 5
@@ -471,6 +475,7 @@ struct KubeOptions: ParsableArguments {
       throw ValidationError("\(name) is 0 to 86400 seconds")
     }
     if !(1...1024).contains(reviewConcurrency) { throw ValidationError("--review-concurrency is 1 to 1024") }
+    if !(1...4096).contains(reviewCacheMiB) { throw ValidationError("--review-cache-mib is 1 to 4096") }
     if !(0.1...60).contains(reviewTimeout) { throw ValidationError("--review-timeout is 0.1 to 60 seconds") }
   }
 }

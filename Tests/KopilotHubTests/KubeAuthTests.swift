@@ -16,6 +16,8 @@ final class FakeReviewClient: ReviewClient, @unchecked Sendable {
   /// CancellationError, unless `ignoreCancellation`).
   private var gateClosed = false
   var ignoreCancellation = false
+  /// SubjectAccessReviews pass a closed gate (only TokenReviews wait).
+  var gateTokenReviewsOnly = false
   private var waiting: [(id: Int, c: CheckedContinuation<Void, Error>)] = []
   private var nextID = 0
 
@@ -94,7 +96,11 @@ final class FakeReviewClient: ReviewClient, @unchecked Sendable {
   func subjectAccessReview(_ request: AccessReviewRequest) async throws -> AccessReviewResult {
     locked { accessReviews.append(request) }
     defer { done() }
-    try await pass()
+    if locked({ gateTokenReviewsOnly }) {
+      locked { running += 1 }
+    } else {
+      try await pass()
+    }
     if let failure = locked({ failure }) { throw failure }
     return decide(request)
   }
@@ -157,6 +163,7 @@ final class KubeAuthTests: XCTestCase {
     XCTAssertEqual(s.allowedTTL, 300)
     XCTAssertEqual(s.deniedTTL, 30)
     XCTAssertEqual(s.maxCacheEntries, 10_000)
+    XCTAssertEqual(s.maxCacheBytes, 32 << 20)
     XCTAssertEqual(s.maxInFlight, 32)
     XCTAssertEqual(s.maxQueued, 1_000)
     XCTAssertEqual(s.reviewTimeout, 5)
@@ -297,25 +304,127 @@ final class KubeAuthTests: XCTestCase {
     XCTAssertEqual(fake.tokenReviewCount, 5)
   }
 
-  func testSharedLimiterBoundsBothKinds() async throws {
+  /// Anyone can send made-up tokens, and each costs a TokenReview: with
+  /// TokenReviews held at the host and their limiter full, an authenticated
+  /// caller's SubjectAccessReview still goes through (one shared limiter
+  /// answered it 503).
+  func testTokenFloodDoesNotStarveAuthorizations() async throws {
     let fake = FakeReviewClient()
     fake.users[aliceToken] = alice
+    fake.gateTokenReviewsOnly = true
+    fake.closeGate()
+    var s = KubeAuthSettings()
+    s.maxInFlight = 2
+    s.maxQueued = 3
+    s.reviewTimeout = 600
+    let (authn, authz) = KubeAuthenticator.pair(client: fake, settings: s, clock: ManualClock().clock)
+    // The flood: two at the host, three waiting, the rest refused.
+    var flood: [Task<Void, Never>] = []
+    for i in 0..<5 {
+      flood.append(Task { _ = try? await authn.authenticate(bearerToken: "random-token-\(i)-0123456789") })
+    }
+    XCTAssertTrue(waitUntil(timeout: 30) { fake.waitingAtGate == 2 && authn.stats.misses == 5 })
+    do {
+      _ = try await authn.authenticate(bearerToken: "random-token-5-0123456789")
+      XCTFail("a TokenReview past the full queue was accepted")
+    } catch let e as KubeReviewError {
+      XCTAssertEqual(e.code, .overloaded)
+    }
+    // Alice, already known (her token was reviewed before the flood in a
+    // real hub; here the authorizer is asked straight away): not refused.
+    for i in 0..<10 {
+      let d = try await authz.authorize(AuthorizationRequest(user: UserInfo(name: "alice"), method: "GET", path: "/proxy/a_b/\(i)"))
+      XCTAssertTrue(d.allowed, "\(i)")
+    }
+    XCTAssertEqual(authz.stats.overloaded, 0)
+    XCTAssertEqual(fake.accessReviewCount, 10)
+    fake.openGate()
+    XCTAssertTrue(waitUntil(timeout: 30) {
+      if fake.waitingAtGate > 0 { fake.openGate() }
+      return fake.tokenReviewCount == 5 && fake.runningNow == 0
+    })
+    for t in flood { await t.value }
+  }
+
+  /// Each limiter is sized by the settings, and the two are not one.
+  func testPairHasALimiterPerKind() async throws {
+    let fake = FakeReviewClient()
     fake.closeGate()
     var s = KubeAuthSettings()
     s.maxInFlight = 1
     s.maxQueued = 0
     s.reviewTimeout = 600
     let (authn, authz) = KubeAuthenticator.pair(client: fake, settings: s, clock: ManualClock().clock)
-    let t = Task { try await authn.authenticate(bearerToken: self.aliceToken) }
-    XCTAssertTrue(waitUntil(timeout: 30) { fake.waitingAtGate == 1 })
+    let t = Task { try? await authn.authenticate(bearerToken: self.aliceToken) }
+    let a = Task { try? await authz.authorize(AuthorizationRequest(user: UserInfo(name: "alice"), method: "GET", path: "/proxy/a_b/")) }
+    // One of each at the host at once: each kind has its own place.
+    XCTAssertTrue(waitUntil(timeout: 30) { fake.waitingAtGate == 2 })
     do {
-      _ = try await authz.authorize(AuthorizationRequest(user: UserInfo(name: "alice"), method: "GET", path: "/proxy/a_b/"))
-      XCTFail("the authorizer got past a full shared limiter")
+      _ = try await authn.authenticate(bearerToken: "second-token-0123456789")
+      XCTFail("a second TokenReview got past a limiter of one")
     } catch let e as KubeReviewError {
       XCTAssertEqual(e.code, .overloaded)
     }
     fake.openGate()
-    _ = try await t.value
+    _ = await t.value
+    _ = await a.value
+  }
+
+  /// A path may be 64 KiB, and a SubjectAccessReview's key and its denial
+  /// message both hold it: the cache is bounded by bytes as well as by
+  /// entries, oldest out first, and an answer bigger than the whole bound
+  /// is not cached (and pushes nothing out).
+  func testCacheBytesAreBounded() async throws {
+    let fake = FakeReviewClient()
+    fake.decide = { _ in AccessReviewResult(allowed: false, reason: "no") }
+    var s = KubeAuthSettings()
+    s.maxCacheBytes = 64 << 10
+    let authz = KubeAuthorizer(client: fake, settings: s, clock: ManualClock().clock)
+    let user = UserInfo(name: "alice")
+    func request(_ i: Int, length: Int = 4096) -> AuthorizationRequest {
+      let tail = String(repeating: "x", count: length)
+      return AuthorizationRequest(user: user, method: "GET", path: "/proxy/a_b/\(i)/\(tail)")
+    }
+    for i in 0..<100 { _ = try await authz.authorize(request(i)) }
+    let st = authz.stats
+    XCTAssertLessThanOrEqual(st.cacheBytes, 64 << 10)
+    // Each entry holds its path twice (key and message): about 8 KiB.
+    XCTAssertGreaterThanOrEqual(st.cacheEntries, 6)
+    XCTAssertLessThanOrEqual(st.cacheEntries, 8)
+    XCTAssertNotNil(authz.cachedDecision(for: request(99)), "the newest stays")
+    XCTAssertNil(authz.cachedDecision(for: request(0)), "the oldest went")
+
+    let kept = authz.stats.cacheEntries
+    let huge = request(1000, length: 65_000)
+    let d = try await authz.authorize(huge)
+    XCTAssertFalse(d.allowed, "answered all the same")
+    XCTAssertNil(authz.cachedDecision(for: huge), "bigger than the bound: not cached")
+    XCTAssertEqual(authz.stats.cacheEntries, kept, "and nothing pushed out for it")
+    XCTAssertNotNil(authz.cachedDecision(for: request(99)))
+
+    // Entries are weighed by what they hold: a cache of tokens counts each.
+    fake.users[aliceToken] = alice
+    let authn = makeAuthn(fake, ManualClock())
+    _ = try await authn.authenticate(bearerToken: aliceToken)
+    XCTAssertGreaterThan(authn.stats.cacheBytes, 32 + "alice".utf8.count)
+  }
+
+  func testTTLCacheBytes() {
+    var c = TTLCache<String, String>(capacity: 100, maxBytes: 1000, cost: { $0.utf8.count + $1.utf8.count })
+    let o = TTLCache<String, String>.entryOverhead
+    c.insert("a", String(repeating: "v", count: 100), expires: 10)
+    XCTAssertEqual(c.bytes, 101 + o)
+    // The same key again: replaced, counted once.
+    c.insert("a", String(repeating: "v", count: 200), expires: 10)
+    XCTAssertEqual(c.bytes, 201 + o)
+    XCTAssertEqual(c.count, 1)
+    // Expired and read: gone from the count too.
+    XCTAssertNil(c.value("a", now: 11))
+    XCTAssertEqual(c.bytes, 0)
+    for i in 0..<50 { c.insert("k\(i)", "", expires: 10) }
+    XCTAssertLessThanOrEqual(c.bytes, 1000)
+    XCTAssertEqual(c.count, 1000 / (3 + o))
+    XCTAssertNotNil(c.value("k49", now: 0))
   }
 
   func testTimeoutIs504AndNotCached() async throws {
