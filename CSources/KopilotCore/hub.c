@@ -22,6 +22,9 @@
  * handshakes on purpose can slow accepting down, never stop it. */
 #define HUB_MAX_HANDSHAKES 128
 #define HUB_HANDSHAKE_SLOT_MS 500
+/* The longest cluster ID, namespace_name: a DNS-1123 label (63), '_' and a
+ * DNS-1123 subdomain (253). */
+#define HUB_CLUSTER_ID_MAX (63 + 1 + 253)
 
 typedef struct hub_cluster {
   struct hub_cluster *next; /* bucket chain */
@@ -80,7 +83,10 @@ typedef struct hub_front {
   uint64_t hs_since;   /* loop time (ms) the slot was taken */
   uint64_t started_ns; /* when the current request head was complete */
   uint64_t session;    /* that carries the current proxied request */
-  char cluster[256];   /* of the current proxied request */
+  /* The current request's cluster, as on_proxied reports it: any cluster
+   * ID fits whole (HUB_CLUSTER_ID_MAX), so a proxied request is reported on
+   * the ID it was answered with, never a truncated one. */
+  char cluster[HUB_CLUSTER_ID_MAX + 1];
   int via_peer;        /* accepted on the peer listener */
   /* The current forward to a peer replica (fwd_to[0] == 0: none). */
   kp__backreq_t fwd;   /* its head and peer conn (key: fwd_to) */
@@ -876,15 +882,28 @@ static int hop_ok(const char *hop) {
   return 1;
 }
 
-/* The cluster a target names, "/proxy/<cluster>/...", for on_proxied (the
- * target as sent; the peer's policy normalizes it). "" when none. */
+/* The cluster a forwarded target names, "/proxy/<cluster>/...", as the key
+ * on_proxied reports (the target as sent; the peer's policy normalizes
+ * it): the segment when it could be a cluster ID, 1 to HUB_CLUSTER_ID_MAX
+ * bytes of [a-z0-9._-], else "" - never a truncated one, and nothing a
+ * caller can grow. HubMetrics.forwardKey (Swift) mirrors this byte for
+ * byte: the owner counts the request in under that key and out under this
+ * one, so the two must agree. */
 static void target_cluster(const kp_http_head_t *h, char *out, size_t cap) {
   static const char pre[] = "/proxy/";
-  size_t pl = sizeof(pre) - 1, i = pl;
+  size_t pl = sizeof(pre) - 1, i = pl, n;
   out[0] = 0;
   if (h->target_len <= pl || memcmp(h->target, pre, pl) != 0) return;
-  while (i < h->target_len && h->target[i] != '/' && h->target[i] != '?') i++;
-  snprintf(out, cap, "%.*s", (int)(i - pl), h->target + pl);
+  for (; i < h->target_len && h->target[i] != '/' && h->target[i] != '?'; i++) {
+    char c = h->target[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '-' || c == '_'))
+      return;
+  }
+  n = i - pl;
+  if (n == 0 || n > HUB_CLUSTER_ID_MAX || n >= cap) return;
+  memcpy(out, h->target + pl, n);
+  out[n] = 0;
 }
 
 static void do_forward(hub_front_t *f, const char *host, int port,

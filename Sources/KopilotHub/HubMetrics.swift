@@ -6,17 +6,35 @@ import Prometheus
 /// Everything is counted from events the hub already has (sessions coming
 /// and going, answers given, proxied requests ending), so a scrape costs no
 /// round trip to the loop.
+///
+/// A `cluster` label is a registered cluster's ID or `unknown`, never what
+/// a caller wrote: a label value lives as long as the process, and a caller
+/// must not be able to make one per request. And a request is counted out
+/// of `requests_in_flight` on the label it was counted in on, even when the
+/// registry changed in between (see `proxyStarted`).
 public final class HubMetrics: @unchecked Sendable {
   public let registry = PrometheusCollectorRegistry()
   private let lock = NSLock()
+  /// Whether an ID names a registered cluster (the registry's).
+  private let isCluster: @Sendable (String) -> Bool
   private var sessions: [String: Gauge] = [:]
   private var inFlight: [String: Gauge] = [:]
+  /// Requests in flight by the key the core will report when they end,
+  /// with the label they were counted under.
+  private var pending: [String: (label: String, count: Int)] = [:]
   private var bytes: [String: (up: Counter, down: Counter)] = [:]
   private var codes: [Int: Counter] = [:]
   private let decisions: (allowed: Counter, denied: Counter, unauthenticated: Counter)
   private let latency: DurationHistogram
 
-  public init() {
+  /// The label for anything that is not a registered cluster's ID.
+  public static let unknownCluster = "unknown"
+
+  /// - isCluster: whether an ID is a registered cluster's
+  ///   (`registry.cluster(id:) != nil`); anything else is labelled
+  ///   `unknown`.
+  public init(isCluster: @escaping @Sendable (String) -> Bool) {
+    self.isCluster = isCluster
     decisions = (
       registry.makeCounter(descriptor: metric("kopilot_hub_authorization_decisions_total", "Caller requests by authentication and authorization outcome."), labels: [("decision", "allowed")]),
       registry.makeCounter(descriptor: metric("kopilot_hub_authorization_decisions_total", "Caller requests by authentication and authorization outcome."), labels: [("decision", "denied")]),
@@ -28,24 +46,66 @@ public final class HubMetrics: @unchecked Sendable {
                 .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5), .seconds(30)])
   }
 
+  /// `cluster` is the ID the router accepted the agent for (a registered
+  /// cluster's, looked up by its token), as the core reports it: used as is,
+  /// so a session's down meets its up on one label even after the cluster
+  /// was removed.
   public func sessionChanged(cluster: String, up: Bool) {
     gauge(&sessions, cluster, "kopilot_hub_agent_sessions", "Live agent sessions per cluster.")
       .increment(by: up ? 1 : -1)
   }
 
-  public func proxyStarted(cluster: String) {
-    gauge(&inFlight, cluster, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
+  /// A request the core will proxy or forward, and report through
+  /// `Hub.onProxied` with `key` as its `cluster`: the cluster ID of a
+  /// `.proxy` answer, `forwardKey(target:)` of a forward. Counted in flight
+  /// under `key` when it is a registered cluster, else `unknown`; the label
+  /// stays with the key until its last request in flight ends, so a cluster
+  /// registered or removed meanwhile moves nothing between labels.
+  public func proxyStarted(cluster key: String) {
+    lock.lock()
+    let label: String
+    if let p = pending[key] {
+      label = p.label
+      pending[key] = (label, p.count + 1)
+    } else {
+      label = labelLocked(key)
+      pending[key] = (label, 1)
+    }
+    lock.unlock()
+    gauge(&inFlight, label, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
       .increment()
   }
 
+  /// A request the core reports ended (`Hub.onProxied`).
   public func proxyEnded(_ r: Hub.ProxiedRequest) {
-    gauge(&inFlight, r.cluster, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
-      .decrement()
-    let b = byteCounters(r.cluster)
-    b.up.increment(by: Int64(r.bytesUp))
-    b.down.increment(by: Int64(r.bytesDown))
-    answered(status: r.status)
-    latency.recordNanoseconds(Int64(r.durationMicros) * 1000)
+    proxyEnded(cluster: r.cluster, status: r.status, bytesUp: r.bytesUp, bytesDown: r.bytesDown,
+               durationMicros: r.durationMicros)
+  }
+
+  /// The same, field by field; `cluster` is the key it was started under.
+  public func proxyEnded(cluster key: String, status: Int, bytesUp: UInt64, bytesDown: UInt64, durationMicros: UInt64) {
+    lock.lock()
+    let label: String
+    var counted = false
+    if let p = pending[key] {
+      label = p.label
+      counted = true
+      pending[key] = p.count > 1 ? (label, p.count - 1) : nil
+    } else {
+      // Never counted in (a core event without a start): nothing to take
+      // out of the gauge.
+      label = labelLocked(key)
+    }
+    lock.unlock()
+    if counted {
+      gauge(&inFlight, label, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
+        .decrement()
+    }
+    let b = byteCounters(label)
+    b.up.increment(by: Int64(bytesUp))
+    b.down.increment(by: Int64(bytesDown))
+    answered(status: status)
+    latency.recordNanoseconds(Int64(durationMicros) * 1000)
   }
 
   /// Any answer to a caller, proxied or local; status 0 is a tunnel that
@@ -98,6 +158,32 @@ public final class HubMetrics: @unchecked Sendable {
     gauge("kopilot_hub_review_cache_bytes", "Bytes a review cache holds, keys and answers.", [("kind", kind)])
       .set(Double(s.cacheBytes))
   }
+
+  /// The label for a cluster ID; the lock is held.
+  private func labelLocked(_ id: String) -> String { isCluster(id) ? id : Self.unknownCluster }
+
+  /// The key the core reports for a forwarded request (hub.c's
+  /// `target_cluster`, which this mirrors byte for byte): the first segment
+  /// after `/proxy/` as the caller sent it, when it could be a cluster ID
+  /// (1 to 317 bytes of a-z, 0-9, '.', '-' and '_'; namespace 63 + '_' +
+  /// name 253), else "". Never a truncated ID.
+  public static func forwardKey(target: String) -> String {
+    let u = target.utf8
+    let prefix = "/proxy/".utf8
+    guard u.starts(with: prefix) else { return "" }
+    let segment = u.dropFirst(prefix.count).prefix { $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: "?") }
+    guard (1...maxClusterIDBytes).contains(segment.count),
+          segment.allSatisfy({ c in
+            (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z")) || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9"))
+              || c == UInt8(ascii: ".") || c == UInt8(ascii: "-") || c == UInt8(ascii: "_")
+          })
+    else { return "" }
+    return String(decoding: segment, as: UTF8.self)
+  }
+
+  /// The longest cluster ID: a DNS-1123 label (63), '_', a DNS-1123
+  /// subdomain (253). hub.c sizes its field to hold it.
+  public static let maxClusterIDBytes = 63 + 1 + 253
 
   private func gauge(_ table: inout [String: Gauge], _ cluster: String, _ name: String, _ help: String) -> Gauge {
     lock.lock()

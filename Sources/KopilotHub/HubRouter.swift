@@ -56,11 +56,11 @@ public struct HubRouter: Sendable {
       case .respond(let status, _, _): metrics?.answered(status: status)
       case .proxy(let cluster, _): metrics?.proxyStarted(cluster: cluster)
       case .acceptAgent: break
-      // A forward also ends in onProxied, labelled with the cluster as the
-      // target names it (not normalized): counted the same way here.
-      case .forward:
-        let raw = target.hasPrefix("/proxy/") ? String(target.dropFirst(7).prefix { $0 != "/" && $0 != "?" }) : ""
-        metrics?.proxyStarted(cluster: raw)
+      // A forward also ends in onProxied, under the key the core takes from
+      // the target as sent (`HubMetrics.forwardKey`); the metrics label it
+      // with a registered cluster's ID or `unknown`, never with what a
+      // caller wrote there (`/proxy/<anything>/../default_a/`).
+      case .forward: metrics?.proxyStarted(cluster: HubMetrics.forwardKey(target: target))
       }
       return answer
     }

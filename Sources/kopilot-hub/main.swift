@@ -226,7 +226,7 @@ struct Serve: ParsableCommand {
     let cfg = try hubConfig(cert: paths.hubCert, key: paths.hubKey)
     let hub = try Hub(loop: loop, config: cfg, deferringRouter: { box.route($0, $1) })
     let pub = given ?? "\(cfg.bindHost == "0.0.0.0" || cfg.bindHost == "::" ? "127.0.0.1" : cfg.bindHost):\(hub.port)"
-    let metrics = HubMetrics()
+    let metrics = HubMetrics(isCluster: { registry.cluster(id: $0) != nil })
     box.router = HubRouter(
       registry: registry,
       authenticator: try TokenFileAuthenticator(path: paths.tokens),
@@ -319,7 +319,7 @@ struct Serve: ParsableCommand {
       log.warning("no --peer-cert/--peer-key/--peer-ca (PEER_CERT, PEER_KEY, PEER_CA): this replica neither takes nor forwards requests for other replicas")
     }
     let hub = try Hub(loop: loop, config: cfg, deferringRouter: { box.route($0, $1) })
-    let metrics = HubMetrics()
+    let metrics = HubMetrics(isCluster: { registry.cluster(id: $0) != nil })
     metrics.beforeRender = { m in
       m.reviews(kind: "token", authn.stats)
       m.reviews(kind: "access", authz.stats)
