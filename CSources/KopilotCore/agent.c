@@ -15,6 +15,7 @@ struct kp_agent {
   kp_tls_ctx_t *hub_tls, *up_tls;
   uv_mutex_t mu; /* guards token */
   char *token;
+  char *hub_token; /* for the /connect upgrade; NULL: none */
   kp__conn_t *dialing; /* the conn during TLS + WebSocket handshake */
   uint8_t *hs_buf;     /* 101 response head being read */
   size_t hs_len;
@@ -174,22 +175,28 @@ static const kp__sess_owner_t agent_owner = {
 static void hub_ready(kp__conn_t *c, int status) {
   kp_agent_t *a = c->ud;
   char req[4096];
-  int n;
+  int n, rc;
   if (status != 0) return; /* hub_closed reports */
   if (kp_ws_client_key(a->ws_key) != 0) {
     kp__conn_close(c, KP_EIO);
     return;
   }
+  /* The token goes in a header, not in the URL: a request target is what
+   * L7 proxies and access logs on the way record. */
   n = snprintf(req, sizeof(req),
                "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-               "Sec-WebSocket-Version: 13\r\n%s"
+               "Sec-WebSocket-Version: 13\r\n%s%s%s%s"
                "User-Agent: kopilot-agent\r\n\r\n",
                a->hub_path, a->hub_host, a->cfg.hub_port, a->ws_key,
-               a->cfg.framed ? "Sec-WebSocket-Protocol: " KP_WS_SUBPROTOCOL "\r\n" : "");
-  if (n < 0 || (size_t)n >= sizeof(req) ||
-      kp__conn_write(c, (const uint8_t *)req, (size_t)n) != 0)
-    kp__conn_close(c, KP_EIO);
+               a->cfg.framed ? "Sec-WebSocket-Protocol: " KP_WS_SUBPROTOCOL "\r\n" : "",
+               a->hub_token ? "Authorization: Bearer " : "",
+               a->hub_token ? a->hub_token : "", a->hub_token ? "\r\n" : "");
+  rc = n < 0 || (size_t)n >= sizeof(req) ||
+       kp__conn_write(c, (const uint8_t *)req, (size_t)n) != 0;
+  /* kp__conn_write copied it; the token must not linger on the stack. */
+  memset(req, 0, sizeof(req));
+  if (rc) kp__conn_close(c, KP_EIO);
 }
 
 static void hub_read(kp__conn_t *c, const uint8_t *p, size_t n,
@@ -357,14 +364,28 @@ int kp_agent_shutdown(kp_agent_t *a, uint64_t grace_ms) {
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
+/* A hub token goes into a header line: visible ASCII only (RFC 6750 2.1's
+ * b64token is a subset), so it can never end the line early. */
+static int hub_token_ok(const char *t) {
+  if (t == NULL) return 1;
+  for (; *t; t++)
+    if ((unsigned char)*t < 0x21 || (unsigned char)*t > 0x7e) return 0;
+  return 1;
+}
+
 int kp_agent_new(kp_agent_t **out, kp_loop_t *loop,
                  const kp_agent_config_t *cfg, const kp_agent_callbacks_t *cbs,
                  void *ud, char *err, size_t errlen) {
-  kp_agent_t *a = calloc(1, sizeof(*a));
+  kp_agent_t *a;
   kp_tls_ctx_options_t o;
   static const char *const alpn_h1[] = {"http/1.1"};
   int rc;
   *out = NULL;
+  if (!hub_token_ok(cfg->hub_token)) {
+    if (errlen) snprintf(err, errlen, "the hub token holds a space or a control character");
+    return KP_EINVAL;
+  }
+  a = calloc(1, sizeof(*a));
   if (a == NULL) return KP_ENOMEM;
   memset(&o, 0, sizeof(o));
   o.ca_file = cfg->hub_ca_file;
@@ -394,6 +415,8 @@ int kp_agent_new(kp_agent_t **out, kp_loop_t *loop,
   a->cfg = *cfg;
   a->hub_host = dup_or_null(cfg->hub_host);
   a->hub_path = dup_or_null(cfg->hub_path ? cfg->hub_path : "/connect");
+  a->hub_token = cfg->hub_token && cfg->hub_token[0] ? dup_or_null(cfg->hub_token) : NULL;
+  a->cfg.hub_token = NULL; /* borrowed for this call only */
   a->up_host = dup_or_null(cfg->upstream_host);
   a->cbs = *cbs;
   a->ud = ud;
@@ -456,6 +479,8 @@ void kp_agent_free(kp_agent_t *a) {
   uv_sem_destroy(&a->done);
   if (a->token) memset(a->token, 0, strlen(a->token));
   free(a->token);
+  if (a->hub_token) memset(a->hub_token, 0, strlen(a->hub_token));
+  free(a->hub_token);
   free(a->hub_host);
   free(a->hub_path);
   free(a->up_host);

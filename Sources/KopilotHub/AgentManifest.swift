@@ -9,12 +9,14 @@ import Yams
 /// forwards each caller's request with its own token, as the original
 /// kopilot agent does; the hub's RBAC is what limits callers); ConfigMap
 /// `kopilot-hub-ca` with the hub's CA; Secret `kopilot-agent` with the connect
-/// URL; DaemonSet `kopilot-agent`.
+/// URL and the cluster's token; DaemonSet `kopilot-agent`.
 ///
-/// The connect URL carries the cluster's token, so it travels in a Secret
-/// and reaches the agent as `CONNECT_URL` rather than as a command-line
-/// argument: a DaemonSet's args are readable by anyone who may read
-/// workloads (the built-in `view` role), and show up in `ps` on the node.
+/// The token travels in the Secret and reaches the agent as `HUB_TOKEN`
+/// (the URL as `CONNECT_URL`), rather than as a command-line argument: a
+/// DaemonSet's args are readable by anyone who may read workloads (the
+/// built-in `view` role), and show up in `ps` on the node. It is not in the
+/// URL either: the agent sends it as `Authorization: Bearer`, since a URL's
+/// query is what proxies and access logs keep.
 ///
 /// Providers (what differs for that kind of member cluster):
 /// - `""`: any conformant cluster. The agent runs on every Linux node and
@@ -65,16 +67,8 @@ public enum AgentManifest {
     }
     guard !image.isEmpty else { throw HubError(.invalid, "the agent image is empty") }
 
-    // The URL is assembled by URLComponents so the token is percent-encoded
-    // wherever it needs to be.
-    var url = URLComponents()
-    url.scheme = "wss"
-    url.percentEncodedHost = "placeholder"
-    url.path = "/connect"
-    url.queryItems = [URLQueryItem(name: "token", value: token)]
-    guard var connect = url.string else { throw HubError(.invalid, "cannot build the connect URL") }
     // host[:port] (an IPv6 host in brackets) is already in URL form.
-    connect = connect.replacingOccurrences(of: "wss://placeholder", with: "wss://\(publicAddr)")
+    let connect = "wss://\(publicAddr)/connect"
 
     let labels: StringMap = ["app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "kopilot"]
     let ns = KubeDocument(apiVersion: "v1", kind: "Namespace",
@@ -93,7 +87,7 @@ public enum AgentManifest {
                           body: DataBody(data: ["ca.crt": caPEM]))
     let secret = KubeDocument(apiVersion: "v1", kind: "Secret",
                               metadata: ObjectMeta(name: name, namespace: namespace, labels: labels),
-                              body: StringDataBody(stringData: ["connect-url": connect]))
+                              body: StringDataBody(stringData: ["connect-url": connect, "token": token]))
     let ds = KubeDocument(apiVersion: "apps/v1", kind: "DaemonSet",
                           metadata: ObjectMeta(name: name, namespace: namespace, labels: labels),
                           body: daemonSet(provider: p, image: image, labels: labels))
@@ -129,7 +123,9 @@ public enum AgentManifest {
       Container(
         name: name, image: image, args: args,
         env: [EnvVar(name: "CONNECT_URL",
-                     valueFrom: .init(secretKeyRef: .init(name: name, key: "connect-url")))],
+                     valueFrom: .init(secretKeyRef: .init(name: name, key: "connect-url"))),
+              EnvVar(name: "HUB_TOKEN",
+                     valueFrom: .init(secretKeyRef: .init(name: name, key: "token")))],
         resources: Resources(requests: ["cpu": "10m", "memory": "32Mi"], limits: ["memory": "256Mi"]),
         securityContext: ContainerSecurityContext(),
         volumeMounts: [VolumeMount(name: "hub-ca", mountPath: caMountPath, readOnly: true)])

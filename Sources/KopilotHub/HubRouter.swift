@@ -95,20 +95,42 @@ public struct HubRouter: Sendable {
     }
   }
 
-  /// `GET /connect?token=T`: an agent. A wrong token gets 401 before any
-  /// upgrade happens.
+  /// `GET /connect` with `Authorization: Bearer T`: an agent. `?token=T`
+  /// is still taken, for original Go agents; the header wins when both
+  /// are given. A wrong token gets 401 before any upgrade happens.
   func connect(_ r: HubRequest) -> HubAnswer {
     guard r.method == "GET" else { return methodNotAllowed(r) }
     // Before the first list every token would look unknown: an agent is
     // told to come back rather than that its token is wrong.
     guard ready() else { return Self.notReady }
-    guard let token = queryValue(r.target, "token"), !token.isEmpty,
+    let token: String?
+    if let header = r.header("Authorization") {
+      guard let t = Self.agentToken(authorization: header) else {
+        logger.notice("agent refused: malformed Authorization", metadata: ["peer": "\(r.peer)"])
+        return .status(401, "Unauthorized", "a valid agent token is required")
+      }
+      token = t
+    } else {
+      token = queryValue(r.target, "token")
+    }
+    guard let token, !token.isEmpty,
           let cluster = registry.cluster(forAgentToken: token)
     else {
       logger.notice("agent refused: unknown token", metadata: ["peer": "\(r.peer)"])
       return .status(401, "Unauthorized", "a valid agent token is required")
     }
     return .acceptAgent(cluster: cluster.id)
+  }
+
+  /// The token of `Bearer <token>` (scheme in any case, one space): any
+  /// visible ASCII, since agent tokens may hold what a b64token may not
+  /// (clusters.yaml takes printable ASCII without spaces). nil otherwise.
+  static func agentToken(authorization value: String) -> String? {
+    let u = Array(value.utf8)
+    guard u.count > 7, String(decoding: u[..<6], as: UTF8.self).lowercased() == "bearer", u[6] == 0x20 else { return nil }
+    let t = u[7...]
+    guard t.allSatisfy({ $0 >= 0x21 && $0 <= 0x7e }) else { return nil }
+    return String(decoding: t, as: UTF8.self)
   }
 
   /// `GET /kopilot-agent.yaml?token=T&provider=P`: the manifest that installs

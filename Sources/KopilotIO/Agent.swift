@@ -5,7 +5,14 @@ import KopilotCore
 /// server. Reconnection is the owner's (see `Backoff`).
 public final class AgentSession: @unchecked Sendable {
   public struct Config {
-    public var hubURL: URL          // wss://HOST:PORT/connect?token=T
+    /// wss://HOST:PORT/connect. A `token` in its query (the old way,
+    /// wss://HOST/connect?token=T) is taken out of the URL and sent as
+    /// `hubToken` instead.
+    public var hubURL: URL
+    /// The cluster's agent token, sent as `Authorization: Bearer` on the
+    /// /connect upgrade, never in the URL (proxies and access logs keep
+    /// URLs). Wins over a token in `hubURL`'s query.
+    public var hubToken: String?
     public var hubCAFile: String?
     public var hubInsecure = false
     public var framed = true
@@ -40,8 +47,8 @@ public final class AgentSession: @unchecked Sendable {
     }
     let hubPort = config.hubURL.port ?? 443
     let upPort = config.apiserver.port ?? 443
-    var path = config.hubURL.path.isEmpty ? "/connect" : config.hubURL.path
-    if let q = config.hubURL.query { path += "?" + q }
+    let (path, queryToken) = Self.connectTarget(config.hubURL)
+    let hubToken = config.hubToken ?? queryToken
     var cbs = kp_agent_callbacks_t()
     cbs.on_state = { _, up, status, ud in
       let me = Unmanaged<AgentSession>.fromOpaque(ud!).takeUnretainedValue()
@@ -49,7 +56,8 @@ public final class AgentSession: @unchecked Sendable {
     }
     var err = [CChar](repeating: 0, count: 512)
     var h: OpaquePointer?
-    let rc: Int32 = withOptionalCString(config.hubCAFile) { hubCA in
+    let rc: Int32 = withOptionalCString(hubToken) { token in
+      withOptionalCString(config.hubCAFile) { hubCA in
       withOptionalCString(config.apiserverCAFile) { upCA in
       withOptionalCString(config.apiserverCAPEM) { upCAPEM in
       withOptionalCString(config.clientCertPEM) { certPEM in
@@ -74,10 +82,12 @@ public final class AgentSession: @unchecked Sendable {
               cfg.keepalive_ms = config.keepaliveMs
               cfg.upstream_max_idle = config.upstreamMaxIdle
               cfg.upstream_idle_ms = config.upstreamIdleMs
+              cfg.hub_token = token
               return kp_agent_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
             }
           }
         }
+      }
       }
       }
       }
@@ -87,6 +97,30 @@ public final class AgentSession: @unchecked Sendable {
       throw CoreError(code: rc, context: "creating the agent", detail: String(cString: err))
     }
     handle = h
+  }
+
+  /// The request target the agent sends for `url` and the token its query
+  /// held: every `token` parameter is taken out (the rest of the query
+  /// stays, in order), the first one's value, percent-decoded, returned.
+  public static func connectTarget(_ url: URL) -> (target: String, token: String?) {
+    var path = url.path.isEmpty ? "/connect" : url.path
+    var token: String?
+    if let q = url.query {
+      var kept: [Substring] = []
+      for pair in q.split(separator: "&", omittingEmptySubsequences: false) {
+        let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        if kv.first == "token" {
+          if token == nil {
+            let raw = kv.count > 1 ? String(kv[1]) : ""
+            token = raw.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? raw
+          }
+        } else {
+          kept.append(pair)
+        }
+      }
+      if !kept.isEmpty { path += "?" + kept.joined(separator: "&") }
+    }
+    return (path, token.flatMap { $0.isEmpty ? nil : $0 })
   }
 
   /// Calls on a handle are serialized with `close`, so a reconnect timer

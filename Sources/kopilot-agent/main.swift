@@ -7,11 +7,45 @@ import KopilotKube
 struct AgentCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "kopilot-agent",
-    abstract: "Dial out to a kopilot hub and serve its requests from this cluster's API server.")
+    abstract: "Dial out to a kopilot hub and serve its requests from this cluster's API server.",
+    discussion: """
+      The cluster's agent token comes from --hub-token-file, HUB_TOKEN_FILE or HUB_TOKEN (or, the \
+      old way, from the --connect URL's ?token=) and goes to the hub as Authorization: Bearer on \
+      /connect, never in the URL, which proxies and access logs keep. Nothing logs it.
+      """)
 
-  @Option(name: .customLong("connect"), help: "The hub's agent URL, wss://HUB/connect?token=T. Env: CONNECT_URL.")
+  @Option(name: .customLong("connect"), help: "The hub's agent URL, wss://HUB/connect. Env: CONNECT_URL. The old form wss://HUB/connect?token=T still works: the token is taken out of the URL and sent in the Authorization header like the others.")
   var connectFlag: String?
   var connect: String? { connectFlag ?? ProcessInfo.processInfo.environment["CONNECT_URL"] }
+
+  @Option(name: .customLong("hub-token-file"), help: "A file holding the cluster's agent token (what `kopilot-hub clusters add` printed), sent to the hub as Authorization: Bearer on /connect, never in the URL. Env: HUB_TOKEN_FILE, or the token itself in HUB_TOKEN.")
+  var hubTokenFile: String?
+
+  /// The agent token, from --hub-token-file, HUB_TOKEN_FILE, HUB_TOKEN or
+  /// the --connect URL's query, in that order; the first two read now.
+  func hubToken() throws -> String? {
+    let env = ProcessInfo.processInfo.environment
+    var given: String?
+    if let f = hubTokenFile ?? env["HUB_TOKEN_FILE"].flatMap({ $0.isEmpty ? nil : $0 }) {
+      guard let s = try? String(contentsOfFile: f, encoding: .utf8) else {
+        throw ValidationError("cannot read the hub token file \(f)")
+      }
+      given = s.trimmingCharacters(in: .whitespacesAndNewlines)
+    } else if let t = env["HUB_TOKEN"], !t.isEmpty {
+      given = t.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    let inURL = connect.flatMap(URL.init(string:)).flatMap { AgentSession.connectTarget($0).token }
+    if let given, let inURL, given != inURL {
+      throw ValidationError("two different agent tokens: one in the --connect URL, one in the hub token file or HUB_TOKEN; give one")
+    }
+    guard let token = given ?? inURL, !token.isEmpty else { return nil }
+    // Sent in a header line: printable ASCII without spaces, as the hub's
+    // clusters.yaml takes them.
+    guard token.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7e }) else {
+      throw ValidationError("the agent token holds a space or a character outside printable ASCII")
+    }
+    return token
+  }
 
   @Option(help: "The member API server URL. Default: from KUBERNETES_SERVICE_HOST/PORT, else https://kubernetes.default.svc.")
   var apiserver: String?
@@ -54,7 +88,10 @@ struct AgentCommand: ParsableCommand {
 
   func validate() throws {
     guard let c = connect, let u = URL(string: c), u.scheme == "wss" || u.scheme == "https" else {
-      throw ValidationError("--connect wss://HUB/connect?token=T is required")
+      throw ValidationError("--connect wss://HUB/connect is required (and the token: --hub-token-file or HUB_TOKEN)")
+    }
+    guard try hubToken() != nil else {
+      throw ValidationError("the cluster's agent token is missing: --hub-token-file FILE, HUB_TOKEN, or the old --connect wss://HUB/connect?token=T")
     }
     guard wire == "framed" || wire == "raw" else { throw ValidationError("--wire is framed or raw") }
     guard (1...10_000).contains(sessions) else { throw ValidationError("--sessions is 1 to 10000") }
@@ -94,6 +131,7 @@ struct AgentCommand: ParsableCommand {
       cfg.apiserverCAFile = FileManager.default.fileExists(atPath: caFile) ? caFile : nil
       tokens = TokenFile(path: tokenFile)
     }
+    cfg.hubToken = try hubToken()
     cfg.hubCAFile = hubCA
     cfg.hubInsecure = insecure
     cfg.framed = wire == "framed"

@@ -11,7 +11,8 @@ struct HubCommand: ParsableCommand {
     commandName: "kopilot-hub",
     abstract: "The Kopilot hub: agents' tunnels in, callers' Kubernetes API requests out to member clusters.",
     discussion: """
-      Agents dial wss://HUB/connect?token=T; callers send any Kubernetes API request to \
+      Agents dial wss://HUB/connect with their cluster's token as Authorization: Bearer \
+      (?token=T still works for original agents; the header wins); callers send any Kubernetes API request to \
       https://HUB/proxy/{namespace}_{name}/<path>. With no Kubernetes around (the embedded \
       default) everything the hub needs lives in a state folder created on first start; in a \
       pod, or with --kubeconfig, it follows the host cluster (`serve --help` tells more).

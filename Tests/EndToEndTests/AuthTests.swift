@@ -149,13 +149,15 @@ final class AuthTests: E2ETestCase {
   }
 
   /// The manifest that installs an agent: only for a cluster's token, only
-  /// for providers the hub knows, pointing at the hub with the token.
+  /// for providers the hub knows, pointing at the hub, the token in the
+  /// Secret beside the URL (not in it).
   func testAgentManifest() throws {
     let base = world.hubURL + "/kopilot-agent.yaml?token=\(Tokens.sample)"
     let (code, yaml) = try status(base + "&provider=kind", auth: nil)
     XCTAssertEqual(code, 200, yaml)
     for want in ["kind: Namespace", "kind: ServiceAccount", "kind: ClusterRoleBinding", "kind: DaemonSet",
-                 "kopilot-system", "connect?token=\(Tokens.sample)"] {
+                 "kopilot-system", "connect-url: wss://127.0.0.1:\(world.hubPort)/connect\n",
+                 "token: \(Tokens.sample)\n", "name: HUB_TOKEN"] {
       XCTAssertTrue(yaml.contains(want), "\(want) missing from the manifest:\n\(yaml)")
     }
     // Valid Kubernetes objects, by the schemas kubernetes-validate carries.

@@ -345,7 +345,7 @@ final class KubeModeTests: E2ETestCase {
     let r = try world.curl(["-w", "\n%{http_code}", b.url + "/kopilot-agent.yaml?token=\(token)"])
     let (code, _, body) = statusOf(r)
     XCTAssertEqual(code, 200, body)
-    XCTAssertTrue(r.text.contains("wss://127.0.0.1:\(b.port)/connect?token="), "the manifest points at public_addr")
+    XCTAssertTrue(r.text.contains("connect-url: wss://127.0.0.1:\(b.port)/connect\n"), "the manifest points at public_addr")
   }
 }
 

@@ -40,8 +40,10 @@ final class AgentManifestTests: XCTestCase {
     XCTAssertEqual(subj["name"] as? String, "kopilot-agent")
     XCTAssertEqual(subj["namespace"] as? String, "kopilot-system")
     XCTAssertEqual((object(docs, "ConfigMap")["data"] as! [String: Any])["ca.crt"] as? String, caPEM)
-    let url = (object(docs, "Secret")["stringData"] as! [String: Any])["connect-url"] as? String
-    XCTAssertEqual(url, "wss://hub.example.com:8443/connect?token=tok-0123456789abcdef")
+    let secret = object(docs, "Secret")["stringData"] as! [String: Any]
+    // The token is not in the URL: the agent sends it in a header.
+    XCTAssertEqual(secret["connect-url"] as? String, "wss://hub.example.com:8443/connect")
+    XCTAssertEqual(secret["token"] as? String, "tok-0123456789abcdef")
 
     let pod = podSpec(docs)
     XCTAssertEqual(pod["serviceAccountName"] as? String, "kopilot-agent")
@@ -49,8 +51,10 @@ final class AgentManifestTests: XCTestCase {
     XCTAssertEqual(c["image"] as? String, "ghcr.io/example/kopilot-agent:v1")
     let args = c["args"] as! [String]
     XCTAssertTrue(args.contains("--hub-ca=/etc/kopilot/hub-ca/ca.crt"), "\(args)")
-    let env = (c["env"] as! [[String: Any]])[0]
-    XCTAssertEqual(env["name"] as? String, "CONNECT_URL")
+    let env = c["env"] as! [[String: Any]]
+    XCTAssertEqual(env.map { $0["name"] as? String }, ["CONNECT_URL", "HUB_TOKEN"])
+    XCTAssertEqual(env.map { (($0["valueFrom"] as? [String: Any])?["secretKeyRef"] as? [String: String])?["key"] },
+                   ["connect-url", "token"])
     let sc = c["securityContext"] as! [String: Any]
     XCTAssertEqual(sc["readOnlyRootFilesystem"] as? Bool, true)
     XCTAssertEqual(sc["runAsNonRoot"] as? Bool, true)
@@ -100,16 +104,16 @@ final class AgentManifestTests: XCTestCase {
   }
 
   func testValuesStayData() throws {
-    // A token that YAML would read as a number, and one needing URL escapes.
-    var docs = try render("", token: "12345678901234567890")
-    XCTAssertEqual((object(docs, "Secret")["stringData"] as! [String: Any])["connect-url"] as? String,
-                   "wss://hub.example.com:8443/connect?token=12345678901234567890")
-    docs = try render("", token: "a&b=c#d e+f/g")
-    let url = (object(docs, "Secret")["stringData"] as! [String: Any])["connect-url"] as! String
-    XCTAssertEqual(URLComponents(string: url)?.queryItems?.first?.value, "a&b=c#d e+f/g")
+    // A token that YAML would read as a number, and one with URL and YAML
+    // specials: the Secret holds each as the string it is.
+    for token in ["12345678901234567890", "a&b=c#d:e+f/g'h\"i"] {
+      let docs = try render("", token: token)
+      XCTAssertEqual((object(docs, "Secret")["stringData"] as! [String: Any])["token"] as? String, token)
+    }
     // IPv6 public address.
     let v6 = try AgentManifest.render(publicAddr: "[fd00::1]:443", token: "t", caPEM: caPEM, image: "i")
-    XCTAssertTrue(v6.contains("wss://[fd00::1]:443/connect?token=t"))
+    XCTAssertTrue(v6.contains("wss://[fd00::1]:443/connect\n"), v6)
+    XCTAssertFalse(v6.contains("token="), v6)
     // Same input, same bytes.
     let a = try AgentManifest.render(publicAddr: "h", token: "t", caPEM: caPEM, image: "i", provider: "kind")
     let b = try AgentManifest.render(publicAddr: "h", token: "t", caPEM: caPEM, image: "i", provider: "kind")

@@ -153,4 +153,37 @@ final class RouterTests: XCTestCase {
     }
     XCTAssertEqual(authz.asked.value, ["get /proxy/default_sample/api/v1/namespaces/default/pods/web-0/exec"])
   }
+
+  /// Agents send their token as `Authorization: Bearer`; `?token=` still
+  /// works for original Go agents; the header wins when both are given.
+  func testConnectTakesTheTokenFromTheHeaderFirst() {
+    let r = router()
+    let good = String(repeating: "t", count: 20)
+    var deferred = false
+    func connect(_ target: String, _ auth: String?) -> HubAnswer? {
+      answer(r, request("GET", target, token: nil, headers: auth.map { [("Authorization", $0)] } ?? []), deferred: &deferred)
+    }
+    guard case .acceptAgent(let c)? = connect("/connect", "Bearer \(good)") else { return XCTFail("header token refused") }
+    XCTAssertEqual(c, "default_sample")
+    guard case .acceptAgent? = connect("/connect", "bearer \(good)") else { return XCTFail("scheme case matters") }
+    guard case .acceptAgent? = connect("/connect?token=\(good)", nil) else { return XCTFail("query token refused") }
+    // The header wins: a good query does not rescue a wrong header...
+    XCTAssertEqual(status(connect("/connect?token=\(good)", "Bearer wrong-token-0123456789")).0, 401)
+    XCTAssertEqual(status(connect("/connect?token=\(good)", "Basic dXNlcjpwYXNz")).0, 401)
+    // ...and a good header is not spoilt by a wrong query.
+    guard case .acceptAgent? = connect("/connect?token=wrong", "Bearer \(good)") else { return XCTFail("header did not win") }
+    for bad in ["Bearer", "Bearer ", "Bearer  \(good)", "Bearer \(good) x", "\(good)"] {
+      XCTAssertEqual(status(connect("/connect", bad)).0, 401, bad)
+    }
+    XCTAssertEqual(status(connect("/connect", nil)).0, 401)
+    // Agent tokens may hold what a b64token may not (clusters.yaml takes
+    // printable ASCII): they still pass in the header.
+    let odd = "odd!token#with%signs&more"
+    let oddRouter = HubRouter(registry: StaticRegistry([Cluster(namespace: "default", name: "odd", token: odd)]),
+                              authenticator: SlowAuthenticator(), authorizer: SlowAuthorizer(),
+                              publicAddr: "hub:443", agentImage: "img", caPEM: "")
+    guard case .acceptAgent? = answer(oddRouter, request("GET", "/connect", token: nil, headers: [("Authorization", "Bearer \(odd)")]),
+                                      deferred: &deferred) else { return XCTFail("an agent token outside b64token refused") }
+    XCTAssertFalse(deferred)
+  }
 }

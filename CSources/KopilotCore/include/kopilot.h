@@ -299,7 +299,7 @@ typedef struct kp_agent kp_agent_t;
 typedef struct kp_agent_config {
   const char *hub_host;     /* name or IP of the hub */
   int hub_port;
-  const char *hub_path;     /* e.g. "/connect?token=..." */
+  const char *hub_path;     /* e.g. "/connect" (the token: hub_token) */
   const char *hub_ca_file;  /* PEM; NULL: the system's trust store */
   int hub_insecure;         /* skip hub verification (explicit opt-in) */
   int framed;               /* 1: kopilot.v2 WebSocket messages; 0: raw */
@@ -319,6 +319,10 @@ typedef struct kp_agent_config {
    * upstream_idle_ms without a request (0: 60 s). */
   uint32_t upstream_max_idle;
   uint64_t upstream_idle_ms;
+  /* The cluster's agent token, sent as "Authorization: Bearer <token>" on
+   * the /connect upgrade (copied; NULL or "": none sent). Never put it in
+   * hub_path: a URL's query is what proxies and access logs keep. */
+  const char *hub_token;
 } kp_agent_config_t;
 
 typedef struct kp_agent_callbacks {
