@@ -132,7 +132,7 @@ let package = Package(
       name: "EndToEndTests",
       dependencies: ["KopilotIO"],
       path: "Tests/EndToEndTests",
-      exclude: ["upstream.py", "badpeer.py", "recorder.py"]
+      exclude: ["upstream.py", "badpeer.py", "memhog.py", "recorder.py"]
     ),
   ],
   swiftLanguageModes: [.v5]
