@@ -567,14 +567,23 @@ enum SmugglingCorpus {
 
   static func chunkRows(_ c: SmugglingCallers) -> [SmugglingRow] {
     var rows: [SmugglingRow] = []
+    let smuggle = String(decoding: deletePayload("chunk"), as: UTF8.self)
+    // A wire that ends in `smuggle` after a complete body: to the hub those
+    // bytes are the caller's next request (a DELETE it may not make, so a
+    // 4xx); to a hop that reads the body differently they are body or a
+    // request of their own.
     func add(_ name: String, wire: String, described: String, refuse: Int?) {
       let tag = "chunk-\(rows.count)"
       var d = allowed(tag, body: Array(described.utf8))
       if refuse != nil { d.allowed = nil }
+      var all = [d]
+      if wire.hasSuffix("\r\n\r\n\(smuggle)") {
+        all.append(DescribedRequest(method: "DELETE", target: String(smuggle.split(separator: " ")[1]), allowed: false,
+                                    upstreamTarget: "-"))
+      }
       rows.append(row(name, tag, request(target: d.target, token: c.smuggler, headers: ["Transfer-Encoding: chunked"],
-                                         body: Array(wire.utf8)), [d], refuse: refuse))
+                                         body: Array(wire.utf8)), all, refuse: refuse))
     }
-    let smuggle = String(decoding: deletePayload("chunk"), as: UTF8.self)
     add("chunk size of 17 hex digits (overflows 64 bits to 5)", wire: "10000000000000005\r\nhello\r\n0\r\n\r\n\(smuggle)",
         described: "hello", refuse: 400)
     add("chunk size of 20 digits, leading zeros (refused or served)", wire: "00000000000000000005\r\nhello\r\n0\r\n\r\n",
