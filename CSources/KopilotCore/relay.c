@@ -510,16 +510,24 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
     if (d->state == ST_BODY || d->state == ST_RAW) {
       size_t n = q->s.len;
       int64_t taken;
+      /* Nothing of a body is looked at before the router has decided:
+       * its answer (a back, or a response) settles what the body is for. */
+      if (d->from_front && r->deciding) break;
       if (d->state == ST_BODY && d->have_scan) {
         n = d->scanned;
       } else if (d->state == ST_BODY) {
         int rc = kp_http_body_scan(&d->body, q->s.base, q->s.len, NULL, NULL);
         if (rc < 0) {
           if (d->from_front) {
+            /* The member got part of a request that can never be finished:
+             * its stream ends. The caller still gets a 400 if no byte of
+             * a response has come from the member yet; once one has, only
+             * closing the connection tells the truth. */
+            int answered = r->has_back && r->resp_seen;
             d->state = ST_DONE;
             q_clear(d);
-            if (r->has_back) {
-              release_back(r, KP__RELAY_BACK_FAILED);
+            if (r->has_back) release_back(r, KP__RELAY_BACK_FAILED);
+            if (answered) {
               kp__relay_abort(r, KP_EBADMSG);
             } else {
               respond_status(r, 400, "BadRequest", "malformed request body");
@@ -533,7 +541,6 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
         d->scanned = n;
         d->have_scan = 1;
       }
-      if (d->from_front && r->deciding) break;
       if (d->drop || (d->from_front && !r->has_back)) {
         taken = (int64_t)n;
       } else {

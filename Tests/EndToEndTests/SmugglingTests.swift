@@ -586,8 +586,10 @@ enum SmugglingCorpus {
     }
     add("chunk size of 17 hex digits (overflows 64 bits to 5)", wire: "10000000000000005\r\nhello\r\n0\r\n\r\n\(smuggle)",
         described: "hello", refuse: 400)
-    add("chunk size of 20 digits, leading zeros (refused or served)", wire: "00000000000000000005\r\nhello\r\n0\r\n\r\n",
-        described: "hello", refuse: nil)
+    // More than 16 hex digits is refused whatever their value, as Go's
+    // net/http (the member's API server) refuses it: "chunk length too large".
+    add("chunk size of 20 digits, leading zeros (refused, as Go refuses it)",
+        wire: "00000000000000000005\r\nhello\r\n0\r\n\r\n", described: "hello", refuse: 400)
     add("chunk size -5", wire: "-5\r\nhello\r\n0\r\n\r\n", described: "hello", refuse: 400)
     add("chunk size 0x5", wire: "0x5\r\nhello\r\n0\r\n\r\n", described: "hello", refuse: 400)
     add("chunk size with a bare LF", wire: "5\nhello\r\n0\r\n\r\n", described: "hello", refuse: 400)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every libFuzzer target (Tests/Fuzz/fuzz_*.c) against the C core with
 # ASan and UBSan, seeds each corpus from the test vectors, and runs each for
-# N seconds (default 60).
+# N seconds (default 60), with Tests/Fuzz/<target>.dict when there is one.
 #   Tests/Fuzz/run.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,7 +25,9 @@ for t in "${targets[@]}"; do
   [ -d "$seeds" ] && cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
   echo "== $t for ${secs}s"
   rc=0
-  "$out/$t" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="$out/$t-" "$corpus" \
+  dict=()
+  [ -f "Tests/Fuzz/$t.dict" ] && dict=(-dict="Tests/Fuzz/$t.dict")
+  "$out/$t" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="$out/$t-" "${dict[@]}" "$corpus" \
     >"$out/$t.log" 2>&1 || rc=$?
   grep -E "stat::number_of_executed_units|stat::average_exec_per_sec" "$out/$t.log" || true
   if [ $rc -ne 0 ]; then
