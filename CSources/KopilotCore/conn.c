@@ -9,7 +9,8 @@ static const kp__conn_cbs_t no_cbs;
 typedef struct conn_write {
   uv_write_t req;
   kp__conn_t *conn;
-  size_t plain; /* plaintext bytes this write carries */
+  size_t plain; /* plaintext bytes this write completes (the last one) */
+  size_t mem;   /* bytes of the chunks it holds until the kernel takes them */
   unsigned nbufs;
   kp_slice_t slices[8];
 } conn_write_t;
@@ -45,7 +46,7 @@ static void write_done(uv_write_t *req, int status) {
   kp__conn_t *c = w->conn;
   unsigned i;
   for (i = 0; i < w->nbufs; i++) kp_chunk_unref(w->slices[i].chunk);
-  c->pending -= w->plain;
+  c->pending -= w->mem;
   if (status < 0) {
     kp__conn_close(c, status);
   } else if (!c->closing && w->plain && c->cbs->on_written) {
@@ -55,11 +56,16 @@ static void write_done(uv_write_t *req, int status) {
 }
 
 /* Hands everything the TLS engine produced to the kernel, in writes of up
- * to 8 slices. The plaintext corked so far is charged to the first write,
- * whose completion reports it written (and takes it off `pending`). */
+ * to 8 slices. From here `pending` counts the memory those writes hold (a
+ * chunk per slice, often part-filled: a conn flushed every loop turn can
+ * hold a 64 KiB chunk for a few KiB of records), not the plaintext, so a
+ * reader that does not read pins no more than the bound its writers check.
+ * The last write (libuv completes writes in order) reports the plaintext
+ * corked so far written. */
 static int conn_flush(kp__conn_t *c) {
   size_t plain = c->unflushed;
   c->unflushed = 0;
+  c->pending -= plain;
   kp__loop_undefer(c->loop, &c->flush);
   while (kp_tls_out_pending(c->tls) > 0) {
     conn_write_t *w = malloc(sizeof(*w));
@@ -67,12 +73,17 @@ static int conn_flush(kp__conn_t *c) {
     int rc;
     if (w == NULL) return KP_ENOMEM;
     w->conn = c;
-    w->plain = plain;
     w->nbufs = 0;
     while (w->nbufs < 8 && kp_tls_out_pop(c->tls, &w->slices[w->nbufs]) == 1) {
       bufs[w->nbufs] = uv_buf_init((char *)w->slices[w->nbufs].base,
                                    (unsigned)w->slices[w->nbufs].len);
       w->nbufs++;
+    }
+    w->plain = kp_tls_out_pending(c->tls) > 0 ? 0 : plain;
+    w->mem = 0;
+    {
+      unsigned i;
+      for (i = 0; i < w->nbufs; i++) w->mem += kp_chunk_capacity(w->slices[i].chunk);
     }
     rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, w->nbufs, write_done);
     if (rc != 0) {
@@ -81,12 +92,10 @@ static int conn_flush(kp__conn_t *c) {
       free(w);
       return rc;
     }
-    plain = 0;
+    c->pending += w->mem;
+    if (w->plain) plain = 0;
   }
-  if (plain) {
-    c->pending -= plain;
-    if (c->cbs->on_written) c->cbs->on_written(c, plain);
-  }
+  if (plain && c->cbs->on_written) c->cbs->on_written(c, plain);
   return 0;
 }
 

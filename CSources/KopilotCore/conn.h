@@ -38,7 +38,9 @@ struct kp__conn {
   kp_chunk_t *rchunk; /* the read buffer between alloc and read callbacks */
   const kp__conn_cbs_t *cbs;
   void *ud;
-  uint64_t pending;   /* plaintext bytes written but not yet taken */
+  /* What writes hold until the kernel takes them: the plaintext corked
+   * this loop turn, then the chunks of its records (see conn_flush). */
+  uint64_t pending;
   uint64_t timeout_ms; /* current deadline length (0: none) */
   unsigned ready : 1, reading : 1, eof : 1, closing : 1, shut : 1,
       is_client : 1,

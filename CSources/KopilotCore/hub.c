@@ -87,6 +87,9 @@ typedef struct hub_front {
    * ID fits whole (HUB_CLUSTER_ID_MAX), so a proxied request is reported on
    * the ID it was answered with, never a truncated one. */
   char cluster[HUB_CLUSTER_ID_MAX + 1];
+  /* The key a forward of the current request would be reported on
+   * (target_cluster), kept from its head for when the head is gone. */
+  char fwd_key[HUB_CLUSTER_ID_MAX + 1];
   int via_peer;        /* accepted on the peer listener */
   /* The current forward to a peer replica (fwd_to[0] == 0: none). */
   kp__backreq_t fwd;   /* its head and peer conn (key: fwd_to) */
@@ -247,6 +250,8 @@ static void front_done(kp__relay_t *r) {
   if (f->conn) kp__conn_close(f->conn, 0);
 }
 
+static void target_cluster(const kp_http_head_t *h, char *out, size_t cap);
+
 static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
                              const uint8_t *raw, size_t raw_len) {
   hub_front_t *f = kp__relay_user_data(r);
@@ -258,6 +263,7 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   kp__conn_set_timeout(f->conn, 0);
   f->owed = 1;
   f->started_ns = uv_hrtime();
+  target_cluster(head, f->fwd_key, sizeof(f->fwd_key));
   f->hub->cbs.on_request(f->hub, (kp_hub_request_t *)f, head, f->conn->peer,
                          f->hub->ud);
 }
@@ -514,12 +520,24 @@ static void do_accept_agent(hub_front_t *f, const char *cluster);
 static void do_forward(hub_front_t *f, const char *host, int port,
                        const char *hop);
 
+/* A proxy or forward answer that will never run (the caller left, memory
+ * ran out): the owner counted it in flight, so it still ends in exactly
+ * one on_proxied, with status 0 (no response). */
+static void proxy_lost(hub_front_t *f, const char *key) {
+  kp_hub_t *hub = f->hub;
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, key, 0, 0, 0, 0,
+                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+}
+
 static void answer_run(void *arg) {
   answer_t *a = arg;
   a->f->owed = 0;
-  if (a->f->gone) {
-    front_free(a->f);
-  } else if (a->f->relay != NULL) {
+  if (a->f->gone || a->f->relay == NULL) {
+    if (a->kind == 0) proxy_lost(a->f, a->cluster ? a->cluster : "");
+    else if (a->kind == 3) proxy_lost(a->f, a->f->fwd_key);
+    if (a->f->gone) front_free(a->f);
+  } else {
     if (a->kind == 0) do_proxy(a->f, a->cluster, a->target);
     else if (a->kind == 2) do_accept_agent(a->f, a->cluster);
     else if (a->kind == 3) do_forward(a->f, a->cluster, a->status, a->target);
@@ -581,6 +599,7 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   int n, keep_xff;
   f->fwd_to[0] = 0;
   if (current_head(f, &head) != 0) {
+    proxy_lost(f, cluster);
     kp__relay_abort(f->relay, KP_EBADMSG);
     return;
   }
@@ -595,6 +614,7 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
                                keep_xff ? drop_peer : drop, extra, (size_t)n,
                                &req_len);
   if (req == NULL) {
+    proxy_lost(f, cluster);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }
@@ -603,6 +623,9 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   while (c != NULL && (s = pick_session(c, tried)) != NULL) {
     kp_mux_stream_t *st;
     kp__ep_t ep;
+    /* The stream's window tuning measures from now, not from the
+     * session's last read (maybe a keepalive ago). */
+    kp_mux_set_now(s->mux, uv_now(kp__loop_uv(hub->loop)));
     if (kp_mux_open(s->mux, &st) != 0) {
       tried = s;
       continue;
@@ -921,6 +944,7 @@ static void do_forward(hub_front_t *f, const char *host, int port,
   f->fwd_to[0] = 0;
   f->session = 0;
   if (hub->stopping || current_head(f, &head) != 0) {
+    proxy_lost(f, f->fwd_key);
     kp__relay_abort(f->relay, hub->stopping ? KP_ECLOSED : KP_EBADMSG);
     return;
   }
@@ -960,6 +984,7 @@ static void do_forward(hub_front_t *f, const char *host, int port,
   f->fwd.head = kp_http_build_request(&head, head.target, head.target_len,
                                        drop, extra, (size_t)n, &f->fwd.head_len);
   if (f->fwd.head == NULL) {
+    proxied_local(f, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }

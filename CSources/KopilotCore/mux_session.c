@@ -37,7 +37,9 @@ struct kp_mux_stream {
   uint64_t epoch;                    /* when the last update went out */
   int status;                        /* once finished */
   unsigned inbound : 1, accepted : 1, acked : 1, sent_fin : 1, recv_fin : 1,
-      finished : 1, want_write : 1, in_wq : 1, in_tw : 1;
+      finished : 1, want_write : 1, in_wq : 1, in_tw : 1,
+      held : 1,  /* reader held back since the last update */
+      fast : 1;  /* the epoch before the last update went fast */
 };
 
 struct kp_mux {
@@ -746,6 +748,7 @@ int64_t kp_mux_stream_write(kp_mux_stream_t *s, const uint8_t *data,
 void kp_mux_stream_consume(kp_mux_stream_t *s, size_t n) {
   kp_mux_t *m = s->m;
   uint32_t grow;
+  int fast;
   if (s->finished || m->closed) return;
   if (n > s->unconsumed) n = s->unconsumed;
   s->unconsumed -= (uint32_t)n;
@@ -756,11 +759,15 @@ void kp_mux_stream_consume(kp_mux_stream_t *s, size_t n) {
   if (s->recv_fin || s->owed < s->target / 2) return;
   enter(m);
   grow = 0;
-  /* Auto-tuning: half the window went by within the allowance, so the
-   * window, not the reader, set the pace: double it (at most `window`). */
-  if (m->cfg.window_start && s->target < m->cfg.window &&
-      m->now - s->epoch <= KP_MUX_TUNE_FLOOR_MS + 2 * m->rtt)
+  /* Auto-tuning: half the window went by within the allowance, twice in a
+   * row and with the reader never held back, so the window, not the
+   * reader, set the pace: double it (at most `window`). Twice, because a
+   * reader's socket buffer swallows the first bytes of any transfer at
+   * once, however slowly the reader behind it reads. */
+  fast = !s->held && m->now - s->epoch <= KP_MUX_TUNE_FLOOR_MS + 2 * m->rtt;
+  if (m->cfg.window_start && s->target < m->cfg.window && fast && s->fast)
     grow = KP__MIN(s->target, m->cfg.window - s->target);
+  s->fast = fast;
   if (grow && !kp__budget_take(grow)) grow = 0; /* under pressure: as it is */
   s->charged += grow;
   s->target += grow;
@@ -768,8 +775,11 @@ void kp_mux_stream_consume(kp_mux_stream_t *s, size_t n) {
   emit(m, KP_MUX_TYPE_WINDOW_UPDATE, 0, s->id, s->owed + grow, NULL, 0);
   s->owed = 0;
   s->epoch = m->now;
+  s->held = 0;
   leave(m);
 }
+
+void kp_mux_stream_reader_held(kp_mux_stream_t *s) { s->held = 1; }
 
 void kp_mux_set_now(kp_mux_t *m, uint64_t now_ms) {
   if (m != NULL && now_ms > m->now) m->now = now_ms;

@@ -31,6 +31,12 @@ typedef struct qnode {
  * router armed for the next request then closes it. */
 #define RELAY_ANSWER_BOUND (256u << 10)
 
+/* A conn destination (a caller, an upstream) with this much queued stops
+ * its source. The kernel's socket buffer holds the bytes in flight, so
+ * this only has to cover one loop turn; more is memory a slow reader pins
+ * (and lets a stream window grow for a reader that is not keeping up). */
+#define RELAY_HIGH_WATER (128u << 10)
+
 typedef struct dir {
   int state;
   int from_front; /* source is the front */
@@ -87,9 +93,7 @@ int kp__relay_new(kp__relay_t **out, kp__ep_t front,
   r->router = router;
   r->ud = ud;
   r->max_head = cfg && cfg->max_head ? cfg->max_head : KP_HTTP_DEFAULT_MAX_HEAD;
-  /* 4 MiB: with less, a bulk download stalled the whole pipeline now and
-   * then (kopilot-perf bulk, perf/README.md). */
-  r->high_water = cfg && cfg->high_water ? cfg->high_water : (4u << 20);
+  r->high_water = cfg && cfg->high_water ? cfg->high_water : RELAY_HIGH_WATER;
   r->req.from_front = 1;
   r->req.state = ST_HEAD;
   r->resp.state = ST_DONE;
@@ -191,6 +195,13 @@ static int src_ok(kp__relay_t *r, dir_t *d) {
 static void consumed(kp__relay_t *r, dir_t *d, size_t n) {
   kp__ep_t *s = src_of(r, d);
   if (n && src_ok(r, d) && s->ops->consumed) s->ops->consumed(s->h, n);
+}
+
+/* The destination took less than offered: the source is told (a stream's
+ * window then stops growing, see kp_mux_stream_reader_held). */
+static void held(kp__relay_t *r, dir_t *d) {
+  kp__ep_t *s = src_of(r, d);
+  if (src_ok(r, d) && s->ops->held) s->ops->held(s->h);
 }
 
 static void set_paused(kp__relay_t *r, dir_t *d, int paused) {
@@ -546,8 +557,10 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
       } else {
         kp__ep_t *dst = dst_of(r, d);
         if (!dst_ok(r, d)) break;
-        if (dst->ops->pending && dst->ops->pending(dst->h) > r->high_water)
+        if (dst->ops->pending && dst->ops->pending(dst->h) > r->high_water) {
+          held(r, d);
           break;
+        }
         taken = n ? dst->ops->write(dst->h, q->s.base, n) : 0;
         if (taken < 0) {
           kp__relay_abort(r, (int)taken);
@@ -569,7 +582,10 @@ static int pump_dir(kp__relay_t *r, dir_t *d) {
         d->scanned -= (size_t)taken;
         if (d->scanned == 0) d->have_scan = 0;
       }
-      if ((size_t)taken < n) break; /* destination full */
+      if ((size_t)taken < n) { /* destination full */
+        held(r, d);
+        break;
+      }
       if (n == 0 && d->state == ST_BODY && !d->body.done) break; /* cannot be */
       if (d->state == ST_BODY && d->body.done && !d->have_scan) {
         body_end(r, d);

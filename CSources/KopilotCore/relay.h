@@ -25,6 +25,9 @@ typedef struct kp__ep_ops {
   void (*read)(void *h, int on);
   /* The relay is done with n delivered bytes (a stream returns window). */
   void (*consumed)(void *h, size_t n);
+  /* The relay could not pass this source's bytes on (the destination was
+   * full): a stream then does not grow its window. Optional. */
+  void (*held)(void *h);
   /* Bytes written but not yet taken by the kernel (a conn's queue). */
   uint64_t (*pending)(void *h);
   /* No more bytes will be written (FIN / close_notify). */
@@ -101,7 +104,7 @@ typedef struct kp__relay_router {
 
 typedef struct kp__relay_config {
   size_t max_head;        /* request and response heads; 0: 64 KiB */
-  uint64_t high_water;    /* conn queue that stops a source; 0: 4 MiB */
+  uint64_t high_water;    /* conn queue that stops a source; 0: 128 KiB */
 } kp__relay_config_t;
 
 int kp__relay_new(kp__relay_t **out, kp__ep_t front,

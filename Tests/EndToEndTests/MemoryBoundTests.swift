@@ -23,25 +23,26 @@ final class MemoryBoundTests: E2ETestCase {
   /// queued every answer: +104 MiB; now about +3 MiB).
   static let pipelineBound = 30 * mib
   /// Growth allowed while an agent that never reads sends 60 MB of pings:
-  /// a session stops reading once its unread answers pass 8 MiB + the
-  /// stream window (4 MiB) + 1 MiB = 13 MiB. That limit counts plaintext,
-  /// and each 12-byte ping ACK goes out as a TLS record of its own (34
-  /// bytes), so those 13 MiB hold about 37 MiB today (39.4 MiB measured);
-  /// counting what is queued (ciphertext) would bring this near 16 MiB.
-  /// 7e79566 read all 60 MB and grew by 166 MiB.
-  static let pingFloodBound = 44 * mib
+  /// a session stops reading once what its writes hold passes 8 MiB + the
+  /// stream window (4 MiB) + 1 MiB = 13 MiB, counted as the memory the
+  /// queued TLS records pin (14.3 MiB measured). 7e79566 read all 60 MB and
+  /// grew by 166 MiB; counting plaintext instead, 39.4 MiB.
+  static let pingFloodBound = 24 * mib
   /// Growth allowed while an agent sends 12,000 one-byte Data frames toward
-  /// a caller that never reads: the queues toward the caller (4 MiB relay
+  /// a caller that never reads: the queues toward the caller (the relay
   /// high water, the stream window) and what the frames themselves pin.
   /// RSS counts only touched pages, so a pinned 64 KiB read chunk shows as
-  /// about 5 KiB: 7e79566 grew by 71.5 MiB here, copying slices by 13 MiB.
+  /// about 5 KiB: 7e79566 grew by 71.5 MiB here, copying slices by 13 MiB,
+  /// with the smaller high water 3.6 MiB.
   static let tinyFramesBound = 32 * mib
   static let tinyFrames = 12_000
-  /// What each of 200 slow readers may cost the hub: issue 10's aim, not
-  /// met yet (7e79566: 8.5 MiB per reader; 4e54240 with the window
-  /// auto-tuning in progress: 7.6 to 9.8 MiB, a 4 MiB relay high water
-  /// plus a window that grows to 4 MiB while the relay queue fills).
-  static let slowReaderBound = 1 * mib
+  /// What each of 200 slow readers may cost the hub, its connection
+  /// included (TLS state and buffers, about 0.35 MiB): a 128 KiB relay high
+  /// water, counted as the memory the queued records pin, and a window
+  /// that stays at 256-512 KiB, since a reader held back never earns more
+  /// (about 1.0 MiB measured). 7e79566: 8.5 MiB per reader, a 4 MiB window
+  /// plus a 4 MiB relay high water.
+  static let slowReaderBound = 3 * mib / 2
   static let slowReaders = 200
 
   override func setUpWithError() throws {

@@ -4,7 +4,8 @@ import XCTest
 // Receive-window auto-tuning and the memory budget (mux_session.c,
 // kp_mux_config_t.window_start, kp_memory_budget_set): a stream starts at
 // yamux's 256 KiB, doubles while its reader consumes half a window within
-// the allowance, and never grows past the budget. The oracle is what the
+// the allowance twice in a row without being held back, and never grows
+// past the budget. The oracle is what the
 // sender is allowed to send: kp_mux_stream_send_window on the other side.
 
 private let kib: UInt32 = 1024
@@ -29,10 +30,14 @@ final class MuxWindowTuningTests: XCTestCase {
   /// Sends `total` bytes from A, delivering and consuming at B at once,
   /// with B's clock advanced by stepMs / 4 per 64 KiB written and by stepMs
   /// whenever A waits for the window.
-  private func transfer(_ p: MuxPair, _ s: OpaquePointer, total: Int, clock: inout UInt64, stepMs: UInt64) {
+  private func transfer(_ p: MuxPair, _ s: OpaquePointer, total: Int, clock: inout UInt64, stepMs: UInt64,
+                        held: Bool = false) {
     let block = [UInt8](repeating: 7, count: 64 * 1024)
     var sent = 0
-    p.b.onData = { st, d in kp_mux_stream_consume(st, d.count) }
+    p.b.onData = { st, d in
+      if held { kp_mux_stream_reader_held(st) }
+      kp_mux_stream_consume(st, d.count)
+    }
     while sent < total {
       let n = p.a.write(s, Array(block.prefix(min(block.count, total - sent))))
       if n <= 0 {
@@ -72,6 +77,30 @@ final class MuxWindowTuningTests: XCTestCase {
     XCTAssertEqual(kp_mux_stream_recv_target(receiver()), 256 * kib)
     XCTAssertLessThanOrEqual(kp_mux_stream_send_window(s), 256 * kib,
                              "the sender may never have more than the small window outstanding")
+  }
+
+  /// The reader consumes at once but says it could not pass the bytes on
+  /// (a caller's socket full): the reader, not the window, sets the pace.
+  func testAReaderHeldBackStaysSmall() {
+    let (p, s, receiver) = rig()
+    var clock: UInt64 = 1000
+    transfer(p, s, total: 4 * Int(mib), clock: &clock, stepMs: 0, held: true)
+    XCTAssertEqual(kp_mux_stream_recv_target(receiver()), 256 * kib)
+    XCTAssertLessThanOrEqual(kp_mux_stream_send_window(s), 256 * kib)
+  }
+
+  /// One fast half window is what any socket buffer swallows at the start:
+  /// it earns nothing; the second one in a row doubles the window.
+  func testGrowthNeedsTwoFastHalfWindowsInARow() {
+    let (p, s, receiver) = rig()
+    // The rig opened the stream at B's time 0; measure from 1000 on.
+    var clock: UInt64 = 1000
+    transfer(p, s, total: 128 * Int(kib), clock: &clock, stepMs: 0)
+    XCTAssertEqual(kp_mux_stream_recv_target(receiver()), 256 * kib, "a half window since time 0 was slow")
+    transfer(p, s, total: 128 * Int(kib), clock: &clock, stepMs: 0)
+    XCTAssertEqual(kp_mux_stream_recv_target(receiver()), 256 * kib, "after one fast half window")
+    transfer(p, s, total: 128 * Int(kib), clock: &clock, stepMs: 0)
+    XCTAssertEqual(kp_mux_stream_recv_target(receiver()), 512 * kib, "after two")
   }
 
   func testTheBudgetCapsGrowthAndComesBackWhenTheStreamEnds() {

@@ -203,6 +203,64 @@ final class MetricsLabelTests: XCTestCase {
   }
 }
 
+extension MetricsLabelTests {
+  /// The router's answer comes after the caller hung up (a review that took
+  /// its time): the request was counted in flight when it was decided, so
+  /// the core must still report it ended, or the gauge grows for ever.
+  func testAnAnswerAfterTheCallerLeftIsCountedOut() throws {
+    let dir = try makeTempDir()
+    let state = StateDirectory(paths: StatePaths(directory: dir))
+    try state.prepare()
+    let metrics = HubMetrics(isCluster: { [registry = registry()] in registry.cluster(id: $0) != nil })
+    let router = router(metrics, port: 1)
+    let loop = try Loop()
+    var cfg = Hub.Config(certFile: state.paths.hubCert, keyFile: state.paths.hubKey)
+    cfg.bindHost = "127.0.0.1"
+    cfg.port = 0
+    let decided = Box(0)
+    let hub = try Hub(loop: loop, config: cfg, deferringRouter: { r, responder in
+      guard let answer = router.route(r, later: { responder.answer($0) }) else { return nil }
+      decided.value += 1
+      // Answer once the caller is surely gone.
+      DispatchQueue.global().asyncAfter(deadline: .now() + 2.5) { responder.answer(answer) }
+      return nil
+    })
+    defer { hub.stop() }
+    let ended = Box(0)
+    hub.onProxied = { r in
+      metrics.proxyEnded(r)
+      ended.value += 1
+    }
+    let targets = ["/proxy/default_a/version", "/proxy/\(Self.longID)/version"]
+    // Each caller sends its request and resets the connection (SO_LINGER
+    // 0), so the hub's conn is closed, not just half-closed, before the
+    // answer comes.
+    let script = """
+      import socket, ssl, struct, sys, time
+      ctx = ssl.create_default_context(cafile=sys.argv[1])
+      ctx.check_hostname = False
+      raw = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+      s = ctx.wrap_socket(raw)
+      s.sendall(("GET %s HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer x\\r\\n\\r\\n" % sys.argv[3]).encode())
+      time.sleep(0.5)  # the hub reads the head before the reset
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+      s.close()
+      """
+    for t in targets {
+      let p = Process()
+      p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+      p.arguments = ["python3", "-c", script, state.paths.caCert, "\(hub.port)", t]
+      try p.run()
+      p.waitUntilExit()
+      XCTAssertEqual(p.terminationStatus, 0)
+    }
+    XCTAssertTrue(waitUntil(timeout: 5) { decided.value == 2 })
+    XCTAssertTrue(waitUntil(timeout: 10) { ended.value == 2 }, "ended: \(ended.value)")
+    let (_, inFlight) = labels(metrics.render())
+    XCTAssertEqual(inFlight, 0, metrics.render())
+  }
+}
+
 extension HubAnswer {
   var isForward: Bool { if case .forward = self { return true } else { return false } }
 }

@@ -752,9 +752,10 @@ typedef struct kp_mux_config {
    * fixed window). Else a stream starts with this receive window (>= 256
    * KiB, <= window) and doubles it, up to `window`, each time the reader
    * consumed half of it within KP_MUX_TUNE_FLOOR_MS plus two measured
-   * round trips: the window then limits the transfer (HTTP/2 and QUIC
-   * stacks tune the same way). A reader that keeps the data waiting never
-   * earns more, so a slow reader pins little. */
+   * round trips, twice in a row: the window then limits the transfer (HTTP/2 and QUIC
+   * stacks tune the same way). A reader that keeps the data waiting, or
+   * that was held back since the last update (kp_mux_stream_reader_held),
+   * never earns more, so a slow reader pins little. */
   uint32_t window_start;
   uint32_t accept_backlog;  /* unaccepted inbound streams (> 0); more: RST */
   uint32_t max_streams;     /* open streams in total; 0 = 65536; more: RST
@@ -886,6 +887,12 @@ uint32_t kp_mux_stream_send_window(const kp_mux_stream_t *s);
  * delivered and not yet consumed): the window is given back, in one window
  * update once half the window is owed (as yamux's sendWindowUpdate does). */
 void kp_mux_stream_consume(kp_mux_stream_t *s, size_t n);
+/* The application could not pass received bytes on (where it sends them
+ * was full): until the next window update, the stream's reader and not its
+ * window sets the pace, so auto-tuning does not grow the window. A reader
+ * behind a socket buffer that swallows its first megabytes at once would
+ * otherwise earn a large window and then pin it. */
+void kp_mux_stream_reader_held(kp_mux_stream_t *s);
 /* Half-close: sends FIN. Reading goes on until the peer's FIN. 0 if FIN was
  * already sent; KP_ECLOSED if the stream is finished. */
 int kp_mux_stream_close(kp_mux_stream_t *s);
