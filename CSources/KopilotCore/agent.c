@@ -38,6 +38,7 @@ struct kp_agent {
  * one pool key (""); see backpool.h for the pool and the retry. */
 #define UP_MAX_IDLE_DEFAULT 256
 #define UP_IDLE_MS_DEFAULT 60000
+#define AGENT_RELAY_HIGH_WATER (1u << 20) /* see agent_on_stream */
 
 typedef struct agent_front {
   kp_agent_t *agent;
@@ -146,7 +147,11 @@ static void agent_on_stream(kp__sess_t *s, kp_mux_stream_t *st) {
   agent_front_t *f = calloc(1, sizeof(*f));
   kp__relay_t *r;
   kp__ep_t ep = {&kp__stream_ep_ops, st};
-  if (f == NULL || kp__relay_new(&r, ep, &agent_router, NULL, f) != 0) {
+  /* The agent's conns lead to its own API server, which reads fast: a
+   * deeper queue keeps an upload streaming (the hub keeps the default,
+   * which is what a slow caller can pin). */
+  kp__relay_config_t rc = {0, AGENT_RELAY_HIGH_WATER};
+  if (f == NULL || kp__relay_new(&r, ep, &agent_router, &rc, f) != 0) {
     free(f);
     kp_mux_stream_reset(st);
     return;

@@ -11,13 +11,16 @@ struct Settings {
   var streamIntervalMs: Int
   var idleCounts: [Int]
   var settleSeconds: Double
+  /// Callers in the slow-readers figure, and how long they read slowly.
+  var slowReaders = 100
+  var slowSeconds = 5.0
 
   static let full = Settings(bulkBytes: 1 << 30, bulkRuns: 3, concurrency: [1, 16, 64, 256], requestSeconds: 10,
                              streams: 1000, streamEvents: 20, streamIntervalMs: 250, idleCounts: [1000, 10000],
                              settleSeconds: 3)
   static let quick = Settings(bulkBytes: 16 << 20, bulkRuns: 1, concurrency: [1, 16, 64, 256], requestSeconds: 1,
                               streams: 50, streamEvents: 3, streamIntervalMs: 100, idleCounts: [50],
-                              settleSeconds: 0.5)
+                              settleSeconds: 0.5, slowReaders: 10, slowSeconds: 1)
 
   var sizeLabel: String {
     bulkBytes >= 1 << 30 ? "\(bulkBytes >> 30) GiB" : "\(bulkBytes >> 20) MiB"
@@ -25,7 +28,7 @@ struct Settings {
 }
 
 enum Scenario: String, CaseIterable {
-  case bulk, cpu, requests, streams, idle, storm
+  case bulk, cpu, requests, streams, slow, idle, storm
 }
 
 /// Runs the scenarios against running targets and records what they measured.
@@ -170,6 +173,39 @@ struct Runner {
     if Int(completed) != n {
       results.fail("streams via \(t.kind.title): \(Int(completed)) of \(n) complete (\(obj["first_error"] ?? ""))")
     }
+  }
+
+  // MARK: slow readers
+
+  /// `slowReaders` callers each start a 1 GiB download and read it at
+  /// 16 KiB/s (curl --limit-rate) for `slowSeconds`: the hub's extra
+  /// resident memory per reader at its peak. That is what a slow caller
+  /// can make the hub hold (stream window, relay queue, TLS buffers).
+  func slowReaders(_ t: Target) throws {
+    let n = settings.slowReaders
+    let url = "\(t.base)/blob?bytes=\(1 << 30)"
+    let before = t.hubRSS
+    var readers: [Child] = []
+    defer { readers.forEach { bench.stop($0) } }
+    for i in 0..<n {
+      readers.append(try bench.start("slow-\(t.kind.rawValue)-\(i)", bench.tools.curl, [
+        "-sS", "--http1.1", "--cacert", bench.caFile, "-H", "Authorization: Bearer \(Bench.callerToken)",
+        "--limit-rate", "16k", "-o", "/dev/null", "--max-time", "\(Int(settings.slowSeconds) + 30)", url,
+      ]))
+    }
+    var peak = t.hubRSS
+    let end = Date().addingTimeInterval(settings.slowSeconds)
+    while Date() < end {
+      peak = max(peak, t.hubRSS)
+      Thread.sleep(forTimeInterval: 0.1)
+    }
+    let gone = readers.filter { !$0.isRunning }.count
+    let grew = max(0, peak - before)
+    results.add("slow readers", "\(n) slow readers: hub memory per reader", unit: "KiB", better: "lower",
+                target: t.kind, value: grew / 1024 / Double(n))
+    progress.result(String(format: "hub +%.1f MiB for %d readers (%.0f KiB each)", grew / 1_048_576, n,
+                           grew / 1024 / Double(n)))
+    if gone > 0 { results.fail("slow readers via \(t.kind.title): \(gone) of \(n) curl processes ended early") }
   }
 
   // MARK: idle agents and the connect storm

@@ -16,7 +16,8 @@ struct PerfCommand: ParsableCommand {
 
       Scenarios: bulk (1 GiB download and upload), cpu (hub CPU seconds per GB during bulk), \
       requests (small GETs at 1, 16, 64, 256 connections: requests/s, p50, p99, p99.9), streams \
-      (1,000 watch streams on one agent session: delivery latency and hub memory), idle (1,000 \
+      (1,000 watch streams on one agent session: delivery latency and hub memory), slow (100 \
+      callers each reading a large download at 16 KiB/s: hub memory per slow reader), idle (1,000 \
       and 10,000 idle agent sessions, all from one agent process: hub memory per session), storm \
       (the hub restarts under those sessions: time until all are back). idle and storm compare \
       kopilot with the original design only.
@@ -46,6 +47,9 @@ struct PerfCommand: ParsableCommand {
   @Option(help: "Comma-separated connection counts for the requests scenario.")
   var concurrency: String?
 
+  @Option(name: .customLong("slow-readers"), help: "Callers in the slow scenario (default 100; 10 with --quick).")
+  var slowReaders: Int?
+
   @Option(help: "Concurrent watch streams in the streams scenario (default 1000; 50 with --quick).")
   var streams: Int?
 
@@ -72,6 +76,7 @@ struct PerfCommand: ParsableCommand {
     if let r = runs, r < 1 { throw ValidationError("--runs must be at least 1") }
     if let s = seconds, s < 1 { throw ValidationError("--seconds must be at least 1") }
     if let s = streams, !(1...20000).contains(s) { throw ValidationError("--streams is 1 to 20000") }
+    if let s = slowReaders, !(1...2000).contains(s) { throw ValidationError("--slow-readers is 1 to 2000") }
     _ = try ints(concurrency, "--concurrency", 1...20000)
     _ = try ints(idle, "--idle", 1...10000)
   }
@@ -113,6 +118,7 @@ struct PerfCommand: ParsableCommand {
     if let s = seconds { settings.requestSeconds = s }
     if let c = try ints(concurrency, "--concurrency", 1...20000) { settings.concurrency = c }
     if let s = streams { settings.streams = s }
+    if let s = slowReaders { settings.slowReaders = s }
     if let i = try ints(idle, "--idle", 1...10000) { settings.idleCounts = i }
 
     raiseFileLimit()
@@ -129,6 +135,7 @@ struct PerfCommand: ParsableCommand {
                              "bulk_bytes": "\(settings.bulkBytes)", "bulk_runs": "\(settings.bulkRuns)",
                              "concurrency": settings.concurrency.map(String.init).joined(separator: ","),
                              "request_seconds": "\(settings.requestSeconds)", "streams": "\(settings.streams)",
+                             "slow_readers": "\(settings.slowReaders)",
                              "stream_events": "\(settings.streamEvents)",
                              "stream_interval_ms": "\(settings.streamIntervalMs)",
                              "idle_counts": settings.idleCounts.map(String.init).joined(separator: ","),
@@ -146,11 +153,12 @@ struct PerfCommand: ParsableCommand {
     try bench.startUpstream()
 
     let has = { (s: Scenario) in chosen.contains(s) }
-    let loadTargets = has(.bulk) || has(.cpu) || has(.requests) || has(.streams)
+    let loadTargets = has(.bulk) || has(.cpu) || has(.requests) || has(.streams) || has(.slow)
     let idleKinds = kinds.filter { $0 == .kopilot || $0 == .baseline }
     progress.total = (loadTargets ? kinds.count * ((has(.bulk) || has(.cpu) ? 1 : 0) +
                                                    (has(.requests) ? settings.concurrency.count : 0) +
-                                                   (has(.streams) ? 1 : 0)) : 0)
+                                                   (has(.streams) ? 1 : 0)) +
+                                    (has(.slow) ? kinds.filter { $0 != .direct }.count : 0) : 0)
       + (has(.idle) || has(.storm) ? idleKinds.count * settings.idleCounts.count : 0)
     let runner = Runner(bench: bench, settings: settings, results: results, progress: progress)
 
@@ -189,6 +197,12 @@ struct PerfCommand: ParsableCommand {
         for t in running {
           progress.begin("\(settings.streams) watch streams × \(settings.streamEvents) events → \(t.kind.title)")
           attempt("streams via \(t.kind.title)") { try runner.streams(t) }
+        }
+      }
+      if has(.slow) {
+        for t in running where t.kind != .direct {
+          progress.begin("\(settings.slowReaders) slow readers, \(Int(settings.slowSeconds)) s → \(t.kind.title)")
+          attempt("slow readers via \(t.kind.title)") { try runner.slowReaders(t) }
         }
       }
       for t in running {
