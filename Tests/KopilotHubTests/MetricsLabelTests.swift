@@ -148,24 +148,9 @@ final class MetricsLabelTests: XCTestCase {
     guard let curl = ["/usr/bin/curl", "/usr/local/bin/curl"].first(where: FileManager.default.isExecutableFile) else {
       throw XCTSkip("curl is not installed")
     }
-    let dir = try makeTempDir()
-    let state = StateDirectory(paths: StatePaths(directory: dir))
-    try state.prepare()
-    let metrics = HubMetrics(isCluster: { [registry = registry()] in registry.cluster(id: $0) != nil })
-    let router = router(metrics, port: 1)
-    let loop = try Loop()
-    var cfg = Hub.Config(certFile: state.paths.hubCert, keyFile: state.paths.hubKey)
-    cfg.bindHost = "127.0.0.1"
-    cfg.port = 0
-    let hub = try Hub(loop: loop, config: cfg, deferringRouter: { r, responder in
-      router.route(r) { responder.answer($0) }
-    })
+    let rig = try coreRig { router, r, responder in router.route(r) { responder.answer($0) } }
+    let (hub, metrics, state, ended) = (rig.hub, rig.metrics, rig.state, rig.ended)
     defer { hub.stop() }
-    let ended = Box(0)
-    hub.onProxied = { r in
-      metrics.proxyEnded(r)
-      ended.value += 1
-    }
     let targets = Self.hostileTargets(1_000) + ["/proxy/default_a/version", "/proxy/\(Self.longID)/version"]
     // A router without metrics says which of them the hub forwards.
     let plain = self.router(nil, port: 1)
@@ -176,7 +161,7 @@ final class MetricsLabelTests: XCTestCase {
 
     // One curl, every target on one keep-alive connection, in a config
     // file (the URLs are long).
-    let config = dir + "/curl.cfg"
+    let config = try makeTempDir() + "/curl.cfg"
     var lines = ["silent", "path-as-is", "cacert = \"\(state.paths.caCert)\"", "header = \"Authorization: Bearer x\"",
                  "write-out = \"%{http_code}\\n\"", "max-time = 120"]
     for t in targets {
@@ -204,33 +189,47 @@ final class MetricsLabelTests: XCTestCase {
 }
 
 extension MetricsLabelTests {
-  /// The router's answer comes after the caller hung up (a review that took
-  /// its time): the request was counted in flight when it was decided, so
-  /// the core must still report it ended, or the gauge grows for ever.
-  func testAnAnswerAfterTheCallerLeftIsCountedOut() throws {
-    let dir = try makeTempDir()
-    let state = StateDirectory(paths: StatePaths(directory: dir))
+  struct CoreRig {
+    var hub: Hub
+    var metrics: HubMetrics
+    var state: StateDirectory
+    /// Requests the core reported ended (each also counted out of metrics).
+    var ended: Box<Int>
+  }
+
+  /// A real hub on 127.0.0.1 whose requests go to `route` with a router
+  /// that counts into fresh metrics, as kopilot-hub wires them.
+  func coreRig(_ route: @escaping (HubRouter, HubRequest, HubResponder) -> HubAnswer?) throws -> CoreRig {
+    let state = StateDirectory(paths: StatePaths(directory: try makeTempDir()))
     try state.prepare()
     let metrics = HubMetrics(isCluster: { [registry = registry()] in registry.cluster(id: $0) != nil })
     let router = router(metrics, port: 1)
-    let loop = try Loop()
     var cfg = Hub.Config(certFile: state.paths.hubCert, keyFile: state.paths.hubKey)
     cfg.bindHost = "127.0.0.1"
     cfg.port = 0
-    let decided = Box(0)
-    let hub = try Hub(loop: loop, config: cfg, deferringRouter: { r, responder in
-      guard let answer = router.route(r, later: { responder.answer($0) }) else { return nil }
-      decided.value += 1
-      // Answer once the caller is surely gone.
-      DispatchQueue.global().asyncAfter(deadline: .now() + 2.5) { responder.answer(answer) }
-      return nil
-    })
-    defer { hub.stop() }
+    let hub = try Hub(loop: try Loop(), config: cfg, deferringRouter: { r, responder in route(router, r, responder) })
     let ended = Box(0)
     hub.onProxied = { r in
       metrics.proxyEnded(r)
       ended.value += 1
     }
+    return CoreRig(hub: hub, metrics: metrics, state: state, ended: ended)
+  }
+
+  /// The router's answer comes after the caller hung up (a review that took
+  /// its time): the request was counted in flight when it was decided, so
+  /// the core must still report it ended, or the gauge grows for ever.
+  func testAnAnswerAfterTheCallerLeftIsCountedOut() throws {
+    let decided = Box(0)
+    let rig = try coreRig { router, r, responder in
+      guard let answer = router.route(r, later: { responder.answer($0) }) else { return nil }
+      decided.value += 1
+      // Answer once the caller is surely gone.
+      DispatchQueue.global().asyncAfter(deadline: .now() + 2.5) { responder.answer(answer) }
+      return nil
+    }
+    let (hub, metrics, state, ended) = (rig.hub, rig.metrics, rig.state, rig.ended)
+    defer { hub.stop() }
     let targets = ["/proxy/default_a/version", "/proxy/\(Self.longID)/version"]
     // Each caller sends its request and resets the connection (SO_LINGER
     // 0), so the hub's conn is closed, not just half-closed, before the
