@@ -7,13 +7,6 @@ import XCTest
 // oracle for each is the next hop's own parse of the rebuilt head, so what
 // the next hop frames and sees is checked, not how the bytes look.
 
-/// Parses `raw` as a request; nil when it is not one complete valid head.
-private func parse(_ raw: [UInt8]) -> (head: kp_http_head_t, len: Int)? {
-  var head = kp_http_head_t()
-  let rc = raw.withUnsafeBufferPointer { kp_http_parse_request($0.baseAddress, $0.count, 0, &head) }
-  return rc > 0 ? (head, Int(rc)) : nil
-}
-
 private func headers(_ h: kp_http_head_t) -> [(String, String)] {
   withUnsafeBytes(of: h.headers) { raw in
     let hs = raw.bindMemory(to: kp_http_header_t.self)
@@ -26,14 +19,22 @@ private func headers(_ h: kp_http_head_t) -> [(String, String)] {
   }
 }
 
+/// What the next hop parsed from a rebuilt head, copied out while the
+/// bytes the parser pointed into are alive.
+private struct NextHop {
+  var flags: UInt32
+  var content_length: Int64
+  var fields: [(String, String)]
+}
+
 /// Rebuilds `request` as the hub does (drop list and an extra line), then
 /// parses the result as the next hop would.
 private func rebuild(_ request: String, drop: [String] = ["authorization", KP_HTTP_DROP_IDENTITY],
-                     extra: String = "X-Forwarded-Proto: https\r\n") -> (text: String, head: kp_http_head_t)? {
+                     extra: String = "X-Forwarded-Proto: https\r\n") -> (text: String, head: NextHop)? {
   let raw = Array(request.utf8)
   var head = kp_http_head_t()
   // The head points into `raw`, which stays alive through the rebuild.
-  return raw.withUnsafeBufferPointer { buf -> (String, kp_http_head_t)? in
+  return raw.withUnsafeBufferPointer { buf -> (String, NextHop)? in
     guard kp_http_parse_request(buf.baseAddress, buf.count, 0, &head) > 0 else { return nil }
     let cDrop = drop.map { strdup($0) } + [nil]
     defer { cDrop.forEach { free($0) } }
@@ -45,10 +46,11 @@ private func rebuild(_ request: String, drop: [String] = ["authorization", KP_HT
     }
     guard let out else { return nil }
     defer { free(out) }
-    let bytes = Array(UnsafeBufferPointer(start: out, count: outLen))
-    guard let (next, n) = parse(bytes), n == outLen else { return nil }
-    _ = next
-    return (String(decoding: bytes, as: UTF8.self), next)
+    // The parse points into `out`, alive until the deferred free.
+    var next = kp_http_head_t()
+    guard Int(kp_http_parse_request(out, outLen, 0, &next)) == outLen else { return nil }
+    let hop = NextHop(flags: next.flags, content_length: next.content_length, fields: headers(next))
+    return (String(decoding: UnsafeBufferPointer(start: out, count: outLen), as: UTF8.self), hop)
   }
 }
 
@@ -69,7 +71,7 @@ final class HeadRebuildTests: XCTestCase {
       guard let (text, next) = rebuild(request) else { return XCTFail("no rebuild: \(request.debugDescription)") }
       XCTAssertEqual(next.flags & UInt32(KP_HTTP_F_CHUNKED) != 0, chunked, text)
       XCTAssertEqual(next.content_length, length ?? -1, text)
-      let framing = headers(next).filter { ["content-length", "transfer-encoding"].contains($0.0.lowercased()) }
+      let framing = next.fields.filter { ["content-length", "transfer-encoding"].contains($0.0.lowercased()) }
       XCTAssertLessThanOrEqual(framing.count, 1, "one framing field, written by the hop: \(text)")
       if chunked { XCTAssertEqual(framing.first?.1, "chunked", "gzip was a coding the hop does not relay as such") }
     }
@@ -116,7 +118,7 @@ final class HeadRebuildTests: XCTestCase {
     let request = "GET /api HTTP/1.1\r\nHost: h\r\n" + identity.map { $0 + "\r\n" }.joined()
       + "Accept: application/json\r\nX-Remotely: kept\r\n\r\n"
     guard let (text, next) = rebuild(request) else { return XCTFail("no rebuild") }
-    let names = Set(headers(next).map { $0.0.lowercased() })
+    let names = Set(next.fields.map { $0.0.lowercased() })
     for line in identity {
       let name = String(line.prefix { $0 != ":" }).lowercased()
       XCTAssertFalse(names.contains(name), "\(name) survived: \(text)")
@@ -141,7 +143,7 @@ final class HeadRebuildTests: XCTestCase {
     let request = "GET /exec HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, X-Private\r\nUpgrade: websocket\r\n"
       + "X-Private: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nSec-WebSocket-Key: k\r\n\r\n"
     guard let (text, next) = rebuild(request) else { return XCTFail("no rebuild") }
-    let hs = headers(next)
+    let hs = next.fields
     XCTAssertEqual(hs.filter { $0.0.lowercased() == "connection" }.map(\.1), ["Upgrade"], text)
     XCTAssertEqual(hs.filter { $0.0.lowercased() == "upgrade" }.map(\.1), ["websocket"])
     for gone in ["x-private", "keep-alive", "te"] {
