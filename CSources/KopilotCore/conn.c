@@ -70,24 +70,20 @@ static int conn_flush(kp__conn_t *c) {
   while (kp_tls_out_pending(c->tls) > 0) {
     conn_write_t *w = malloc(sizeof(*w));
     uv_buf_t bufs[8];
+    unsigned i;
     int rc;
     if (w == NULL) return KP_ENOMEM;
     w->conn = c;
     w->nbufs = 0;
+    w->mem = 0;
     while (w->nbufs < 8 && kp_tls_out_pop(c->tls, &w->slices[w->nbufs]) == 1) {
-      bufs[w->nbufs] = uv_buf_init((char *)w->slices[w->nbufs].base,
-                                   (unsigned)w->slices[w->nbufs].len);
-      w->nbufs++;
+      kp_slice_t *sl = &w->slices[w->nbufs];
+      bufs[w->nbufs++] = uv_buf_init((char *)sl->base, (unsigned)sl->len);
+      w->mem += kp_chunk_capacity(sl->chunk);
     }
     w->plain = kp_tls_out_pending(c->tls) > 0 ? 0 : plain;
-    w->mem = 0;
-    {
-      unsigned i;
-      for (i = 0; i < w->nbufs; i++) w->mem += kp_chunk_capacity(w->slices[i].chunk);
-    }
     rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, w->nbufs, write_done);
     if (rc != 0) {
-      unsigned i;
       for (i = 0; i < w->nbufs; i++) kp_chunk_unref(w->slices[i].chunk);
       free(w);
       return rc;

@@ -87,8 +87,10 @@ typedef struct hub_front {
    * ID fits whole (HUB_CLUSTER_ID_MAX), so a proxied request is reported on
    * the ID it was answered with, never a truncated one. */
   char cluster[HUB_CLUSTER_ID_MAX + 1];
-  /* The key a forward of the current request would be reported on
-   * (target_cluster), kept from its head for when the head is gone. */
+  /* The key a forward of the current request is reported on
+   * (target_cluster), taken from its head once, when the head is in: a
+   * forward uses it, and so does an answer that comes after the caller
+   * left, when the head is gone. */
   char fwd_key[HUB_CLUSTER_ID_MAX + 1];
   int via_peer;        /* accepted on the peer listener */
   /* The current forward to a peer replica (fwd_to[0] == 0: none). */
@@ -250,7 +252,29 @@ static void front_done(kp__relay_t *r) {
   if (f->conn) kp__conn_close(f->conn, 0);
 }
 
-static void target_cluster(const kp_http_head_t *h, char *out, size_t cap);
+/* The cluster a forwarded target names, "/proxy/<cluster>/...", as the key
+ * on_proxied reports (the target as sent; the peer's policy normalizes
+ * it): the segment when it could be a cluster ID, 1 to HUB_CLUSTER_ID_MAX
+ * bytes of [a-z0-9._-], else "" - never a truncated one, and nothing a
+ * caller can grow. HubMetrics.forwardKey (Swift) mirrors this byte for
+ * byte: the owner counts the request in under that key and out under this
+ * one, so the two must agree. */
+static void target_cluster(const kp_http_head_t *h, char *out, size_t cap) {
+  static const char pre[] = "/proxy/";
+  size_t pl = sizeof(pre) - 1, i = pl, n;
+  out[0] = 0;
+  if (h->target_len <= pl || memcmp(h->target, pre, pl) != 0) return;
+  for (; i < h->target_len && h->target[i] != '/' && h->target[i] != '?'; i++) {
+    char c = h->target[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '-' || c == '_'))
+      return;
+  }
+  n = i - pl;
+  if (n == 0 || n > HUB_CLUSTER_ID_MAX || n >= cap) return;
+  memcpy(out, h->target + pl, n);
+  out[n] = 0;
+}
 
 static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
                              const uint8_t *raw, size_t raw_len) {
@@ -520,13 +544,14 @@ static void do_accept_agent(hub_front_t *f, const char *cluster);
 static void do_forward(hub_front_t *f, const char *host, int port,
                        const char *hop);
 
-/* A proxy or forward answer that will never run (the caller left, memory
- * ran out): the owner counted it in flight, so it still ends in exactly
- * one on_proxied, with status 0 (no response). */
-static void proxy_lost(hub_front_t *f, const char *key) {
+/* Every proxy and forward answer ends in exactly one on_proxied (the owner
+ * counted it in flight under `key`). This one reports those that carried
+ * no exchange: answered here (a 503, a 508) or never run (the caller left,
+ * memory ran out: status 0, no response). */
+static void proxied_local(hub_front_t *f, const char *key, int status) {
   kp_hub_t *hub = f->hub;
   if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, key, 0, 0, 0, 0,
+    hub->cbs.on_proxied(hub, key, 0, status, 0, 0,
                         (uv_hrtime() - f->started_ns) / 1000, hub->ud);
 }
 
@@ -534,8 +559,8 @@ static void answer_run(void *arg) {
   answer_t *a = arg;
   a->f->owed = 0;
   if (a->f->gone || a->f->relay == NULL) {
-    if (a->kind == 0) proxy_lost(a->f, a->cluster ? a->cluster : "");
-    else if (a->kind == 3) proxy_lost(a->f, a->f->fwd_key);
+    if (a->kind == 0) proxied_local(a->f, a->cluster ? a->cluster : "", 0);
+    else if (a->kind == 3) proxied_local(a->f, a->f->fwd_key, 0);
     if (a->f->gone) front_free(a->f);
   } else {
     if (a->kind == 0) do_proxy(a->f, a->cluster, a->target);
@@ -599,7 +624,7 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   int n, keep_xff;
   f->fwd_to[0] = 0;
   if (current_head(f, &head) != 0) {
-    proxy_lost(f, cluster);
+    proxied_local(f, cluster, 0);
     kp__relay_abort(f->relay, KP_EBADMSG);
     return;
   }
@@ -614,7 +639,7 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
                                keep_xff ? drop_peer : drop, extra, (size_t)n,
                                &req_len);
   if (req == NULL) {
-    proxy_lost(f, cluster);
+    proxied_local(f, cluster, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }
@@ -642,9 +667,7 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   free(req);
   snprintf(msg, sizeof(msg), "no agent of cluster %s is connected", cluster);
   status_json(f, 503, "ServiceUnavailable", msg);
-  /* Every proxy answer ends in exactly one on_proxied, this one too. */
-  if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, cluster, 0, 503, 0, 0, (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+  proxied_local(f, cluster, 503);
 }
 
 /* RFC 6455 4.2.1: what makes a valid opening handshake. */
@@ -821,21 +844,13 @@ static void fwd_note_why(hub_front_t *f, kp__conn_t *c, int status) {
     snprintf(f->fwd_why, sizeof(f->fwd_why), "%s", kp_strerror(status));
 }
 
-/* Every forward ends in exactly one on_proxied; answers given here (no
- * exchange with a peer happened) report their own status. */
-static void proxied_local(hub_front_t *f, int status) {
-  kp_hub_t *hub = f->hub;
-  if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, f->cluster, 0, status, 0, 0,
-                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
-}
 
 /* No response head will come from the peer: 502 naming it. */
 static void fwd_fail(hub_front_t *f, int status) {
   char msg[600];
   fwd_note_why(f, NULL, status);
   snprintf(msg, sizeof(msg), "replica %s unreachable: %s", f->fwd_to, f->fwd_why);
-  proxied_local(f, 502);
+  proxied_local(f, f->cluster, 502);
   status_json(f, 502, "BadGateway", msg);
 }
 
@@ -905,29 +920,6 @@ static int hop_ok(const char *hop) {
   return 1;
 }
 
-/* The cluster a forwarded target names, "/proxy/<cluster>/...", as the key
- * on_proxied reports (the target as sent; the peer's policy normalizes
- * it): the segment when it could be a cluster ID, 1 to HUB_CLUSTER_ID_MAX
- * bytes of [a-z0-9._-], else "" - never a truncated one, and nothing a
- * caller can grow. HubMetrics.forwardKey (Swift) mirrors this byte for
- * byte: the owner counts the request in under that key and out under this
- * one, so the two must agree. */
-static void target_cluster(const kp_http_head_t *h, char *out, size_t cap) {
-  static const char pre[] = "/proxy/";
-  size_t pl = sizeof(pre) - 1, i = pl, n;
-  out[0] = 0;
-  if (h->target_len <= pl || memcmp(h->target, pre, pl) != 0) return;
-  for (; i < h->target_len && h->target[i] != '/' && h->target[i] != '?'; i++) {
-    char c = h->target[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-          c == '-' || c == '_'))
-      return;
-  }
-  n = i - pl;
-  if (n == 0 || n > HUB_CLUSTER_ID_MAX || n >= cap) return;
-  memcpy(out, h->target + pl, n);
-  out[n] = 0;
-}
 
 static void do_forward(hub_front_t *f, const char *host, int port,
                        const char *hop) {
@@ -944,15 +936,15 @@ static void do_forward(hub_front_t *f, const char *host, int port,
   f->fwd_to[0] = 0;
   f->session = 0;
   if (hub->stopping || current_head(f, &head) != 0) {
-    proxy_lost(f, f->fwd_key);
+    proxied_local(f, f->fwd_key, 0);
     kp__relay_abort(f->relay, hub->stopping ? KP_ECLOSED : KP_EBADMSG);
     return;
   }
-  target_cluster(&head, f->cluster, sizeof(f->cluster));
+  memcpy(f->cluster, f->fwd_key, sizeof(f->cluster));
   if (f->via_peer) {
     /* The policy never asks this; a safety net against replicas that
      * disagree on who holds a session sending a request round for ever. */
-    proxied_local(f, 508);
+    proxied_local(f, f->cluster, 508);
     status_json(f, 508, "LoopDetected",
                 "the request was forwarded by another hub replica and cannot "
                 "be forwarded again");
@@ -960,7 +952,7 @@ static void do_forward(hub_front_t *f, const char *host, int port,
   }
   if (!hop_ok(hop) || host[0] == 0 || strlen(host) >= sizeof(f->fwd_host) ||
       port <= 0 || port > 65535) {
-    proxied_local(f, 500);
+    proxied_local(f, f->cluster, 500);
     status_json(f, 500, "InternalError",
                 "bad forward answer: host, port or hop marker invalid");
     return;
@@ -984,7 +976,7 @@ static void do_forward(hub_front_t *f, const char *host, int port,
   f->fwd.head = kp_http_build_request(&head, head.target, head.target_len,
                                        drop, extra, (size_t)n, &f->fwd.head_len);
   if (f->fwd.head == NULL) {
-    proxied_local(f, 0);
+    proxied_local(f, f->cluster, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }

@@ -752,10 +752,11 @@ typedef struct kp_mux_config {
    * fixed window). Else a stream starts with this receive window (>= 256
    * KiB, <= window) and doubles it, up to `window`, each time the reader
    * consumed half of it within KP_MUX_TUNE_FLOOR_MS plus two measured
-   * round trips, twice in a row: the window then limits the transfer (HTTP/2 and QUIC
-   * stacks tune the same way). A reader that keeps the data waiting, or
-   * that was held back since the last update (kp_mux_stream_reader_held),
-   * never earns more, so a slow reader pins little. */
+   * round trips, twice in a row: the window then limits the transfer
+   * (HTTP/2 and QUIC stacks tune the same way). A reader that keeps the
+   * data waiting, or that was held back since the last update
+   * (kp_mux_stream_reader_held), never earns more, so a slow reader pins
+   * little. */
   uint32_t window_start;
   uint32_t accept_backlog;  /* unaccepted inbound streams (> 0); more: RST */
   uint32_t max_streams;     /* open streams in total; 0 = 65536; more: RST
