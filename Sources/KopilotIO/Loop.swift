@@ -12,6 +12,11 @@ public final class Loop: @unchecked Sendable {
   }
 
   deinit { kp_loop_free(handle) }
+
+  /// The CPUs this process may use: its affinity mask, capped by its cgroup
+  /// CPU quota (so a pod with `limits.cpu: 4` gets 4). The default number of
+  /// loops for the hub and the agent.
+  public static var availableCPUs: Int { Int(kp_cpus_available()) }
 }
 
 /// An error code from the C core, with what was being done.

@@ -71,6 +71,9 @@ struct AgentCommand: ParsableCommand {
   @Option(help: "Parallel sessions to the hub; the hub spreads requests over them. Two are plenty in a cluster; the benchmark (kopilot-perf) opens thousands from one process.")
   var sessions: Int = 2
 
+  @Option(help: "Event loops (threads) the sessions are spread over, each with its own connections to the API server. Default: the CPUs this process may use (its affinity mask and cgroup CPU quota), at most one per session.")
+  var loops: Int?
+
   @Option(help: "Seconds between keepalive pings to the hub; a ping unanswered that long ends the session.")
   var keepalive: Double = 30
 
@@ -95,6 +98,7 @@ struct AgentCommand: ParsableCommand {
     }
     guard wire == "framed" || wire == "raw" else { throw ValidationError("--wire is framed or raw") }
     guard (1...10_000).contains(sessions) else { throw ValidationError("--sessions is 1 to 10000") }
+    if let l = loops, !(1...1024).contains(l) { throw ValidationError("--loops is 1 to 1024") }
     guard (1...4096).contains(upstreamIdleConns) else { throw ValidationError("--upstream-idle-conns is 1 to 4096") }
     guard upstreamIdleTimeout > 0 else { throw ValidationError("--upstream-idle-timeout must be positive") }
   }
@@ -138,11 +142,15 @@ struct AgentCommand: ParsableCommand {
     cfg.keepaliveMs = UInt64(max(0.1, keepalive) * 1000)
     cfg.upstreamMaxIdle = UInt32(upstreamIdleConns)
     cfg.upstreamIdleMs = UInt64(max(0.001, upstreamIdleTimeout) * 1000)
-    let loop = try Loop()
+    // Session i runs on loop i mod N: each loop owns its sessions and their
+    // upstream connections, so one busy member cluster uses every loop.
+    let loopCount = min(loops ?? Loop.availableCPUs, sessions)
+    let eventLoops = try (0..<loopCount).map { _ in try Loop() }
     let firstToken = fixedToken ?? tokens?.readIfChanged()
     let supervisors = try (1...sessions).map { i in
-      try SessionSupervisor(index: i, of: sessions, session: AgentSession(loop: loop, config: cfg))
+      try SessionSupervisor(index: i, of: sessions, session: AgentSession(loop: eventLoops[(i - 1) % loopCount], config: cfg))
     }
+    logLine("\(sessions) session(s) on \(loopCount) loop(s)")
     for s in supervisors {
       if let t = firstToken { s.session.setToken(t) }
       s.start()
@@ -160,7 +168,9 @@ struct AgentCommand: ParsableCommand {
     for s in supervisors { s.stop(graceMs: UInt64(gracePeriod * 1000)) }
     for s in supervisors { s.waitStopped(timeout: gracePeriod + 1) }
     for s in supervisors { s.session.close() }
-    logLine("stopped")
+    // The loops outlive every session on them (Swift may release a local
+    // after its last use, and a loop's deinit joins its thread).
+    withExtendedLifetime(eventLoops) { logLine("stopped") }
   }
 }
 

@@ -139,6 +139,17 @@ int kp_timer_cancel(kp_timer_t *t);
  * Free the hubs and agents running on it first. Not from the loop thread. */
 void kp_loop_free(kp_loop_t *l);
 
+/* How many loops to run by default: the CPUs this process may use. That is
+ * the affinity mask (sched_getaffinity; taskset, cpusets), capped by the
+ * CPU quota of this process's cgroup and of each cgroup above it (v2
+ * cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us), rounded up: a pod with
+ * `limits.cpu: 4` gets 4, `1500m` gets 2. Requests, shares and weights do
+ * not cap it (they only weigh CPUs under contention). At least 1. */
+int kp_cpus_available(void);
+/* The quota read from one cgroup folder, as CPUs rounded up; 0 when the
+ * folder sets none ("max", -1, no file). Exposed for tests. */
+int kp_cgroup_cpu_quota(const char *dir);
+
 /* ------------------------------------------------------------------ */
 /* Hub: the caller-facing listener, agent sessions, proxying           */
 /* ------------------------------------------------------------------ */
