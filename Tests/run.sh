@@ -31,6 +31,12 @@ echo "no warnings"
 step "swift test"
 swift test
 
+# The hub and the agent run one loop per CPU by default (two or more on CI
+# machines); the end-to-end suites run once more with one loop each, the
+# shape a pod with limits.cpu 1 gets.
+step "end-to-end tests with LOOPS=1"
+LOOPS=1 swift test --skip-build --filter EndToEndTests
+
 [ "${1:-}" = "--quick" ] && exit 0
 
 # The benchmark harness's smoke pass: every scenario against every target

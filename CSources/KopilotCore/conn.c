@@ -3,6 +3,7 @@
 #include "relay.h"
 
 #include <stdio.h>
+#include <unistd.h>
 
 static const kp__conn_cbs_t no_cbs;
 
@@ -49,8 +50,11 @@ static void write_done(uv_write_t *req, int status) {
   c->pending -= w->mem;
   if (status < 0) {
     kp__conn_close(c, status);
-  } else if (!c->closing && w->plain && c->cbs->on_written) {
-    c->cbs->on_written(c, w->plain);
+  } else {
+    if (!c->closing && w->plain && c->cbs->on_written)
+      c->cbs->on_written(c, w->plain);
+    if (!c->closing && c->pending == 0 && c->cbs->on_drained)
+      c->cbs->on_drained(c);
   }
   free(w);
 }
@@ -404,6 +408,62 @@ int kp__conn_connect(kp__conn_t **out, kp_loop_t *loop,
     return rc;
   }
   kp__conn_set_timeout(c, KP__HANDSHAKE_TIMEOUT_MS);
+  *out = c;
+  return 0;
+}
+
+/* ---- moving a conn to another loop ----
+ *
+ * A connection is tied to its loop only by its uv handles; the TLS engine
+ * does no I/O, so at a point where nothing is queued to write, the socket
+ * (a dup of it: the handle's own fd closes with the handle) and the engine
+ * can go to another loop, which wraps them in a new conn. libuv removes the
+ * fd from this loop's epoll set before it closes it, so the dup is polled by
+ * the new loop only. */
+
+int kp__conn_movable(const kp__conn_t *c) {
+  return c->ready && !c->closing && !c->eof && !c->shut && c->pending == 0 &&
+         !c->flush.queued && kp_tls_out_pending(c->tls) == 0;
+}
+
+int kp__conn_detach(kp__conn_t *c, uv_os_sock_t *fd, struct kp_tls **tls) {
+  uv_os_fd_t raw;
+  int dup_fd;
+  if (!kp__conn_movable(c)) return KP_EINVAL;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &raw) != 0) return KP_EINVAL;
+  dup_fd = dup(raw);
+  if (dup_fd < 0) return KP_ENOMEM;
+  kp__conn_read(c, 0);
+  *fd = dup_fd;
+  *tls = c->tls;
+  c->tls = NULL; /* conn_handle_closed frees no engine */
+  kp__conn_close(c, 0);
+  return 0;
+}
+
+int kp__conn_adopt(kp__conn_t **out, kp_loop_t *loop, uv_os_sock_t fd,
+                   struct kp_tls *tls, const kp__conn_cbs_t *cbs, void *ud) {
+  kp__conn_t *c = calloc(1, sizeof(*c));
+  int rc;
+  if (c == NULL) return KP_ENOMEM;
+  c->loop = loop;
+  c->cbs = cbs;
+  c->ud = ud;
+  uv_tcp_init(kp__loop_uv(loop), &c->tcp);
+  uv_timer_init(kp__loop_uv(loop), &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->handles_open = 2;
+  rc = uv_tcp_open(&c->tcp, fd);
+  if (rc != 0) {
+    /* The engine is the caller's again; the fd is not ours either. */
+    c->cbs = &no_cbs;
+    kp__conn_close(c, rc);
+    return rc;
+  }
+  c->tls = tls;
+  c->ready = 1;
+  conn_peer_name(c);
   *out = c;
   return 0;
 }

@@ -25,6 +25,10 @@ typedef struct kp__conn_cbs {
   void (*on_written)(kp__conn_t *c, size_t n);
   /* Closed; the conn is freed after this returns. */
   void (*on_close)(kp__conn_t *c, int status);
+  /* Optional: the last queued write was taken by the kernel (nothing is
+   * pending any more), whether or not it carried plaintext (a handshake
+   * flight, a session ticket). */
+  void (*on_drained)(kp__conn_t *c);
   /* Optional: the deadline set with kp__conn_set_timeout passed. Without
    * it the conn closes with KP_ETIMEDOUT. */
   void (*on_timeout)(kp__conn_t *c);
@@ -78,6 +82,18 @@ void kp__conn_close(kp__conn_t *c, int status);
  * trickles bytes (slowloris) still runs out of time. */
 void kp__conn_set_timeout(kp__conn_t *c, uint64_t ms);
 const char *kp__conn_alpn(kp__conn_t *c, size_t *len);
+
+/* Moving a conn to another loop (see conn.c). movable: ready, open, not at
+ * EOF, and nothing queued to write. detach: takes a dup of the socket and
+ * the TLS engine out of a movable conn and closes the conn (on_close(0)
+ * follows; the engine is not freed); KP_EINVAL when not movable. adopt, on
+ * the other loop's thread: wraps them in a new conn that is ready and not
+ * reading (kp__conn_read turns it on and first delivers plaintext the
+ * engine holds). On failure adopt has taken neither fd nor engine. */
+int kp__conn_movable(const kp__conn_t *c);
+int kp__conn_detach(kp__conn_t *c, uv_os_sock_t *fd, struct kp_tls **tls);
+int kp__conn_adopt(kp__conn_t **out, kp_loop_t *loop, uv_os_sock_t fd,
+                   struct kp_tls *tls, const kp__conn_cbs_t *cbs, void *ud);
 
 /* Resolves host (a name or an IP literal) and connects as kp__conn_connect
  * does. Resolution failures come through on_ready like connect failures. */

@@ -6,7 +6,10 @@
 #include "backpool.h"
 #include "session.h"
 
+#include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
 #define HUB_BUCKETS 4096
 /* TLS handshakes in flight at once. More connections wait in the kernel's
@@ -26,6 +29,40 @@
  * DNS-1123 subdomain (253). */
 #define HUB_CLUSTER_ID_MAX (63 + 1 + 253)
 
+/* ---- loops ----
+ *
+ * The hub runs one shard per loop: a shard is a kp_hub_t with its own
+ * listeners (SO_REUSEPORT on one port, so the kernel spreads connections
+ * over the loops), handshake slots, session table and peer pool, and only
+ * its loop thread touches it. What the shards share is the group: the TLS
+ * contexts (reference-counted, read-only) and the placement table, which
+ * says how many sessions of each cluster each loop holds. A request whose
+ * cluster has no session on its own loop moves its connection to a loop
+ * that has one, at the request boundary (see "moving a caller"), so the
+ * bytes of an exchange never cross threads. */
+#define HUB_PLACE_BUCKETS 1024
+
+/* One cluster's sessions per loop. Entries are only ever added (one per
+ * cluster an agent announced; the registry bounds them) and read without a
+ * lock: a chain's links are published with release stores. */
+typedef struct hub_place {
+  struct hub_place *_Atomic next;
+  atomic_uint *count; /* [group->n] */
+  char id[];
+} hub_place_t;
+
+typedef struct hub_group {
+  size_t n;
+  struct kp_hub **shards;
+  uv_mutex_t mu; /* adding places */
+  hub_place_t *_Atomic places[HUB_PLACE_BUCKETS];
+  atomic_uint spread; /* rotates the first loop a search looks at */
+  atomic_ullong moved; /* callers and agents moved to another loop */
+  /* Every shard is up (shards[] is complete): moves may start. Cleared
+   * when the hub stops. */
+  atomic_int open;
+} hub_group_t;
+
 typedef struct hub_cluster {
   struct hub_cluster *next; /* bucket chain */
   kp__sess_t *sessions;     /* doubly linked through sess->next/prev */
@@ -35,6 +72,9 @@ typedef struct hub_cluster {
 
 struct kp_hub {
   kp_loop_t *loop;
+  hub_group_t *group;
+  unsigned index;        /* this shard's loop in group->shards */
+  atomic_ullong accepted; /* caller and agent connections accepted here */
   uv_tcp_t listener;
   kp_tls_ctx_t *tls;
   kp_hub_config_t cfg;
@@ -64,6 +104,8 @@ struct kp_hub {
   int has_peer_listener, peer_listener_closed;
   kp__backpool_t fwd_pool;   /* idle peer conns, keyed by "host:port" */
 };
+
+enum { MOVE_PROXY = 1, MOVE_AGENT = 2 };
 
 /* kp_hub_request_t is never defined: the handle given out is the caller's
  * hub_front_t, cast. */
@@ -103,10 +145,20 @@ typedef struct hub_front {
    * on_proxied waits, so a retried forward is reported once. */
   unsigned proxied_held : 1;
   uint64_t held_up, held_down;
+  /* Moving between loops (see "moving a caller"). pinned: the current
+   * request came with a decision from another loop and does not move
+   * again. moved_*: that decision, until the relay parses the head here. */
+  unsigned pinned : 1;
+  int moved_kind; /* 0 none, MOVE_PROXY, MOVE_AGENT */
+  char *moved_cluster, *moved_target;
+  /* Waiting for its queued writes to drain before moving to move_to. */
+  kp_hub_t *move_to;
 } hub_front_t;
 
 static void front_free(hub_front_t *f) {
   kp__backreq_clear_head(&f->fwd);
+  free(f->moved_cluster);
+  free(f->moved_target);
   free(f);
 }
 
@@ -143,9 +195,86 @@ static hub_cluster_t *cluster_find(kp_hub_t *hub, const char *id, int create) {
   return c;
 }
 
+/* The placement entry of a cluster; created when asked (NULL: out of
+ * memory, or absent and not asked). Any thread. */
+static hub_place_t *place_find(hub_group_t *g, const char *id, int create) {
+  uint32_t b = hash_str(id) % HUB_PLACE_BUCKETS;
+  hub_place_t *p;
+  for (p = atomic_load_explicit(&g->places[b], memory_order_acquire); p;
+       p = atomic_load_explicit(&p->next, memory_order_acquire))
+    if (strcmp(p->id, id) == 0) return p;
+  if (!create) return NULL;
+  uv_mutex_lock(&g->mu);
+  /* Another loop may have added it since the lock-free look. */
+  for (p = atomic_load_explicit(&g->places[b], memory_order_acquire); p;
+       p = atomic_load_explicit(&p->next, memory_order_acquire))
+    if (strcmp(p->id, id) == 0) break;
+  if (p == NULL && (p = calloc(1, sizeof(*p) + strlen(id) + 1)) != NULL) {
+    p->count = calloc(g->n, sizeof(*p->count));
+    if (p->count == NULL) {
+      free(p);
+      p = NULL;
+    } else {
+      strcpy(p->id, id);
+      atomic_store_explicit(&p->next,
+                            atomic_load_explicit(&g->places[b],
+                                                 memory_order_relaxed),
+                            memory_order_relaxed);
+      atomic_store_explicit(&g->places[b], p, memory_order_release);
+    }
+  }
+  uv_mutex_unlock(&g->mu);
+  return p;
+}
+
+static void place_count(kp_hub_t *hub, const char *id, int delta) {
+  hub_place_t *p;
+  if (hub->group->n < 2) return;
+  p = place_find(hub->group, id, delta > 0);
+  if (p == NULL) return;
+  if (delta > 0) {
+    atomic_fetch_add(&p->count[hub->index], 1);
+  } else {
+    /* Never below 0, should an add have failed for want of memory. */
+    unsigned v = atomic_load(&p->count[hub->index]);
+    while (v > 0 &&
+           !atomic_compare_exchange_weak(&p->count[hub->index], &v, v - 1)) {
+    }
+  }
+}
+
+/* Another loop for `cluster`: for a request (agent 0), one that holds a
+ * session of it, NULL when none does; for an agent session, the loop with
+ * the fewest of its sessions when this loop has more than that (so a
+ * cluster's sessions spread over the loops), else NULL. The first loop
+ * looked at rotates, so requests spread over the loops that qualify. */
+static kp_hub_t *other_loop(kp_hub_t *hub, const char *cluster, int agent) {
+  hub_group_t *g = hub->group;
+  hub_place_t *p;
+  size_t i, start, best = g->n;
+  unsigned mine, fewest = UINT_MAX;
+  if (g->n < 2 || !atomic_load_explicit(&g->open, memory_order_acquire))
+    return NULL;
+  p = place_find(g, cluster, 0);
+  mine = p ? atomic_load(&p->count[hub->index]) : 0;
+  start = atomic_fetch_add_explicit(&g->spread, 1, memory_order_relaxed) % g->n;
+  for (i = 0; i < g->n; i++) {
+    size_t j = (start + i) % g->n;
+    unsigned n = p ? atomic_load(&p->count[j]) : 0;
+    if (j == hub->index) continue;
+    if (!agent && n > 0) return g->shards[j];
+    if (agent && n < fewest) {
+      fewest = n;
+      best = j;
+    }
+  }
+  return agent && best < g->n && fewest < mine ? g->shards[best] : NULL;
+}
+
 static void cluster_remove_session(kp_hub_t *hub, kp__sess_t *s) {
   hub_cluster_t *c = cluster_find(hub, s->cluster, 0);
   if (c == NULL) return;
+  place_count(hub, s->cluster, -1);
   if (s->prev) s->prev->next = s->next;
   else c->sessions = s->next;
   if (s->next) s->next->prev = s->prev;
@@ -212,6 +341,13 @@ static kp__sess_t *pick_session(hub_cluster_t *c, kp__sess_t *skip) {
 }
 
 /* ---- caller connections ---- */
+
+static void do_proxy(hub_front_t *f, const char *cluster, const char *target);
+static void do_accept_agent(hub_front_t *f, const char *cluster);
+static void proxied_local(hub_front_t *f, const char *key, int status);
+static void move_when_drained(hub_front_t *f);
+static int move_front(hub_front_t *f, kp_hub_t *to, int kind,
+                      const char *cluster, const char *target);
 
 /* A stream carries one request: done or reusable, it is closed (FIN); a
  * failed exchange resets it. */
@@ -285,6 +421,22 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   /* The head is in: no deadline while the request and its response run
    * (a watch or an exec may last hours). */
   kp__conn_set_timeout(f->conn, 0);
+  f->pinned = 0;
+  if (f->moved_kind) {
+    /* Moved here from another loop with its answer (see "moving a
+     * caller"): the owner was asked there, and is not asked again. */
+    int kind = f->moved_kind;
+    char *cluster = f->moved_cluster, *target = f->moved_target;
+    f->moved_kind = 0;
+    f->moved_cluster = f->moved_target = NULL;
+    f->pinned = 1;
+    target_cluster(head, f->fwd_key, sizeof(f->fwd_key));
+    if (kind == MOVE_PROXY) do_proxy(f, cluster, target);
+    else do_accept_agent(f, cluster);
+    free(cluster);
+    free(target);
+    return;
+  }
   f->owed = 1;
   f->started_ns = uv_hrtime();
   target_cluster(head, f->fwd_key, sizeof(f->fwd_key));
@@ -367,7 +519,12 @@ static void front_eof(kp__conn_t *c) {
 static void front_written(kp__conn_t *c, size_t n) {
   hub_front_t *f = c->ud;
   (void)n;
-  if (f->relay) kp__relay_writable(f->relay);
+  if (f->relay && !f->move_to) kp__relay_writable(f->relay);
+}
+
+static void front_drained(kp__conn_t *c) {
+  hub_front_t *f = c->ud;
+  if (f->move_to) move_when_drained(f);
 }
 
 static void front_closed(kp__conn_t *c, int status) {
@@ -375,6 +532,10 @@ static void front_closed(kp__conn_t *c, int status) {
   kp_hub_t *hub = f->hub;
   f->conn = NULL;
   handshake_over(f);
+  if (f->moved_kind == MOVE_PROXY) /* moved or about to, never run */
+    proxied_local(f, f->moved_cluster, 0);
+  f->moved_kind = 0;
+  f->move_to = NULL;
   if (f->relay) kp__relay_front_closed(f->relay, status);
   if (f->owed) f->gone = 1; /* the owner's answer frees it */
   else front_free(f);
@@ -387,6 +548,7 @@ static const kp__conn_cbs_t front_cbs = {
     .on_read = front_read,
     .on_eof = front_eof,
     .on_written = front_written,
+    .on_drained = front_drained,
     .on_close = front_closed,
 };
 
@@ -427,6 +589,7 @@ static void accept_one(kp_hub_t *hub) {
   hub->hs_tail = f;
   hub->handshaking++;
   hub->open_conns++;
+  atomic_fetch_add_explicit(&hub->accepted, 1, memory_order_relaxed);
 }
 
 static void slot_release(kp_hub_t *hub, hub_front_t *f) {
@@ -539,8 +702,6 @@ typedef struct answer {
   size_t body_len;
 } answer_t;
 
-static void do_proxy(hub_front_t *f, const char *cluster, const char *target);
-static void do_accept_agent(hub_front_t *f, const char *cluster);
 static void do_forward(hub_front_t *f, const char *host, int port,
                        const char *hop);
 
@@ -623,6 +784,11 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   size_t req_len;
   int n, keep_xff;
   f->fwd_to[0] = 0;
+  if (!f->pinned && (c == NULL || pick_session(c, NULL) == NULL)) {
+    kp_hub_t *to = other_loop(hub, cluster, 0);
+    if (to != NULL && move_front(f, to, MOVE_PROXY, cluster, target) == 0)
+      return;
+  }
   if (current_head(f, &head) != 0) {
     proxied_local(f, cluster, 0);
     kp__relay_abort(f->relay, KP_EBADMSG);
@@ -714,6 +880,11 @@ static void do_accept_agent(hub_front_t *f, const char *cluster) {
   kp__sess_t *s;
   hub_cluster_t *c;
   int rc;
+  if (!f->pinned) {
+    kp_hub_t *to = other_loop(hub, cluster, 1);
+    if (to != NULL && move_front(f, to, MOVE_AGENT, cluster, NULL) == 0)
+      return;
+  }
   if (current_head(f, &head) != 0 || !ws_request_ok(&head, &key) ||
       key->value_len >= sizeof(keybuf)) {
     status_json(f, 400, "BadRequest", "expected a WebSocket upgrade (RFC 6455)");
@@ -737,8 +908,12 @@ static void do_accept_agent(hub_front_t *f, const char *cluster) {
   }
   f->detached = 1; /* before take_front: its on_done must not close conn */
   /* After this, f belongs to the relay's on_done (front_done frees it). */
-  kp__relay_take_front(f->relay, &rest, &rest_len);
+  rc = kp__relay_take_front(f->relay, 0, &rest, &rest_len);
   f = NULL;
+  if (rc != 0) {
+    kp__conn_close(conn, rc);
+    return;
+  }
   if (kp__conn_write(conn, (const uint8_t *)resp, (size_t)n) != 0) {
     free(rest);
     kp__conn_close(conn, KP_EIO);
@@ -758,11 +933,179 @@ static void do_accept_agent(hub_front_t *f, const char *cluster) {
     kp__sess_close(s, KP_ENOMEM);
     return;
   }
+  kp__conn_read(conn, 1); /* off when the conn came from another loop */
   s->next = c->sessions;
   if (c->sessions) c->sessions->prev = s;
   c->sessions = s;
   c->count++;
+  place_count(hub, cluster, 1);
   if (hub->cbs.on_session) hub->cbs.on_session(hub, s->cluster, s->id, 1, 0, hub->ud);
+}
+
+/* ---- moving a caller to another loop ----
+ *
+ * A request whose cluster has no session on this loop, and an agent whose
+ * cluster has fewer sessions on another loop, move their connection there
+ * at the request boundary, with the decision already made: the socket and
+ * the TLS engine (kp__conn_detach), the head and whatever followed it, and
+ * the answer. The other loop wraps the conn, feeds the bytes to a new relay,
+ * and applies the answer when the relay has parsed the head, without asking
+ * the owner again. kubectl and client-go keep one cluster per connection,
+ * so a connection moves at most once in the common case; the bytes of an
+ * exchange never cross threads. A move waits while the conn still has
+ * writes queued (a pipelined earlier response), since those belong to
+ * this loop's handle. */
+typedef struct hub_move {
+  kp_hub_t *to;
+  uv_os_sock_t fd;
+  struct kp_tls *tls;
+  uint8_t *bytes; /* the head and what followed it */
+  size_t len;
+  int kind, via_peer;
+  char *cluster, *target;
+  uint64_t started_ns;
+} hub_move_t;
+
+static void moved_closed(kp__conn_t *c, int status) {
+  kp_hub_t *hub = c->ud;
+  (void)status;
+  hub->open_conns--;
+  maybe_done(hub);
+}
+
+static const kp__conn_cbs_t moved_cbs = {.on_close = moved_closed};
+
+static void move_free(hub_move_t *m) {
+  free(m->bytes);
+  free(m->cluster);
+  free(m->target);
+  free(m);
+}
+
+/* A moved request that will not run is reported as never run (status 0;
+ * the owner counted it in flight). */
+static void move_lost(kp_hub_t *hub, hub_move_t *m) {
+  if (m->kind == MOVE_PROXY && hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, m->cluster, 0, 0, 0, 0,
+                        (uv_hrtime() - m->started_ns) / 1000, hub->ud);
+}
+
+/* On the destination loop. */
+static void move_arrive(void *arg) {
+  hub_move_t *m = arg;
+  kp_hub_t *hub = m->to;
+  hub_front_t *f = NULL;
+  kp__relay_config_t rc = {hub->cfg.max_head, 0};
+  kp__ep_t ep;
+  kp_chunk_t *chunk;
+  if (hub->stopping || (f = calloc(1, sizeof(*f))) == NULL ||
+      kp__conn_adopt(&f->conn, hub->loop, m->fd, m->tls, &front_cbs, f) != 0) {
+    free(f);
+    close(m->fd);
+    kp_tls_free(m->tls);
+    move_lost(hub, m);
+    move_free(m);
+    return;
+  }
+  hub->open_conns++;
+  f->hub = hub;
+  f->via_peer = m->via_peer;
+  f->started_ns = m->started_ns;
+  f->moved_kind = m->kind;
+  f->moved_cluster = m->cluster;
+  f->moved_target = m->target;
+  m->cluster = m->target = NULL;
+  ep.ops = &kp__conn_ep_ops;
+  ep.h = f->conn;
+  chunk = kp_chunk_new(m->len);
+  if (chunk == NULL || kp__relay_new(&f->relay, ep, &front_router, &rc, f) != 0) {
+    kp_chunk_unref(chunk);
+    kp__conn_close(f->conn, KP_ENOMEM); /* front_closed reports it */
+    move_free(m);
+    return;
+  }
+  memcpy(kp_chunk_data(chunk), m->bytes, m->len);
+  kp__relay_front_data(f->relay, kp_chunk_data(chunk), m->len, chunk);
+  kp_chunk_unref(chunk);
+  if (f->relay) kp__relay_front_start(f->relay);
+  move_free(m);
+}
+
+/* Moves f's conn and its current request to `to` with the decision (kind,
+ * cluster, target). Returns 0 when the request is no longer this loop's
+ * (moved, waiting to move, or lost and reported), else an error and f is
+ * untouched: serve it here. */
+static int move_front(hub_front_t *f, kp_hub_t *to, int kind,
+                      const char *cluster, const char *target) {
+  kp_hub_t *hub = f->hub;
+  kp__conn_t *conn = f->conn;
+  hub_move_t *m;
+  if (f->relay == NULL || conn == NULL) return KP_EINVAL;
+  if (!kp__conn_movable(conn)) {
+    /* Earlier responses still queued: front_written moves it once they
+     * are out. Anything else (EOF, closing) is served here. */
+    if (conn->closing || conn->eof || conn->shut || f->move_to) return KP_EINVAL;
+    if ((f->moved_cluster = strdup(cluster)) == NULL) return KP_ENOMEM;
+    if (target && (f->moved_target = strdup(target)) == NULL) {
+      free(f->moved_cluster);
+      f->moved_cluster = NULL;
+      return KP_ENOMEM;
+    }
+    f->moved_kind = kind;
+    f->move_to = to;
+    return 0;
+  }
+  if ((m = calloc(1, sizeof(*m))) == NULL ||
+      (m->cluster = strdup(cluster)) == NULL ||
+      (target && (m->target = strdup(target)) == NULL)) {
+    if (m) move_free(m);
+    return KP_ENOMEM;
+  }
+  m->to = to;
+  m->kind = kind;
+  m->via_peer = f->via_peer;
+  m->started_ns = f->started_ns;
+  m->fd = -1;
+  /* From here the request is the move's: f goes with the relay. */
+  f->detached = 1;
+  conn->cbs = &moved_cbs;
+  conn->ud = hub;
+  f->conn = NULL;
+  if (kp__relay_take_front(f->relay, 1, &m->bytes, &m->len) != 0 ||
+      kp__conn_detach(conn, &m->fd, &m->tls) != 0) {
+    if (!conn->closing) kp__conn_close(conn, KP_ENOMEM);
+    move_lost(hub, m);
+    move_free(m);
+    return 0;
+  }
+  if (kp_loop_post(to->loop, move_arrive, m) != 0) {
+    close(m->fd);
+    kp_tls_free(m->tls);
+    move_lost(hub, m);
+    move_free(m);
+    return 0;
+  }
+  atomic_fetch_add_explicit(&hub->group->moved, 1, memory_order_relaxed);
+  return 0;
+}
+
+/* A move that waited for queued writes, now that they are out. */
+static void move_when_drained(hub_front_t *f) {
+  kp_hub_t *to = f->move_to;
+  int kind = f->moved_kind;
+  char *cluster = f->moved_cluster, *target = f->moved_target;
+  if (to == NULL || !kp__conn_movable(f->conn)) return;
+  f->move_to = NULL;
+  f->moved_kind = 0;
+  f->moved_cluster = f->moved_target = NULL;
+  if (move_front(f, to, kind, cluster, target) != 0) {
+    /* Could not go after all: served here. */
+    f->pinned = 1;
+    if (kind == MOVE_PROXY) do_proxy(f, cluster, target);
+    else do_accept_agent(f, cluster);
+  }
+  free(cluster);
+  free(target);
 }
 
 void kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
@@ -996,11 +1339,17 @@ static void setup_handle_closed(uv_handle_t *h) {
   if (--hub->setup_closing == 0) uv_sem_post(&hub->done);
 }
 
-/* Binds and listens on host:port; *bound gets the port bound. */
-static int listen_on(uv_tcp_t *t, const char *host, int port, uv_connection_cb cb,
-                     int *bound, char *err, size_t errlen) {
+/* Opens t on the loop, binds and listens on host:port; *bound gets the
+ * port bound, *opened says whether t must be closed. With reuseport, the
+ * socket joins the others bound to that port with SO_REUSEPORT (one per
+ * loop): the kernel spreads new connections over them by their address
+ * hash. Only processes of the same user can join such a group. */
+static int listen_on(uv_loop_t *loop, uv_tcp_t *t, const char *host, int port,
+                     int reuseport, uv_connection_cb cb, int *bound,
+                     int *opened, char *err, size_t errlen) {
   struct sockaddr_storage ss;
-  int rc, len = sizeof(ss);
+  int rc, len = sizeof(ss), one = 1;
+  uv_os_fd_t fd;
   if (strchr(host, ':'))
     rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
   else
@@ -1008,6 +1357,19 @@ static int listen_on(uv_tcp_t *t, const char *host, int port, uv_connection_cb c
   if (rc != 0) {
     snprintf(err, errlen, "bad bind address %s: %s", host, uv_strerror(rc));
     return rc;
+  }
+  rc = uv_tcp_init_ex(loop, t, ss.ss_family);
+  if (rc != 0) {
+    snprintf(err, errlen, "socket for %s:%d: %s", host, port, uv_strerror(rc));
+    return rc;
+  }
+  *opened = 1;
+  /* Debian's libuv 1.44 has no UV_TCP_REUSEPORT: set it on the socket. */
+  if (reuseport && (uv_fileno((uv_handle_t *)t, &fd) != 0 ||
+                    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one,
+                               sizeof(one)) != 0)) {
+    snprintf(err, errlen, "SO_REUSEPORT on %s:%d failed", host, port);
+    return UV_EINVAL;
   }
   rc = uv_tcp_bind(t, (struct sockaddr *)&ss, 0);
   /* A deep accept queue: while handshakes are bounded (see the top),
@@ -1027,27 +1389,21 @@ static int listen_on(uv_tcp_t *t, const char *host, int port, uv_connection_cb c
 
 static void hub_start(void *arg) {
   kp_hub_t *hub = arg;
-  int rc, listener_open = 0;
+  int rc, listener_open = 0, reuse = hub->group->n > 1;
   const char *host = hub->cfg.bind_host ? hub->cfg.bind_host : "0.0.0.0";
   uv_timer_init(kp__loop_uv(hub->loop), &hub->hs_timer);
   hub->hs_timer.data = hub;
-  rc = uv_tcp_init(kp__loop_uv(hub->loop), &hub->listener);
-  if (rc == 0) {
-    listener_open = 1;
-    hub->listener.data = hub;
-    rc = listen_on(&hub->listener, host, hub->cfg.port, on_connection,
-                   &hub->port, hub->err, hub->errlen);
-  }
+  hub->listener.data = hub;
+  rc = listen_on(kp__loop_uv(hub->loop), &hub->listener, host, hub->cfg.port,
+                 reuse, on_connection, &hub->port, &listener_open, hub->err,
+                 hub->errlen);
   if (rc == 0 && hub->peer_tls != NULL && hub->cfg.peer_port >= 0) {
     const char *ph = hub->cfg.peer_bind_host ? hub->cfg.peer_bind_host : host;
-    rc = uv_tcp_init(kp__loop_uv(hub->loop), &hub->peer_listener);
-    if (rc == 0) {
-      hub->has_peer_listener = 1;
-      hub->peer_listener.data = hub;
-      rc = listen_on(&hub->peer_listener, ph, hub->cfg.peer_port,
-                     on_peer_connection, &hub->peer_port, hub->err,
-                     hub->errlen);
-    }
+    hub->peer_listener.data = hub;
+    rc = listen_on(kp__loop_uv(hub->loop), &hub->peer_listener, ph,
+                   hub->cfg.peer_port, reuse, on_peer_connection,
+                   &hub->peer_port, &hub->has_peer_listener, hub->err,
+                   hub->errlen);
   }
   hub->setup_rc = rc;
   if (rc == 0) {
@@ -1105,45 +1461,74 @@ static void peer_contexts_free(kp_hub_t *hub) {
   hub->peer_server_name = NULL;
 }
 
-int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
-               const kp_hub_callbacks_t *cbs, void *ud, char *err,
-               size_t errlen) {
+static void group_free(hub_group_t *g) {
+  size_t b;
+  if (g == NULL) return;
+  for (b = 0; b < HUB_PLACE_BUCKETS; b++) {
+    hub_place_t *p = atomic_load(&g->places[b]);
+    while (p) {
+      hub_place_t *next = atomic_load(&p->next);
+      free(p->count);
+      free(p);
+      p = next;
+    }
+  }
+  uv_mutex_destroy(&g->mu);
+  free(g->shards);
+  free(g);
+}
+
+static void shard_stop_and_free(kp_hub_t *hub);
+
+/* One shard on `loop`, started: listening on cfg's ports (the first) or on
+ * the first shard's (the others). The contexts are shared: it takes its
+ * own references. */
+static int shard_start(hub_group_t *g, size_t i, kp_loop_t *loop,
+                       const kp_hub_config_t *cfg,
+                       const kp_hub_callbacks_t *cbs, void *ud,
+                       kp_hub_t *first, char *err, size_t errlen) {
   kp_hub_t *hub = calloc(1, sizeof(*hub));
-  kp_tls_ctx_options_t topt;
   int rc;
-  char dummy[1];
-  if (err == NULL) {
-    err = dummy;
-    errlen = sizeof(dummy);
-  }
-  *out = NULL;
   if (hub == NULL) return KP_ENOMEM;
-  memset(&topt, 0, sizeof(topt));
-  topt.is_server = 1;
-  topt.cert_file = cfg->cert_file;
-  topt.key_file = cfg->key_file;
-  rc = kp_tls_ctx_new(&hub->tls, &topt, err, errlen);
-  if (rc != 0) {
-    free(hub);
-    return rc;
-  }
-  if (cfg->peer_cert_file != NULL) {
-    rc = peer_contexts(hub, cfg, err, errlen);
+  hub->group = g;
+  hub->index = (unsigned)i;
+  hub->loop = loop;
+  hub->cfg = *cfg;
+  hub->cbs = *cbs;
+  hub->ud = ud;
+  if (first != NULL) {
+    hub->tls = first->tls;
+    kp_tls_ctx_ref(hub->tls);
+    if ((hub->peer_tls = first->peer_tls) != NULL) {
+      kp_tls_ctx_ref(hub->peer_tls);
+      kp_tls_ctx_ref(first->peer_client);
+      hub->peer_client = first->peer_client;
+      hub->peer_server_name = strdup(first->peer_server_name);
+    }
+    hub->cfg.port = first->port;
+    hub->cfg.peer_port = first->has_peer_listener ? first->peer_port : -1;
+  } else {
+    kp_tls_ctx_options_t topt;
+    memset(&topt, 0, sizeof(topt));
+    topt.is_server = 1;
+    topt.cert_file = cfg->cert_file;
+    topt.key_file = cfg->key_file;
+    rc = kp_tls_ctx_new(&hub->tls, &topt, err, errlen);
+    if (rc == 0 && cfg->peer_cert_file != NULL)
+      rc = peer_contexts(hub, cfg, err, errlen);
     if (rc != 0) {
       kp_tls_ctx_free(hub->tls);
       free(hub);
       return rc;
     }
   }
-  hub->loop = loop;
-  hub->cfg = *cfg;
-  hub->cbs = *cbs;
-  hub->ud = ud;
   kp__backpool_init(&hub->fwd_pool, &fwd_hooks, hub, FWD_MAX_IDLE, FWD_IDLE_MS);
   hub->err = err;
   hub->errlen = errlen;
   uv_sem_init(&hub->done, 0);
-  rc = kp_loop_post(loop, hub_start, hub);
+  rc = (hub->tls == NULL || (hub->peer_tls && hub->peer_server_name == NULL))
+           ? KP_ENOMEM
+           : kp_loop_post(loop, hub_start, hub);
   if (rc == 0) {
     uv_sem_wait(&hub->done);
     rc = hub->setup_rc;
@@ -1156,8 +1541,66 @@ int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
     return rc;
   }
   hub->err = NULL;
-  *out = hub;
+  g->shards[i] = hub;
   return 0;
+}
+
+int kp_hub_new_on(kp_hub_t **out, kp_loop_t *const *loops, size_t nloops,
+                  const kp_hub_config_t *cfg, const kp_hub_callbacks_t *cbs,
+                  void *ud, char *err, size_t errlen) {
+  hub_group_t *g;
+  size_t i;
+  int rc = 0;
+  char dummy[1];
+  if (err == NULL) {
+    err = dummy;
+    errlen = sizeof(dummy);
+  }
+  *out = NULL;
+  if (nloops == 0 || nloops > KP_HUB_MAX_LOOPS) {
+    snprintf(err, errlen, "the hub runs on 1 to %d loops", KP_HUB_MAX_LOOPS);
+    return KP_EINVAL;
+  }
+  if ((g = calloc(1, sizeof(*g))) == NULL) return KP_ENOMEM;
+  if ((g->shards = calloc(nloops, sizeof(*g->shards))) == NULL ||
+      uv_mutex_init(&g->mu) != 0) {
+    free(g->shards);
+    free(g);
+    return KP_ENOMEM;
+  }
+  g->n = nloops;
+  for (i = 0; i < nloops && rc == 0; i++)
+    rc = shard_start(g, i, loops[i], cfg, cbs, ud, i ? g->shards[0] : NULL,
+                     err, errlen);
+  if (rc != 0) {
+    for (i = nloops; i-- > 0;)
+      if (g->shards[i]) shard_stop_and_free(g->shards[i]);
+    group_free(g);
+    return rc;
+  }
+  atomic_store_explicit(&g->open, 1, memory_order_release);
+  *out = g->shards[0];
+  return 0;
+}
+
+int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
+               const kp_hub_callbacks_t *cbs, void *ud, char *err,
+               size_t errlen) {
+  return kp_hub_new_on(out, &loop, 1, cfg, cbs, ud, err, errlen);
+}
+
+unsigned kp_hub_loop_count(const kp_hub_t *hub) {
+  return (unsigned)hub->group->n;
+}
+
+uint64_t kp_hub_accepted(const kp_hub_t *hub, unsigned loop) {
+  if (loop >= hub->group->n) return 0;
+  return atomic_load_explicit(&hub->group->shards[loop]->accepted,
+                              memory_order_relaxed);
+}
+
+uint64_t kp_hub_moved(const kp_hub_t *hub) {
+  return atomic_load_explicit(&hub->group->moved, memory_order_relaxed);
 }
 
 int kp_hub_port(const kp_hub_t *hub) { return hub->port; }
@@ -1211,13 +1654,42 @@ static void hub_stop(void *arg) {
     uv_close((uv_handle_t *)&hub->peer_listener, peer_listener_closed);
 }
 
-void kp_hub_free(kp_hub_t *hub) {
-  if (hub == NULL) return;
+static void shard_stop(kp_hub_t *hub) {
   if (kp_loop_post(hub->loop, hub_stop, hub) == 0) uv_sem_wait(&hub->done);
+}
+
+static void shard_free(kp_hub_t *hub) {
   kp_tls_ctx_free(hub->tls);
   peer_contexts_free(hub);
   uv_sem_destroy(&hub->done);
   free(hub);
+}
+
+static void shard_stop_and_free(kp_hub_t *hub) {
+  shard_stop(hub);
+  shard_free(hub);
+}
+
+static void barrier_run(void *arg) { uv_sem_post(arg); }
+
+void kp_hub_free(kp_hub_t *hub) {
+  hub_group_t *g;
+  uv_sem_t sem;
+  size_t i;
+  if (hub == NULL) return;
+  g = hub->group;
+  atomic_store(&g->open, 0);
+  /* Stop every shard, then let each loop run what was posted to it before
+   * (a move on its way: a stopping shard refuses it), then free: no loop
+   * touches a shard after that. */
+  for (i = 0; i < g->n; i++) shard_stop(g->shards[i]);
+  uv_sem_init(&sem, 0);
+  for (i = 0; i < g->n; i++)
+    if (kp_loop_post(g->shards[i]->loop, barrier_run, &sem) == 0)
+      uv_sem_wait(&sem);
+  uv_sem_destroy(&sem);
+  for (i = 0; i < g->n; i++) shard_free(g->shards[i]);
+  group_free(g);
 }
 
 typedef struct drop_req {
@@ -1236,11 +1708,23 @@ static void drop_run(void *arg) {
 }
 
 int kp_hub_drop_cluster(kp_hub_t *hub, const char *cluster) {
-  drop_req_t *d = malloc(sizeof(*d));
-  if (d == NULL) return KP_ENOMEM;
-  d->hub = hub;
-  d->cluster = strdup(cluster);
-  return kp_loop_post(hub->loop, drop_run, d);
+  hub_group_t *g = hub->group;
+  size_t i;
+  int rc = 0;
+  for (i = 0; i < g->n && rc == 0; i++) {
+    drop_req_t *d = malloc(sizeof(*d));
+    if (d == NULL || (d->cluster = strdup(cluster)) == NULL) {
+      free(d);
+      return KP_ENOMEM;
+    }
+    d->hub = g->shards[i];
+    rc = kp_loop_post(d->hub->loop, drop_run, d);
+    if (rc != 0) {
+      free(d->cluster);
+      free(d);
+    }
+  }
+  return rc;
 }
 
 static int current_head(hub_front_t *f, kp_http_head_t *head) {
@@ -1274,6 +1758,7 @@ static void list_run(void *arg) {
         info.streams = kp_mux_num_streams(s->mux);
         info.framed = s->framed;
         info.peer = s->conn->peer;
+        info.loop = l->hub->index;
         l->cb(&info, l->arg);
       }
     }
@@ -1286,13 +1771,16 @@ int kp_hub_list_sessions(kp_hub_t *hub,
                                     void *arg),
                          void *arg) {
   list_req_t l;
-  int rc;
-  l.hub = hub;
+  size_t i;
+  int rc = 0;
   l.cb = cb;
   l.arg = arg;
   if (uv_sem_init(&l.done, 0) != 0) return KP_ENOMEM;
-  rc = kp_loop_post(hub->loop, list_run, &l);
-  if (rc == 0) uv_sem_wait(&l.done);
+  for (i = 0; i < hub->group->n && rc == 0; i++) {
+    l.hub = hub->group->shards[i];
+    rc = kp_loop_post(l.hub->loop, list_run, &l);
+    if (rc == 0) uv_sem_wait(&l.done);
+  }
   uv_sem_destroy(&l.done);
   return rc;
 }
@@ -1308,27 +1796,22 @@ typedef struct reload_req {
 /* On the loop: new connections take the new contexts; each connection holds
  * a reference to the context it was made with, so dropping the hub's own
  * reference to the old one frees it only when its last connection is gone. */
+static void swap_ctx(kp_tls_ctx_t **slot, kp_tls_ctx_t *next) {
+  kp_tls_ctx_t *old = *slot;
+  if (next == NULL || old == NULL) return;
+  kp_tls_ctx_ref(next);
+  *slot = next;
+  kp_tls_ctx_free(old);
+}
+
+/* Each shard takes its own reference to the new contexts; the request
+ * keeps its own until every shard has its. */
 static void reload_run(void *arg) {
   reload_req_t *r = arg;
   kp_hub_t *hub = r->hub;
-  kp_tls_ctx_t *old;
-  if (r->tls) {
-    old = hub->tls;
-    hub->tls = r->tls;
-    kp_tls_ctx_free(old);
-  }
-  if (r->peer_tls && hub->peer_tls) {
-    old = hub->peer_tls;
-    hub->peer_tls = r->peer_tls;
-    r->peer_tls = NULL;
-    kp_tls_ctx_free(old);
-  }
-  if (r->peer_client && hub->peer_client) {
-    old = hub->peer_client;
-    hub->peer_client = r->peer_client;
-    r->peer_client = NULL;
-    kp_tls_ctx_free(old);
-  }
+  swap_ctx(&hub->tls, r->tls);
+  swap_ctx(&hub->peer_tls, r->peer_tls);
+  swap_ctx(&hub->peer_client, r->peer_client);
   uv_sem_post(&r->done);
 }
 
@@ -1338,15 +1821,16 @@ int kp_hub_reload_tls(kp_hub_t *hub, const char *cert_file,
                       char *err, size_t errlen) {
   reload_req_t r;
   kp_tls_ctx_options_t o;
+  size_t i;
   int rc;
   char dummy[1];
   if (err == NULL) {
     err = dummy;
     errlen = sizeof(dummy);
   }
-  if (kp_loop_is_current(hub->loop)) return KP_EINVAL;
+  for (i = 0; i < hub->group->n; i++)
+    if (kp_loop_is_current(hub->group->shards[i]->loop)) return KP_EINVAL;
   memset(&r, 0, sizeof(r));
-  r.hub = hub;
   memset(&o, 0, sizeof(o));
   o.is_server = 1;
   o.cert_file = cert_file;
@@ -1368,14 +1852,15 @@ int kp_hub_reload_tls(kp_hub_t *hub, const char *cert_file,
   }
   if (rc == 0) {
     uv_sem_init(&r.done, 0);
-    rc = kp_loop_post(hub->loop, reload_run, &r);
-    if (rc == 0) uv_sem_wait(&r.done);
-    else kp_tls_ctx_free(r.tls);
+    for (i = 0; i < hub->group->n && rc == 0; i++) {
+      r.hub = hub->group->shards[i];
+      rc = kp_loop_post(r.hub->loop, reload_run, &r);
+      if (rc == 0) uv_sem_wait(&r.done);
+    }
     uv_sem_destroy(&r.done);
-  } else {
-    kp_tls_ctx_free(r.tls);
   }
-  /* Not taken (no peer listener, or a failure): ours to free. */
+  /* The shards hold their own references. */
+  kp_tls_ctx_free(r.tls);
   kp_tls_ctx_free(r.peer_tls);
   kp_tls_ctx_free(r.peer_client);
   return rc;

@@ -835,29 +835,41 @@ void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,
   pump(r);
 }
 
-void kp__relay_take_front(kp__relay_t *r, uint8_t **rest, size_t *rest_len) {
-  size_t total = 0;
+int kp__relay_take_front(kp__relay_t *r, int with_head, uint8_t **out,
+                         size_t *out_len) {
+  size_t total = with_head ? r->req.hlen : 0, off = 0;
   qnode_t *q;
   uint8_t *buf = NULL;
+  int rc = 0;
   r->deciding = 0;
   for (q = r->req.qh; q; q = q->next) total += q->s.len;
   if (total) {
     buf = malloc(total);
     if (buf != NULL) {
-      size_t off = 0;
+      if (with_head) {
+        memcpy(buf, r->req.hbuf, r->req.hlen);
+        off = r->req.hlen;
+      }
       for (q = r->req.qh; q; q = q->next) {
         memcpy(buf + off, q->s.base, q->s.len);
         off += q->s.len;
       }
     } else {
       total = 0;
+      rc = KP_ENOMEM;
     }
   }
-  *rest = buf;
-  *rest_len = total;
+  *out = buf;
+  *out_len = total;
   q_clear(&r->req);
   r->front_closed = 1; /* no longer ours */
   finish(r);
+  return rc;
+}
+
+void kp__relay_front_start(kp__relay_t *r) {
+  if (!r->done && !r->front_closed && !r->req.paused && r->front.ops->read)
+    r->front.ops->read(r->front.h, 1);
 }
 
 void kp__relay_current_head(kp__relay_t *r, const uint8_t **raw,

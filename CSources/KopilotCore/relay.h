@@ -134,10 +134,18 @@ int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
  * body, if any, is read and dropped. close_after: end the connection. */
 void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,
                        int close_after);
-/* Hands the front over (e.g. to an agent session after a 101): the relay
- * stops using it and finishes; bytes already read past the head are copied
- * to *rest (owned, malloc'd, may be NULL when *rest_len is 0). */
-void kp__relay_take_front(kp__relay_t *r, uint8_t **rest, size_t *rest_len);
+/* Hands the front over (to an agent session after a 101, or to another
+ * loop): the relay stops using it and finishes. The bytes already read past
+ * the head, after the head itself when with_head, are copied to *out
+ * (owned, malloc'd; NULL when *out_len is 0). Returns 0, or KP_ENOMEM when
+ * they could not be copied (the front is let go all the same: close it). */
+int kp__relay_take_front(kp__relay_t *r, int with_head, uint8_t **out,
+                         size_t *out_len);
+/* For a front that starts with its reads off (a conn moved from another
+ * loop, its first bytes fed with kp__relay_front_data): turns them on
+ * unless the relay paused the front meanwhile (it turns them on itself
+ * when it wants more). */
+void kp__relay_front_start(kp__relay_t *r);
 /* The current request's head bytes (valid until the next request). */
 void kp__relay_current_head(kp__relay_t *r, const uint8_t **raw, size_t *len);
 /* Closes the front and any back at once. */

@@ -304,7 +304,8 @@ int kp__sess_start(kp__sess_t **out, kp__conn_t *conn, int is_server,
   kp__sess_t *s = calloc(1, sizeof(*s));
   kp_mux_config_t cfg;
   int rc;
-  static uint64_t next_id = 1; /* loop thread only */
+  /* Unique across every loop of the process (hub or agent). */
+  static _Atomic uint64_t next_id = 1;
   if (s == NULL) return KP_ENOMEM;
   kp_mux_config_default(&cfg, is_server);
   if (window > cfg.window) cfg.window = window;

@@ -98,7 +98,7 @@ public final class Hub: @unchecked Sendable {
     }
   }
 
-  private let loop: Loop
+  private let loops: [Loop]
   private var handle: OpaquePointer?
   private let router: (HubRequest, HubResponder) -> HubAnswer?
   /// Held while a late answer is handed to the core, and by stop(): an
@@ -132,19 +132,33 @@ public final class Hub: @unchecked Sendable {
     public var openStreams: UInt32
     public var framed: Bool
     public var peer: String
+    /// The loop that holds it (0 ..< loopCount).
+    public var loop: Int = 0
   }
 
   /// A router that always answers at once.
   public convenience init(loop: Loop, config: Config, router: @escaping (HubRequest) -> HubAnswer) throws {
-    try self.init(loop: loop, config: config, deferringRouter: { r, _ in router(r) })
+    try self.init(loops: [loop], config: config, deferringRouter: { r, _ in router(r) })
+  }
+
+  /// A router that always answers at once, on several loops.
+  public convenience init(loops: [Loop], config: Config, router: @escaping (HubRequest) -> HubAnswer) throws {
+    try self.init(loops: loops, config: config, deferringRouter: { r, _ in router(r) })
+  }
+
+  public convenience init(loop: Loop, config: Config, deferringRouter router: @escaping (HubRequest, HubResponder) -> HubAnswer?) throws {
+    try self.init(loops: [loop], config: config, deferringRouter: router)
   }
 
   /// `deferringRouter` answers at once, or returns nil and answers later,
   /// from any thread, through the responder (an authorization that has to
   /// ask the host cluster). The caller may hang up meanwhile; the answer is
   /// then dropped by the core.
-  public init(loop: Loop, config: Config, deferringRouter router: @escaping (HubRequest, HubResponder) -> HubAnswer?) throws {
-    self.loop = loop
+  /// Runs on every loop in `loops`: each listens on the same port and owns
+  /// the connections it accepts; the router is called on the loop of the
+  /// connection, so from several threads at once.
+  public init(loops: [Loop], config: Config, deferringRouter router: @escaping (HubRequest, HubResponder) -> HubAnswer?) throws {
+    self.loops = loops
     self.router = router
     var cfg = kp_hub_config_t()
     var cbs = kp_hub_callbacks_t()
@@ -184,7 +198,10 @@ public final class Hub: @unchecked Sendable {
           cfg.keepalive_ms = config.keepaliveMs
           cfg.head_timeout_ms = config.headTimeoutMs
           kp_memory_budget_set(config.memoryBudget)
-          return kp_hub_new(&h, loop.handle, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
+          let handles: [OpaquePointer?] = loops.map { $0.handle }
+          return handles.withUnsafeBufferPointer { l in
+            kp_hub_new_on(&h, l.baseAddress, l.count, &cfg, &cbs, Unmanaged.passUnretained(self).toOpaque(), &err, err.count)
+          }
         }
       }
     }
@@ -205,10 +222,18 @@ public final class Hub: @unchecked Sendable {
       let b = Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue()
       let i = info!.pointee
       b.list.append(SessionInfo(cluster: String(cString: i.cluster), id: i.session, openStreams: i.streams,
-                                framed: i.framed != 0, peer: String(cString: i.peer)))
+                                framed: i.framed != 0, peer: String(cString: i.peer), loop: Int(i.loop)))
     }, Unmanaged.passUnretained(box).toOpaque())
     return box.list
   }
+
+  /// The loops the hub runs on.
+  public var loopCount: Int { loops.count }
+  /// Connections each loop's caller listener accepted (callers and agents).
+  public func accepted(loop: Int) -> UInt64 { handle.map { kp_hub_accepted($0, UInt32(loop)) } ?? 0 }
+  /// Connections moved to another loop: requests whose cluster had no
+  /// session on their own loop, and agents spread over the loops.
+  public var moved: UInt64 { handle.map { kp_hub_moved($0) } ?? 0 }
 
   /// Stops serving: closes the listener, every caller and every session.
   public func stop() {

@@ -71,8 +71,12 @@ struct AgentCommand: ParsableCommand {
   @Option(help: "Parallel sessions to the hub; the hub spreads requests over them. Two are plenty in a cluster; the benchmark (kopilot-perf) opens thousands from one process.")
   var sessions: Int = 2
 
-  @Option(help: "Event loops (threads) the sessions are spread over, each with its own connections to the API server. Default: the CPUs this process may use (its affinity mask and cgroup CPU quota), at most one per session.")
+  @Option(help: "Event loops (threads) the sessions are spread over, each with its own connections to the API server. Default: the CPUs this process may use (its affinity mask and cgroup CPU quota), at most one per session. Env: LOOPS.")
   var loops: Int?
+
+  private var loopsWanted: Int? {
+    loops ?? ProcessInfo.processInfo.environment["LOOPS"].flatMap { Int($0) }
+  }
 
   @Option(help: "Seconds between keepalive pings to the hub; a ping unanswered that long ends the session.")
   var keepalive: Double = 30
@@ -98,7 +102,7 @@ struct AgentCommand: ParsableCommand {
     }
     guard wire == "framed" || wire == "raw" else { throw ValidationError("--wire is framed or raw") }
     guard (1...10_000).contains(sessions) else { throw ValidationError("--sessions is 1 to 10000") }
-    if let l = loops, !(1...1024).contains(l) { throw ValidationError("--loops is 1 to 1024") }
+    if let l = loopsWanted, !(1...1024).contains(l) { throw ValidationError("--loops is 1 to 1024") }
     guard (1...4096).contains(upstreamIdleConns) else { throw ValidationError("--upstream-idle-conns is 1 to 4096") }
     guard upstreamIdleTimeout > 0 else { throw ValidationError("--upstream-idle-timeout must be positive") }
   }
@@ -144,7 +148,7 @@ struct AgentCommand: ParsableCommand {
     cfg.upstreamIdleMs = UInt64(max(0.001, upstreamIdleTimeout) * 1000)
     // Session i runs on loop i mod N: each loop owns its sessions and their
     // upstream connections, so one busy member cluster uses every loop.
-    let loopCount = min(loops ?? Loop.availableCPUs, sessions)
+    let loopCount = min(loopsWanted ?? Loop.availableCPUs, sessions)
     let eventLoops = try (0..<loopCount).map { _ in try Loop() }
     let firstToken = fixedToken ?? tokens?.readIfChanged()
     let supervisors = try (1...sessions).map { i in

@@ -101,12 +101,16 @@ struct Serve: ParsableCommand {
   @Option(name: .customLong("header-timeout"), help: "Seconds a caller has to send each complete request head (bounds slowloris callers and idle keep-alive connections). Env: HEADER_TIMEOUT_SECONDS.")
   var headerTimeout: Double?
 
+  @Option(help: "Event loops (threads) that serve callers and agents, each with its own connections and sessions, all on one port (SO_REUSEPORT). Default: the CPUs this process may use (its affinity mask, capped by its cgroup CPU quota: limits.cpu 4 gives 4). Env: LOOPS.")
+  var loops: Int?
+
   @Option(name: .customLong("tls-reload-interval"), help: "Seconds between checks of the certificate files; changed files (a renewal) are loaded for new connections.")
   var tlsReloadInterval: Double = 30
 
   @OptionGroup(title: "Kubernetes mode") var kube: KubeOptions
 
   func validate() throws {
+    if let l = loops ?? Int(state.env("LOOPS") ?? ""), !(1...1024).contains(l) { throw ValidationError("--loops is 1 to 1024") }
     if let h = headerTimeout, !(0.1...3600).contains(h) { throw ValidationError("--header-timeout is 0.1 to 3600 seconds") }
     if let k = keepalive, !(0.1...3600).contains(k) { throw ValidationError("--keepalive is 0.1 to 3600 seconds") }
     if let w = muxWindowKiB, !(256...65536).contains(w) { throw ValidationError("--mux-window is 256 to 65536 KiB") }
@@ -168,6 +172,12 @@ struct Serve: ParsableCommand {
     }
   }
 
+  /// The loops the hub runs on (--loops, LOOPS, or the CPUs it may use).
+  func eventLoops() throws -> [Loop] {
+    let n = loops ?? Int(state.env("LOOPS") ?? "") ?? Loop.availableCPUs
+    return try (0..<n).map { _ in try Loop() }
+  }
+
   func hubConfig(cert: String, key: String) throws -> Hub.Config {
     let b = try hubConfigBase
     var cfg = Hub.Config(certFile: cert, keyFile: key)
@@ -223,9 +233,9 @@ struct Serve: ParsableCommand {
     // The router is made once the port is known: without --public-addr,
     // manifests point at the address the hub really listens on.
     let box = RouterBox()
-    let loop = try Loop()
+    let loops = try eventLoops()
     let cfg = try hubConfig(cert: paths.hubCert, key: paths.hubKey)
-    let hub = try Hub(loop: loop, config: cfg, deferringRouter: { box.route($0, $1) })
+    let hub = try Hub(loops: loops, config: cfg, deferringRouter: { box.route($0, $1) })
     let pub = given ?? "\(cfg.bindHost == "0.0.0.0" || cfg.bindHost == "::" ? "127.0.0.1" : cfg.bindHost):\(hub.port)"
     let metrics = HubMetrics(isCluster: { registry.cluster(id: $0) != nil })
     box.router = HubRouter(
@@ -247,7 +257,7 @@ struct Serve: ParsableCommand {
       }
     }
     let certs = watchCertificates(hub, cfg, log)
-    log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) clusters=\(registry.clusters().count) public-addr=\(pub)")
+    log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) loops=\(hub.loopCount) clusters=\(registry.clusters().count) public-addr=\(pub)")
     waitForTermination()
     log.notice("kopilot-hub stopping")
     certs.stop()
@@ -306,7 +316,7 @@ struct Serve: ParsableCommand {
     let local = LocalSessions()
     let status = ClusterStatusWriter(client: api, replica: replica, address: address, local: local, peers: peers)
     let box = RouterBox()
-    let loop = try Loop()
+    let loops = try eventLoops()
     var cfg = try hubConfig(cert: cert, key: key)
     if let pc = kube.peerCert ?? state.env("PEER_CERT"), let pk = kube.peerKey ?? state.env("PEER_KEY"),
        let pca = kube.peerCA ?? state.env("PEER_CA") {
@@ -319,7 +329,7 @@ struct Serve: ParsableCommand {
     } else {
       log.warning("no --peer-cert/--peer-key/--peer-ca (PEER_CERT, PEER_KEY, PEER_CA): this replica neither takes nor forwards requests for other replicas")
     }
-    let hub = try Hub(loop: loop, config: cfg, deferringRouter: { box.route($0, $1) })
+    let hub = try Hub(loops: loops, config: cfg, deferringRouter: { box.route($0, $1) })
     let metrics = HubMetrics(isCluster: { registry.cluster(id: $0) != nil })
     metrics.beforeRender = { m in
       m.reviews(kind: "token", authn.stats)
@@ -366,7 +376,7 @@ struct Serve: ParsableCommand {
     }
     // Entries a previous run of this replica left in Cluster statuses.
     for c in registry.objects() where (c.status?.hubs ?? []).contains(where: { $0.name == replica }) { status.touch(c.id) }
-    log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) peer-port=\(hub.peerPort) webhook-port=\(webhook?.port ?? 0) clusters=\(registry.clusters().count) public-addr=\(fixedPublic ?? "(ConfigMap kopilot-hub)")")
+    log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) loops=\(hub.loopCount) peer-port=\(hub.peerPort) webhook-port=\(webhook?.port ?? 0) clusters=\(registry.clusters().count) public-addr=\(fixedPublic ?? "(ConfigMap kopilot-hub)")")
     let certs = watchCertificates(hub, cfg, log)
     waitForTermination()
     log.notice("kopilot-hub stopping")

@@ -90,7 +90,7 @@ static void on_request(kp__relay_t *r, const kp_http_head_t *head,
   default: {
     uint8_t *rest;
     size_t rest_len;
-    kp__relay_take_front(r, &rest, &rest_len);
+    (void)kp__relay_take_front(r, 0, &rest, &rest_len);
     free(rest);
     break;
   }

@@ -226,6 +226,7 @@ typedef struct kp_hub_session_info {
   uint32_t streams;    /* open mux streams (requests in flight) */
   int framed;          /* 1: kopilot.v2 WebSocket messages; 0: raw */
   const char *peer;    /* the agent's address, "ip:port" */
+  unsigned loop;       /* the loop that holds it, 0 to loops - 1 */
 } kp_hub_session_info_t;
 
 /* Calls cb for every live session, on the loop thread, and returns when
@@ -235,8 +236,30 @@ int kp_hub_list_sessions(kp_hub_t *hub,
                                     void *arg),
                          void *arg);
 
-/* Binds and starts serving on `loop`. Returns 0, or an error with a message
- * in err (certificate, bind). Callable from any thread but the loop's. */
+#define KP_HUB_MAX_LOOPS 1024
+
+/* Binds and starts serving on `nloops` loops (1 to KP_HUB_MAX_LOOPS), one
+ * shard each: with more than one, every loop listens on the same port with
+ * SO_REUSEPORT and the kernel spreads connections over them. Each loop owns
+ * its connections and sessions. A request whose cluster has no session on
+ * its loop moves, with its connection, to a loop that has one, and agent
+ * sessions of a cluster are spread over the loops. Callbacks run on the
+ * loop of the connection and get that loop's shard as `hub` (use ud to find
+ * the owner; the handle returned here is the one the other calls take).
+ * Returns 0, or an error with a message in err (certificate, bind).
+ * Callable from any thread but the loops'. */
+int kp_hub_new_on(kp_hub_t **out, kp_loop_t *const *loops, size_t nloops,
+                  const struct kp_hub_config *cfg,
+                  const struct kp_hub_callbacks *cbs, void *ud, char *err,
+                  size_t errlen);
+/* Loops the hub runs on; connections accepted on one loop's caller
+ * listener (agents and callers); connections moved to another loop. Any
+ * thread; for tests and metrics. */
+unsigned kp_hub_loop_count(const kp_hub_t *hub);
+uint64_t kp_hub_accepted(const kp_hub_t *hub, unsigned loop);
+uint64_t kp_hub_moved(const kp_hub_t *hub);
+
+/* kp_hub_new_on with one loop. */
 int kp_hub_new(kp_hub_t **out, kp_loop_t *loop, const kp_hub_config_t *cfg,
                const kp_hub_callbacks_t *cbs, void *ud, char *err,
                size_t errlen);
