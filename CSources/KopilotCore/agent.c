@@ -208,8 +208,7 @@ static void hub_read(kp__conn_t *c, const uint8_t *p, size_t n,
                      kp_chunk_t *chunk) {
   kp_agent_t *a = c->ud;
   kp_http_head_t head;
-  const kp_http_header_t *acc, *proto;
-  char want[29];
+  const kp_http_header_t *proto;
   uint8_t *nb;
   int rc, framed;
   (void)chunk;
@@ -233,10 +232,8 @@ static void hub_read(kp__conn_t *c, const uint8_t *p, size_t n,
                                                                : KP_EPROTO);
     return;
   }
-  acc = kp_http_find_header(&head, "sec-websocket-accept");
   proto = kp_http_find_header(&head, "sec-websocket-protocol");
-  kp_ws_accept_key(a->ws_key, strlen(a->ws_key), want);
-  if (acc == NULL || acc->value_len != 28 || memcmp(acc->value, want, 28) != 0) {
+  if (kp_ws_check_response(head.headers, head.num_headers, a->ws_key) != 0) {
     kp__conn_close(c, KP_EPROTO);
     return;
   }

@@ -15,6 +15,7 @@
 #include "internal.h"
 
 #include <limits.h>
+#include <strings.h>
 
 /* ------------------------------------------------------------------ */
 /* Character classes (RFC 9110 §5.6.2, §5.5)                           */
@@ -188,6 +189,19 @@ static int kp__list_next(const char *v, size_t len, size_t *pos,
   *elen = t - s;
   *pos = i + 1; /* past the comma, or len + 1 after the last element */
   return 1;
+}
+
+int kp__headers_list(const kp_http_header_t *h, size_t n, const char *name,
+                     const char *token, size_t token_len) {
+  size_t i;
+  for (i = 0; i < n; i++) {
+    size_t pos = 0, elen;
+    const char *e;
+    if (!kp__strieq(h[i].name, h[i].name_len, name)) continue;
+    while (kp__list_next(h[i].value, h[i].value_len, &pos, &e, &elen))
+      if (elen == token_len && strncasecmp(e, token, token_len) == 0) return 1;
+  }
+  return 0;
 }
 
 /* Content-Length = 1*DIGIT (RFC 9110 §8.6). A list of identical values is

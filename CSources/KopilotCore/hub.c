@@ -680,16 +680,35 @@ static void respond_json(hub_front_t *f, int status, const char *reason,
   free(resp);
 }
 
-static void status_json(hub_front_t *f, int status, const char *reason,
-                        const char *msg) {
-  size_t n;
-  uint8_t *resp = kp__http_build_status(status, reason, msg, 0, &n);
-  if (resp == NULL) {
+/* A Status answer, with `extra` (whole header lines, or "") after the
+ * status line. */
+static void status_json_with(hub_front_t *f, int status, const char *reason,
+                             const char *msg, const char *extra) {
+  size_t n, head, x = strlen(extra);
+  uint8_t *resp = kp__http_build_status(status, reason, msg, 0, &n), *out;
+  uint8_t *eol = resp ? memchr(resp, '\n', n) : NULL;
+  if (eol != NULL && x == 0) {
+    kp__relay_respond(f->relay, resp, n, 0);
+    free(resp);
+    return;
+  }
+  if (eol == NULL || (out = malloc(n + x)) == NULL) {
+    free(resp);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }
-  kp__relay_respond(f->relay, resp, n, 0);
+  head = (size_t)(eol + 1 - resp);
+  memcpy(out, resp, head);
+  memcpy(out + head, extra, x);
+  memcpy(out + head + x, resp + head, n - head);
+  kp__relay_respond(f->relay, out, n + x, 0);
+  free(out);
   free(resp);
+}
+
+static void status_json(hub_front_t *f, int status, const char *reason,
+                        const char *msg) {
+  status_json_with(f, status, reason, msg, "");
 }
 
 /* Answers posted from another thread carry their arguments here. */
@@ -836,43 +855,22 @@ static void do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   proxied_local(f, cluster, 503);
 }
 
-/* RFC 6455 4.2.1: what makes a valid opening handshake. */
-static int ws_request_ok(const kp_http_head_t *h, const kp_http_header_t **key) {
-  const kp_http_header_t *up = kp_http_find_header(h, "upgrade");
-  const kp_http_header_t *ver = kp_http_find_header(h, "sec-websocket-version");
-  *key = kp_http_find_header(h, "sec-websocket-key");
-  if (!(h->flags & KP_HTTP_F_UPGRADE) || up == NULL || *key == NULL ||
-      ver == NULL)
-    return 0;
-  if (!kp__strieq(up->value, up->value_len, "websocket")) return 0;
-  if (!(ver->value_len == 2 && memcmp(ver->value, "13", 2) == 0)) return 0;
-  return h->method_len == 3 && memcmp(h->method, "GET", 3) == 0;
-}
-
-/* Does the agent offer our framed subprotocol? */
-static int offers_framed(const kp_http_head_t *h) {
-  size_t i, pl = strlen(KP_WS_SUBPROTOCOL);
-  for (i = 0; i < h->num_headers; i++) {
-    const kp_http_header_t *x = &h->headers[i];
-    const char *v = x->value, *end = x->value + x->value_len;
-    if (!kp__strieq(x->name, x->name_len, "sec-websocket-protocol")) continue;
-    while (v < end) {
-      const char *t;
-      while (v < end && (*v == ' ' || *v == ',')) v++;
-      t = v;
-      while (v < end && *v != ',' && *v != ' ') v++;
-      if ((size_t)(v - t) == pl && memcmp(t, KP_WS_SUBPROTOCOL, pl) == 0)
-        return 1;
-    }
-  }
-  return 0;
+/* RFC 6455 4.2.1: a GET that asks for an upgrade, with the WebSocket
+ * headers ws.c checks (kp_ws_check_request). */
+static int ws_request_check(const kp_http_head_t *h, const char **key,
+                            size_t *key_len) {
+  if (!(h->flags & KP_HTTP_F_UPGRADE) || h->method_len != 3 ||
+      memcmp(h->method, "GET", 3) != 0)
+    return KP_EBADMSG;
+  return kp_ws_check_request(h->headers, h->num_headers, key, key_len);
 }
 
 static void do_accept_agent(hub_front_t *f, const char *cluster) {
   kp_hub_t *hub = f->hub;
   kp_http_head_t head;
-  const kp_http_header_t *key;
-  char accept[29], resp[512], keybuf[128];
+  const char *key;
+  size_t key_len;
+  char accept[29], resp[512];
   int framed, n;
   uint8_t *rest = NULL;
   size_t rest_len = 0;
@@ -885,17 +883,22 @@ static void do_accept_agent(hub_front_t *f, const char *cluster) {
     if (to != NULL && move_front(f, to, MOVE_AGENT, cluster, NULL) == 0)
       return;
   }
-  if (current_head(f, &head) != 0 || !ws_request_ok(&head, &key) ||
-      key->value_len >= sizeof(keybuf)) {
+  rc = current_head(f, &head);
+  if (rc == 0) rc = ws_request_check(&head, &key, &key_len);
+  if (rc == KP_EUNSUPPORTED) {
+    /* RFC 6455 4.2.2 / 4.4: 426 naming the version we speak. */
+    status_json_with(f, 426, "UpgradeRequired",
+                     "only WebSocket version 13 is spoken here",
+                     "Sec-WebSocket-Version: 13\r\n");
+    return;
+  }
+  if (rc != 0 || kp_ws_accept_key(key, key_len, accept) != 0) {
     status_json(f, 400, "BadRequest", "expected a WebSocket upgrade (RFC 6455)");
     return;
   }
-  memcpy(keybuf, key->value, key->value_len);
-  if (kp_ws_accept_key(keybuf, key->value_len, accept) != 0) {
-    status_json(f, 400, "BadRequest", "bad Sec-WebSocket-Key");
-    return;
-  }
-  framed = offers_framed(&head);
+  framed = kp__headers_list(head.headers, head.num_headers,
+                            "sec-websocket-protocol", KP_WS_SUBPROTOCOL,
+                            strlen(KP_WS_SUBPROTOCOL));
   n = snprintf(resp, sizeof(resp),
                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",

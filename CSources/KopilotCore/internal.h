@@ -41,6 +41,13 @@ static inline void kp__store64(uint8_t *p, uint64_t v) {
 /* ASCII case-insensitive comparison of a counted string with a C string. */
 int kp__strieq(const char *a, size_t alen, const char *b);
 
+/* Whether a header line named `name` (any of several) lists `token` in its
+ * comma-separated value (RFC 9110 5.6.1: elements OWS-trimmed; token and
+ * name compared case-insensitively). The one list tokenizer of the core. */
+struct kp_http_header;
+int kp__headers_list(const struct kp_http_header *h, size_t n,
+                     const char *name, const char *token, size_t token_len);
+
 /* Draws n bytes from the memory budget (kp_memory_budget_set): 1 when
  * they fit (or there is no budget), 0 when they would pass it. */
 int kp__budget_take(uint64_t n);

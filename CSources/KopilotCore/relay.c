@@ -908,23 +908,8 @@ static void sb_str(sbuf_t *b, const char *s) { sb_add(b, s, strlen(s)); }
 /* Is `name` listed in a Connection header of `head`? */
 static int named_by_connection(const kp_http_head_t *head, const char *name,
                                size_t len) {
-  size_t i;
-  for (i = 0; i < head->num_headers; i++) {
-    const kp_http_header_t *h = &head->headers[i];
-    const char *v = h->value, *end = h->value + h->value_len;
-    if (!kp__strieq(h->name, h->name_len, "connection")) continue;
-    while (v < end) {
-      const char *t = v;
-      size_t tl;
-      while (v < end && *v != ',') v++;
-      while (t < v && (*t == ' ' || *t == '\t')) t++;
-      tl = (size_t)(v - t);
-      while (tl && (t[tl - 1] == ' ' || t[tl - 1] == '\t')) tl--;
-      if (tl == len && strncasecmp(t, name, len) == 0) return 1;
-      if (v < end) v++;
-    }
-  }
-  return 0;
+  return kp__headers_list(head->headers, head->num_headers, "connection",
+                          name, len);
 }
 
 /* Fields never copied from the incoming head: hop-by-hop ones (RFC 9110

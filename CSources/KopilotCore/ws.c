@@ -40,31 +40,10 @@ int kp_ws_client_key(char out[25]) {
   return 0;
 }
 
-/* Whether a comma-separated header value lists `token` (case-insensitive);
- * optional whitespace around elements (RFC 9110 5.6.1). */
-static int ws_has_token(const char *v, size_t n, const char *token) {
-  size_t i = 0;
-  while (i < n) {
-    size_t s, e;
-    while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
-    s = i;
-    while (i < n && v[i] != ',') i++;
-    e = i;
-    while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
-    if (e > s && kp__strieq(v + s, e - s, token)) return 1;
-  }
-  return 0;
-}
-
 /* Whether any header line named `name` lists `token`. */
 static int ws_headers_have_token(const kp_http_header_t *h, size_t n,
                                  const char *name, const char *token) {
-  size_t i;
-  for (i = 0; i < n; i++)
-    if (kp__strieq(h[i].name, h[i].name_len, name) &&
-        ws_has_token(h[i].value, h[i].value_len, token))
-      return 1;
-  return 0;
+  return kp__headers_list(h, n, name, token, strlen(token));
 }
 
 /* The single header named `name`: 1 found, 0 absent, -1 repeated. */

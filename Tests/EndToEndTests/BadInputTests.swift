@@ -64,6 +64,29 @@ final class BadInputTests: E2ETestCase {
     try stillServing()
   }
 
+  /// An agent's upgrade is checked by ws.c's RFC 6455 rules: a version
+  /// other than 13 gets 426 naming 13 (4.2.2), a key that is not base64 of
+  /// 16 bytes or a missing Connection: Upgrade gets 400; no session comes.
+  func testBadWebSocketUpgradesAreRefused() throws {
+    let url = "https://127.0.0.1:\(world.hubPort)/connect"
+    func upgrade(_ headers: [String: String]) throws -> String {
+      var h = ["Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Authorization": "Bearer \(Tokens.sample)"]
+      for (k, v) in headers { h[k] = v }
+      let args = h.sorted { $0.key < $1.key }.flatMap { ["-H", $0.value.isEmpty ? "\($0.key);" : "\($0.key): \($0.value)"] }
+      return try world.curl(["-i", "--http1.1"] + args + [url], timeout: 10).text
+    }
+    let v8 = try upgrade(["Sec-WebSocket-Version": "8"])
+    XCTAssertTrue(v8.hasPrefix("HTTP/1.1 426 "), v8)
+    XCTAssertTrue(v8.lowercased().contains("sec-websocket-version: 13\r\n"), v8)
+    XCTAssertTrue(v8.contains("\"kind\":\"Status\""), v8)
+    let shortKey = try upgrade(["Sec-WebSocket-Key": "c2hvcnQ="])
+    XCTAssertTrue(shortKey.hasPrefix("HTTP/1.1 400 "), shortKey)
+    let noConnection = try upgrade(["Connection": "keep-alive"])
+    XCTAssertTrue(noConnection.hasPrefix("HTTP/1.1 400 "), noConnection)
+    try stillServing()
+  }
+
   func testWrongAgentTokenGets401BeforeAnyUpgrade() throws {
     XCTAssertEqual(try badPeer("mux-bad", token: "not-a-cluster-token-0000").first, "HTTP/1.1 401 Unauthorized")
   }
