@@ -163,21 +163,21 @@ final class Bench {
 
   // MARK: targets
 
-  func startTarget(_ kind: TargetKind) throws -> Target {
+  func startTarget(_ kind: TargetKind, sessions: Int = 1) throws -> Target {
     switch kind {
     case .direct:
       return Target(kind: .direct, base: upstreamURL, hub: nil, agent: nil)
     case .kopilot:
       let hub = try startKopilotHub(name: "kopilot-hub", port: 0)
       let port = try hub.listeningPort()
-      let agent = try startKopilotAgent(name: "kopilot-agent", hubPort: port, sessions: 1)
+      let agent = try startKopilotAgent(name: "kopilot-agent", hubPort: port, sessions: sessions)
       try agent.waitFor("connected to the hub")
       try hub.waitFor("agent session up")
       return Target(kind: .kopilot, base: "https://127.0.0.1:\(port)/proxy/\(Bench.cluster)", hub: hub, agent: agent)
     case .baseline:
       let hub = try startBaseHub(name: "basehub", port: 0)
       let port = try hub.listeningPort()
-      let agent = try startBaseAgent(name: "baseagent", hubPort: port, sessions: 1)
+      let agent = try startBaseAgent(name: "baseagent", hubPort: port, sessions: sessions)
       try hub.waitFor("agent session up")
       return Target(kind: .baseline, base: "https://127.0.0.1:\(port)/proxy/\(Bench.cluster)", hub: hub, agent: agent)
     case .nginx:

@@ -94,7 +94,8 @@ enum Format {
   /// "kopilot / other", written so that above 1 is always kopilot ahead:
   /// for lower-is-better figures it is other / kopilot.
   static func ratio(_ k: Double?, _ o: Double?, better: String) -> String {
-    guard let k, let o, k > 0, o > 0 else { return "—" }
+    // "info" figures (cores used) are context, not a contest.
+    guard let k, let o, k > 0, o > 0, better != "info" else { return "—" }
     let r = better == "higher" ? k / o : o / k
     return String(format: "%.2f×", r)
   }
@@ -107,7 +108,7 @@ enum Format {
     if targets.contains(.kopilot) { header += others.map { "vs \($0.title)" } }
     var rows = [header, header.map { _ in "---" }]
     for f in figures {
-      let arrow = f.better == "higher" ? "↑" : "↓"
+      let arrow = f.better == "higher" ? "↑" : f.better == "lower" ? "↓" : "·"
       var row = [f.scenario, "\(f.metric) (\(f.unit)) \(arrow)"]
       row += targets.map { t in f.values[t.rawValue].map { number($0, unit: f.unit) } ?? "—" }
       if targets.contains(.kopilot) {

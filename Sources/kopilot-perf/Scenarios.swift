@@ -28,7 +28,15 @@ struct Settings {
 }
 
 enum Scenario: String, CaseIterable {
-  case bulk, cpu, requests, streams, slow, idle, storm
+  case bulk, cpu, requests, streams, slow, idle, storm, scale
+}
+
+/// What went wrong in work spread over threads; `lock` guards `items`.
+final class Failures: @unchecked Sendable {
+  private let lock = NSLock()
+  private var items: [String] = []
+  func add(_ s: String) { lock.lock(); items.append(s); lock.unlock() }
+  var list: [String] { lock.lock(); defer { lock.unlock() }; return items }
 }
 
 /// Runs the scenarios against running targets and records what they measured.
@@ -127,6 +135,80 @@ struct Runner {
                            Format.grouped((n / secs).rounded()), obj["p50_us"] ?? 0, obj["p99_us"] ?? 0,
                            obj["p999_us"] ?? 0, errors > 0 ? ", \(Int(errors)) errors" : ""))
     if errors > 0 { results.fail("requests c=\(c) via \(t.kind.title): \(Int(errors)) errors of \(Int(n))") }
+  }
+
+  // MARK: scale
+
+  /// Load from every core at once, and the cores each process group used
+  /// for it (CPU seconds over wall seconds, from /proc): small GETs from
+  /// wrk with one thread and 32 connections per core, then one download
+  /// per core in parallel. For Kopilot also the hub alone: wrk against its
+  /// own /healthz answer, with no agent or member in the way, which is the
+  /// run that shows whether the hub itself spreads over the cores.
+  func scale(_ t: Target, cores: Int) throws {
+    let s = "scale"
+    let (rps, p99, hubGET, agentGET) = try wrkLoad(t, url: "\(t.base)/api/v1/namespaces/default/pods/small",
+                                                    threads: cores, connections: 32 * cores)
+    results.add(s, "small GETs req/s", unit: "req/s", better: "higher", target: t.kind, value: rps)
+    results.add(s, "small GETs p99", unit: "µs", better: "lower", target: t.kind, value: p99)
+    var line = String(format: "GETs %@ req/s, p99 %.0f µs", Format.grouped(rps.rounded()), p99)
+    if t.kind != .direct {
+      results.add(s, "small GETs, hub cores", unit: "cores", better: "info", target: t.kind, value: hubGET)
+      results.add(s, "small GETs, agent cores", unit: "cores", better: "info", target: t.kind, value: agentGET)
+      line += String(format: " (hub %.2f, agent %.2f cores)", hubGET, agentGET)
+    }
+    // One download per core at once, each a share of the bulk size.
+    let each = max(settings.bulkBytes / cores, 1 << 20)
+    let h0 = t.hubCPU, a0 = t.agentCPU, start = Date()
+    let failures = Failures()
+    let curl = bench.tools.curl, args = ["-sS", "--http1.1", "--cacert", bench.caFile] + auth
+    DispatchQueue.concurrentPerform(iterations: cores) { _ in
+      do {
+        let r = try runCommand(curl, args + ["-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                                             "\(t.base)/blob?bytes=\(each)"])
+        if r.out != "200 \(each)" { failures.add("\(r.out) \(r.err)") }
+      } catch { failures.add("\(error)") }
+    }
+    let secs = Date().timeIntervalSince(start)
+    guard failures.list.isEmpty else { throw PerfError("parallel downloads via \(t.kind.title): \(failures.list)") }
+    let mbs = Double(each * cores) / secs / 1e6
+    results.add(s, "parallel downloads MB/s", unit: "MB/s", better: "higher", target: t.kind, value: mbs)
+    line += ", downloads \(Format.number(mbs, unit: "MB/s")) MB/s"
+    if t.kind != .direct {
+      let hub = (t.hubCPU - h0) / secs, agent = (t.agentCPU - a0) / secs
+      results.add(s, "downloads, hub cores", unit: "cores", better: "info", target: t.kind, value: hub)
+      results.add(s, "downloads, agent cores", unit: "cores", better: "info", target: t.kind, value: agent)
+      line += String(format: " (hub %.2f, agent %.2f cores)", hub, agent)
+    }
+    if t.kind == .kopilot, let root = t.base.range(of: "/proxy/") {
+      let (local, _, hubLocal, _) = try wrkLoad(t, url: String(t.base[..<root.lowerBound]) + "/healthz",
+                                                threads: cores, connections: 32 * cores)
+      results.add(s, "hub alone (/healthz) req/s", unit: "req/s", better: "higher", target: t.kind, value: local)
+      results.add(s, "hub alone, hub cores", unit: "cores", better: "info", target: t.kind, value: hubLocal)
+      line += String(format: "; hub alone %@ req/s on %.2f cores", Format.grouped(local.rounded()), hubLocal)
+    }
+    progress.result(line)
+  }
+
+  /// wrk for `requestSeconds`: requests/s, p99 (µs), and the cores the hub
+  /// and agent process groups used meanwhile.
+  private func wrkLoad(_ t: Target, url: String, threads: Int, connections: Int) throws
+    -> (Double, Double, Double, Double) {
+    let h0 = t.hubCPU, a0 = t.agentCPU, start = Date()
+    let r = try runCommand(bench.tools.wrk, ["-t\(threads)", "-c\(connections)", "-d\(settings.requestSeconds)s",
+                                             "--timeout", "10s", "-s", bench.tools.wrkScript] + auth + [url],
+                           timeout: Double(settings.requestSeconds) + 60)
+    let secs = Date().timeIntervalSince(start)
+    guard r.status == 0, let line = r.out.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+          let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Double],
+          let n = obj["requests"], n > 0 else {
+      throw PerfError("wrk against \(url) failed (exit \(r.status)):\n\(r.out)\n\(r.err)")
+    }
+    let errors = ["connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"]
+      .reduce(0) { $0 + (obj[$1] ?? 0) }
+    if errors > 0 { results.fail("scale via \(t.kind.title): \(Int(errors)) errors of \(Int(n)) at \(url)") }
+    return (n / ((obj["duration_us"] ?? 1) / 1e6), obj["p99_us"] ?? .nan,
+            (t.hubCPU - h0) / secs, (t.agentCPU - a0) / secs)
   }
 
   // MARK: streams

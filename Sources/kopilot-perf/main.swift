@@ -160,6 +160,7 @@ struct PerfCommand: ParsableCommand {
                                                    (has(.streams) ? 1 : 0)) +
                                     (has(.slow) ? kinds.filter { $0 != .direct }.count : 0) : 0)
       + (has(.idle) || has(.storm) ? idleKinds.count * settings.idleCounts.count : 0)
+      + (has(.scale) ? kinds.count : 0)
     let runner = Runner(bench: bench, settings: settings, results: results, progress: progress)
 
     /// A scenario that fails is recorded and the run goes on.
@@ -208,6 +209,23 @@ struct PerfCommand: ParsableCommand {
       for t in running {
         bench.stop(t.agent)
         bench.stop(t.hub)
+      }
+    }
+    if has(.scale) {
+      // Fresh targets, the agents with one session per core (ours spread
+      // over its loops), so no single session caps a group at one core.
+      let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+      for k in kinds {
+        progress.begin("scale: \(cores) wrk threads × 32 connections, then \(cores) downloads → \(k.title)")
+        attempt("scale via \(k.title)") {
+          let t = try bench.startTarget(k, sessions: cores)
+          defer {
+            bench.stop(t.agent)
+            bench.stop(t.hub)
+          }
+          try probe(t, tools: tools, caFile: bench.caFile)
+          try runner.scale(t, cores: cores)
+        }
       }
     }
     if has(.idle) || has(.storm) {
