@@ -1424,25 +1424,39 @@ static void hub_start(void *arg) {
  * chained to the peer CA (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT),
  * the dialing one presents the same certificate and checks the server's
  * against the same CA and peer_server_name. */
+static int peer_pair(const char *cert, const char *key, const char *ca,
+                     kp_tls_ctx_t **server, kp_tls_ctx_t **client, char *err,
+                     size_t errlen) {
+  kp_tls_ctx_options_t o;
+  int rc;
+  *server = *client = NULL;
+  memset(&o, 0, sizeof(o));
+  o.is_server = 1;
+  o.cert_file = cert;
+  o.key_file = key;
+  o.ca_file = ca;
+  o.require_client_cert = 1;
+  rc = kp_tls_ctx_new(server, &o, err, errlen);
+  if (rc != 0) return rc;
+  o.is_server = 0;
+  o.require_client_cert = 0;
+  rc = kp_tls_ctx_new(client, &o, err, errlen);
+  if (rc != 0) {
+    kp_tls_ctx_free(*server);
+    *server = NULL;
+  }
+  return rc;
+}
+
 static int peer_contexts(kp_hub_t *hub, const kp_hub_config_t *cfg, char *err,
                          size_t errlen) {
-  kp_tls_ctx_options_t o;
   int rc;
   if (cfg->peer_key_file == NULL || cfg->peer_ca_file == NULL) {
     snprintf(err, errlen, "peer forwarding needs a certificate, a key and a CA");
     return KP_EINVAL;
   }
-  memset(&o, 0, sizeof(o));
-  o.is_server = 1;
-  o.cert_file = cfg->peer_cert_file;
-  o.key_file = cfg->peer_key_file;
-  o.ca_file = cfg->peer_ca_file;
-  o.require_client_cert = 1;
-  rc = kp_tls_ctx_new(&hub->peer_tls, &o, err, errlen);
-  if (rc != 0) return rc;
-  o.is_server = 0;
-  o.require_client_cert = 0;
-  rc = kp_tls_ctx_new(&hub->peer_client, &o, err, errlen);
+  rc = peer_pair(cfg->peer_cert_file, cfg->peer_key_file, cfg->peer_ca_file,
+                 &hub->peer_tls, &hub->peer_client, err, errlen);
   if (rc == 0) {
     hub->peer_server_name = strdup(cfg->peer_server_name ? cfg->peer_server_name
                                                          : FWD_DEFAULT_SERVER_NAME);
@@ -1839,20 +1853,10 @@ int kp_hub_reload_tls(kp_hub_t *hub, const char *cert_file,
   o.cert_file = cert_file;
   o.key_file = key_file;
   rc = kp_tls_ctx_new(&r.tls, &o, err, errlen);
-  if (rc == 0 && peer_cert_file != NULL && hub->peer_tls != NULL) {
-    memset(&o, 0, sizeof(o));
-    o.is_server = 1;
-    o.cert_file = peer_cert_file;
-    o.key_file = peer_key_file;
-    o.ca_file = peer_ca_file;
-    o.require_client_cert = 1;
-    rc = kp_tls_ctx_new(&r.peer_tls, &o, err, errlen);
-    if (rc == 0) {
-      o.is_server = 0;
-      o.require_client_cert = 0;
-      rc = kp_tls_ctx_new(&r.peer_client, &o, err, errlen);
-    }
-  }
+  /* The peer contexts are replaced only where there were some. */
+  if (rc == 0 && peer_cert_file != NULL && hub->cfg.peer_cert_file != NULL)
+    rc = peer_pair(peer_cert_file, peer_key_file, peer_ca_file, &r.peer_tls,
+                   &r.peer_client, err, errlen);
   if (rc == 0) {
     uv_sem_init(&r.done, 0);
     for (i = 0; i < hub->group->n && rc == 0; i++) {
