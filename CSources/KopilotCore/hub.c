@@ -153,6 +153,13 @@ typedef struct hub_front {
   char *moved_cluster, *moved_target;
   /* Waiting for its queued writes to drain before moving to move_to. */
   kp_hub_t *move_to;
+  /* An answer from another thread that could not be copied for the loop
+   * (out of memory) fails the request there through this node, which needs
+   * no allocation; lost_kind is that answer's kind (its key, for a proxy,
+   * is put in `cluster`, which the loop leaves alone while an answer is
+   * owed). */
+  kp__work_t lost;
+  int lost_kind;
 } hub_front_t;
 
 static void front_free(hub_front_t *f) {
@@ -757,25 +764,62 @@ static void answer_run(void *arg) {
   free(a);
 }
 
-static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
+/* On the loop: the answer that was lost (see hub_front_t.lost). The owner
+ * counted a proxy or a forward in flight: it is reported as never run, and
+ * the caller's connection is closed rather than left waiting. */
+static void answer_lost_run(void *arg) {
+  hub_front_t *f = arg;
+  f->owed = 0;
+  if (f->lost_kind == 0) proxied_local(f, f->cluster, 0);
+  else if (f->lost_kind == 3) proxied_local(f, f->fwd_key, 0);
+  if (f->gone) front_free(f);
+  else if (f->relay) kp__relay_abort(f->relay, KP_ENOMEM);
+}
+
+/* From another thread: copies the answer for the loop and posts it.
+ * Returns 0; KP_ENOMEM when it could not be copied (the request fails on
+ * the loop instead, see answer_lost_run); KP_ECLOSED when the hub stops. */
 static int post_answer(hub_front_t *f, int kind, int status,
                        const char *cluster, const char *target,
                        const char *ctype, const char *body, size_t len) {
   answer_t *a = calloc(1, sizeof(*a));
-  if (a == NULL) return KP_ENOMEM;
-  a->f = f;
-  a->kind = kind;
-  a->status = status;
-  a->cluster = dup_or_null(cluster);
-  a->target = dup_or_null(target);
-  a->ctype = dup_or_null(ctype);
-  if (len) {
-    a->body = malloc(len);
-    if (a->body) memcpy(a->body, body, len);
+  int rc;
+  if (a != NULL) {
+    a->f = f;
+    a->kind = kind;
+    a->status = status;
+    if ((cluster && (a->cluster = strdup(cluster)) == NULL) ||
+        (target && (a->target = strdup(target)) == NULL) ||
+        (ctype && (a->ctype = strdup(ctype)) == NULL) ||
+        (len && (a->body = malloc(len)) == NULL)) {
+      free(a->cluster);
+      free(a->target);
+      free(a->ctype);
+      free(a);
+      a = NULL;
+    } else {
+      if (len) memcpy(a->body, body, len);
+      a->body_len = len;
+    }
   }
-  a->body_len = a->body ? len : 0;
-  return kp_loop_post(f->hub->loop, answer_run, a);
+  if (a == NULL) {
+    f->lost_kind = kind;
+    if (kind == 0) snprintf(f->cluster, sizeof(f->cluster), "%s", cluster);
+    f->lost.fn = answer_lost_run;
+    f->lost.arg = f;
+    rc = kp__loop_post_node(f->hub->loop, &f->lost);
+    return rc != 0 ? rc : KP_ENOMEM;
+  }
+  rc = kp_loop_post(f->hub->loop, answer_run, a);
+  if (rc != 0) {
+    free(a->cluster);
+    free(a->target);
+    free(a->ctype);
+    free(a->body);
+    free(a);
+  }
+  return rc;
 }
 
 /* The head is parsed again from the relay's copy: the pointers handed to
@@ -1111,50 +1155,47 @@ static void move_when_drained(hub_front_t *f) {
   free(target);
 }
 
-void kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
-                          const char *target) {
+int kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
+                         const char *target) {
   hub_front_t *f = (hub_front_t *)req;
-  if (!kp_loop_is_current(f->hub->loop)) {
-    post_answer(f, 0, 0, cluster, target, NULL, NULL, 0);
-    return;
-  }
+  if (!kp_loop_is_current(f->hub->loop))
+    return post_answer(f, 0, 0, cluster, target, NULL, NULL, 0);
   f->owed = 0;
   do_proxy(f, cluster, target);
+  return 0;
 }
 
-void kp_hub_request_respond(kp_hub_request_t *req, int status,
-                            const char *content_type, const char *body,
-                            size_t body_len) {
+int kp_hub_request_respond(kp_hub_request_t *req, int status,
+                           const char *content_type, const char *body,
+                           size_t body_len) {
   hub_front_t *f = (hub_front_t *)req;
-  if (!kp_loop_is_current(f->hub->loop)) {
-    post_answer(f, 1, status, NULL, NULL, content_type, body, body_len);
-    return;
-  }
+  if (!kp_loop_is_current(f->hub->loop))
+    return post_answer(f, 1, status, NULL, NULL, content_type, body, body_len);
   f->owed = 0;
   respond_json(f, status, kp__http_reason(status),
                content_type ? content_type : "application/json", body,
                body_len, 0);
+  return 0;
 }
 
-void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
+int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
   hub_front_t *f = (hub_front_t *)req;
-  if (!kp_loop_is_current(f->hub->loop)) {
-    post_answer(f, 2, 0, cluster, NULL, NULL, NULL, 0);
-    return;
-  }
+  if (!kp_loop_is_current(f->hub->loop))
+    return post_answer(f, 2, 0, cluster, NULL, NULL, NULL, 0);
   f->owed = 0;
   do_accept_agent(f, cluster);
+  return 0;
 }
 
-void kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
-                            const char *hop) {
+int kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
+                           const char *hop) {
   hub_front_t *f = (hub_front_t *)req;
-  if (!kp_loop_is_current(f->hub->loop)) {
-    post_answer(f, 3, port, host ? host : "", hop ? hop : "", NULL, NULL, 0);
-    return;
-  }
+  if (!kp_loop_is_current(f->hub->loop))
+    return post_answer(f, 3, port, host ? host : "", hop ? hop : "", NULL,
+                       NULL, 0);
   f->owed = 0;
   do_forward(f, host ? host : "", port, hop ? hop : "");
+  return 0;
 }
 
 int kp_hub_request_via_peer(const kp_hub_request_t *req) {

@@ -9,12 +9,6 @@
 #include <signal.h>
 #include <stdio.h>
 
-typedef struct kp__work {
-  struct kp__work *next;
-  void (*fn)(void *);
-  void *arg;
-} kp__work_t;
-
 static void close_leftover(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h)) uv_close(h, NULL);
@@ -32,8 +26,9 @@ static void run_posted(uv_async_t *a) {
     if (w == NULL) break;
     while (w != NULL) {
       kp__work_t *next = w->next;
+      int embedded = w->embedded; /* fn may free an embedded node */
       w->fn(w->arg);
-      free(w);
+      if (!embedded) free(w);
       w = next;
     }
   }
@@ -134,18 +129,13 @@ fail_loop:
   return rc;
 }
 
-/* Appends work; `last` also closes the queue in the same critical section,
+/* Appends w; `last` also closes the queue in the same critical section,
  * so nothing can be queued behind the stop request. */
-static int loop_post(kp_loop_t *l, void (*fn)(void *), void *arg, int last) {
-  kp__work_t *w = malloc(sizeof(*w));
-  if (w == NULL) return KP_ENOMEM;
+static int loop_enqueue(kp_loop_t *l, kp__work_t *w, int last) {
   w->next = NULL;
-  w->fn = fn;
-  w->arg = arg;
   uv_mutex_lock(&l->mu);
   if (l->closed) {
     uv_mutex_unlock(&l->mu);
-    free(w);
     return KP_ECLOSED;
   }
   if (l->tail != NULL)
@@ -157,6 +147,23 @@ static int loop_post(kp_loop_t *l, void (*fn)(void *), void *arg, int last) {
   uv_mutex_unlock(&l->mu);
   uv_async_send(&l->async);
   return 0;
+}
+
+static int loop_post(kp_loop_t *l, void (*fn)(void *), void *arg, int last) {
+  kp__work_t *w = malloc(sizeof(*w));
+  int rc;
+  if (w == NULL) return KP_ENOMEM;
+  w->fn = fn;
+  w->arg = arg;
+  w->embedded = 0;
+  rc = loop_enqueue(l, w, last);
+  if (rc != 0) free(w);
+  return rc;
+}
+
+int kp__loop_post_node(kp_loop_t *l, kp__work_t *w) {
+  w->embedded = 1;
+  return loop_enqueue(l, w, 0);
 }
 
 int kp_loop_post(kp_loop_t *l, void (*fn)(void *), void *arg) {

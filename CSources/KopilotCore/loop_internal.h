@@ -6,7 +6,13 @@
 
 #include <uv.h>
 
-struct kp__work;
+/* A work item for kp_loop_post. */
+typedef struct kp__work {
+  struct kp__work *next;
+  void (*fn)(void *);
+  void *arg;
+  int embedded; /* the poster's memory (kp__loop_post_node), not freed */
+} kp__work_t;
 
 /* Work deferred to the end of the loop iteration, just before the loop
  * waits for I/O: conns queue their writes here so that everything produced
@@ -32,6 +38,11 @@ struct kp_loop {
 };
 
 uv_loop_t *kp__loop_uv(kp_loop_t *l);
+/* Posts work whose node is the caller's (set fn and arg first): no
+ * allocation, so it cannot fail for want of memory. The node must stay
+ * valid until fn runs and must not be posted again before that; fn may
+ * free it. Returns 0 or KP_ECLOSED. */
+int kp__loop_post_node(kp_loop_t *l, kp__work_t *w);
 /* Loop thread only. Queues d (once) to run before the loop next waits. */
 void kp__loop_defer(kp_loop_t *l, kp__deferred_t *d);
 /* Takes d off the queue (before its owner is freed). */

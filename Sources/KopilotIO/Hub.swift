@@ -289,16 +289,20 @@ public final class Hub: @unchecked Sendable {
   }
 
   /// Hands an answer to the core (any thread: the core posts it to the loop).
-  fileprivate static func deliver(_ answer: HubAnswer, to req: OpaquePointer) {
+  /// Returns the core's code: nonzero only for an answer from another
+  /// thread that could not be carried (the core then fails the request
+  /// itself and closes the caller's connection; nothing is left waiting).
+  @discardableResult
+  fileprivate static func deliver(_ answer: HubAnswer, to req: OpaquePointer) -> Int32 {
     switch answer {
     case .proxy(let cluster, let target):
-      cluster.withCString { c in target.withCString { t in kp_hub_request_proxy(req, c, t) } }
+      return cluster.withCString { c in target.withCString { t in kp_hub_request_proxy(req, c, t) } }
     case .acceptAgent(let cluster):
-      cluster.withCString { kp_hub_request_accept_agent(req, $0) }
+      return cluster.withCString { kp_hub_request_accept_agent(req, $0) }
     case .respond(let status, let type, var body):
-      body.withUTF8 { b in type.withCString { t in kp_hub_request_respond(req, Int32(status), t, b.baseAddress, b.count) } }
+      return body.withUTF8 { b in type.withCString { t in kp_hub_request_respond(req, Int32(status), t, b.baseAddress, b.count) } }
     case .forward(let host, let port, let hop):
-      host.withCString { h in hop.withCString { kp_hub_request_forward(req, h, Int32(port), $0) } }
+      return host.withCString { h in hop.withCString { kp_hub_request_forward(req, h, Int32(port), $0) } }
     }
   }
 }

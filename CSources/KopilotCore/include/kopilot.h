@@ -282,22 +282,28 @@ int kp_hub_reload_tls(kp_hub_t *hub, const char *cert_file,
 /* Closes every session of `cluster` (token revoked, cluster removed). */
 int kp_hub_drop_cluster(kp_hub_t *hub, const char *cluster);
 
+/* The answers. Each returns 0; or, called from another thread than the
+ * request's loop: KP_ENOMEM when the answer could not be copied for the
+ * loop (the request then fails there: reported to on_proxied as never run
+ * when it was a proxy or a forward, and the caller's connection closed, so
+ * nobody is left waiting), or KP_ECLOSED when the hub is stopping. */
+
 /* Forwards the request to a live session of `cluster` (the one with the
  * fewest open streams), with `target` as the new request target (borrowed;
  * copied), the caller's Authorization and identity fields
  * (kp_http_is_identity_header) removed, X-Forwarded-For/-Proto set and the
  * framing written anew (kp_http_build_request). No session: 503 naming the
  * cluster. */
-void kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
-                          const char *target);
+int kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
+                         const char *target);
 /* Answers locally. body is copied; content_type NULL = application/json. */
-void kp_hub_request_respond(kp_hub_request_t *req, int status,
-                            const char *content_type, const char *body,
-                            size_t body_len);
+int kp_hub_request_respond(kp_hub_request_t *req, int status,
+                           const char *content_type, const char *body,
+                           size_t body_len);
 /* Upgrades the connection to an agent session of `cluster`: WebSocket
  * handshake, framed carriage if the agent asked for kopilot.v2, raw mux
  * after the 101 otherwise. Not a valid WebSocket request: 400. */
-void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster);
+int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster);
 /* Forwards the request to another hub replica's peer listener at host:port
  * (host: a name or an IP literal; borrowed, copied): TCP, then TLS with
  * the peer certificate as client certificate, the server's certificate
@@ -317,8 +323,8 @@ void kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster);
  * request itself came from a peer (a forwarding loop); 500 for a bad hop.
  * on_proxied fires once per forward with the cluster named by the target
  * ("/proxy/<cluster>/...", "" when it names none) and session 0. */
-void kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
-                            const char *hop);
+int kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
+                           const char *hop);
 /* 1 when the request arrived on the peer listener (another replica
  * forwarded it: authorize it as any other, never forward it again), else 0. Any thread,
  * until the request is answered. */
