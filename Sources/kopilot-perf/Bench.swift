@@ -38,9 +38,6 @@ struct Tools {
       }
       return p
     }
-    guard let go = which("go") else {
-      throw PerfError("go not found: apt-get install golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev")
-    }
     var t = Tools(hub: try ours("kopilot-hub"), agent: try ours("kopilot-agent"),
                   wrk: try system("wrk", "wrk"), curl: try system("curl", "curl"),
                   nginx: try system("nginx", "nginx-light"),
@@ -48,6 +45,18 @@ struct Tools {
                   wrkScript: repo.appendingPathComponent("perf/wrk-report.lua").path)
     guard FileManager.default.fileExists(atPath: t.wrkScript) else {
       throw PerfError("\(t.wrkScript) is missing: run kopilot-perf from a checkout of the project")
+    }
+    // A bundle made by perf/make-bundle.sh (for a machine without Swift or
+    // Go) carries the Go programs built already, in perf/bin.
+    let prebuilt = repo.appendingPathComponent("perf/bin")
+    let goNames = ["upstream", "watchers", "basehub", "baseagent"]
+    if goNames.allSatisfy({ FileManager.default.isExecutableFile(atPath: prebuilt.appendingPathComponent($0).path) }) {
+      let path = { (n: String) in prebuilt.appendingPathComponent(n).path }
+      (t.upstream, t.watchers, t.baseHub, t.baseAgent) = (path("upstream"), path("watchers"), path("basehub"), path("baseagent"))
+      return t
+    }
+    guard let go = which("go") else {
+      throw PerfError("go not found: apt-get install golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev")
     }
     // The Go programs under perf/ build offline in GOPATH mode against
     // Debian's packages; the build cache makes a second run instant.
