@@ -1,0 +1,573 @@
+/* hub_front.c - a caller's connection at the hub: the relay that parses
+ * its requests, the owner's answers (from the loop or from any thread),
+ * proxying into a session stream and upgrading to an agent session. See
+ * hub.c. */
+#include "hub_internal.h"
+
+static void front_free(hub_front_t *f) {
+  kp__backreq_clear_head(&f->fwd);
+  free(f->moved_cluster);
+  free(f->moved_target);
+  free(f);
+}
+
+/* A stream carries one request: done or reusable, it is closed (FIN); a
+ * failed exchange resets it. */
+static void front_release_back(kp__relay_t *r, kp__ep_t back,
+                               kp__relay_back_end_t how) {
+  hub_front_t *f = kp__relay_user_data(r);
+  kp_mux_stream_t *st = back.h;
+  if (back.ops == &kp__conn_ep_ops) {
+    kp__backreq_release(&f->fwd, back, how); /* a peer replica's conn */
+    return;
+  }
+  kp_mux_stream_set_user_data(st, NULL);
+  if (how != KP__RELAY_BACK_FAILED) kp_mux_stream_close(st);
+  else kp_mux_stream_reset(st);
+}
+
+/* Reports a held exchange (see front_exchange) that was not retried. */
+void kp__hub_flush_held(hub_front_t *f) {
+  kp_hub_t *hub = f->hub;
+  if (!f->proxied_held) return;
+  f->proxied_held = 0;
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, f->cluster, 0, 0, f->held_up, f->held_down,
+                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+}
+
+static void front_done(kp__relay_t *r) {
+  hub_front_t *f = kp__relay_user_data(r);
+  kp__hub_flush_held(f);
+  f->relay = NULL;
+  kp__backreq_orphan(&f->fwd); /* a peer conn still dialing goes away */
+  if (f->detached) {
+    /* The conn went to an agent session; this record is ours to free. The
+     * relay may finish inside take_front or only when its pump unwinds. */
+    front_free(f);
+    return;
+  }
+  if (f->conn) kp__conn_close(f->conn, 0);
+}
+
+/* The cluster a forwarded target names, "/proxy/<cluster>/...", as the key
+ * on_proxied reports (the target as sent; the peer's policy normalizes
+ * it): the segment when it could be a cluster ID, 1 to HUB_CLUSTER_ID_MAX
+ * bytes of [a-z0-9._-], else "" - never a truncated one, and nothing a
+ * caller can grow. HubMetrics.forwardKey (Swift) mirrors this byte for
+ * byte: the owner counts the request in under that key and out under this
+ * one, so the two must agree. */
+static void target_cluster(const kp_http_head_t *h, char *out, size_t cap) {
+  static const char pre[] = "/proxy/";
+  size_t pl = sizeof(pre) - 1, i = pl, n;
+  out[0] = 0;
+  if (h->target_len <= pl || memcmp(h->target, pre, pl) != 0) return;
+  for (; i < h->target_len && h->target[i] != '/' && h->target[i] != '?'; i++) {
+    char c = h->target[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '-' || c == '_'))
+      return;
+  }
+  n = i - pl;
+  if (n == 0 || n > HUB_CLUSTER_ID_MAX || n >= cap) return;
+  memcpy(out, h->target + pl, n);
+  out[n] = 0;
+}
+
+static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
+                             const uint8_t *raw, size_t raw_len) {
+  hub_front_t *f = kp__relay_user_data(r);
+  (void)raw;
+  (void)raw_len;
+  kp__hub_flush_held(f);
+  /* The head is in: no deadline while the request and its response run
+   * (a watch or an exec may last hours). */
+  kp__conn_set_timeout(f->conn, 0);
+  f->pinned = 0;
+  if (f->moved_kind) {
+    /* Moved here from another loop with its answer (see "moving a
+     * caller"): the owner was asked there, and is not asked again. */
+    int kind = f->moved_kind;
+    char *cluster = f->moved_cluster, *target = f->moved_target;
+    f->moved_kind = 0;
+    f->moved_cluster = f->moved_target = NULL;
+    f->pinned = 1;
+    target_cluster(head, f->fwd_key, sizeof(f->fwd_key));
+    if (kind == MOVE_PROXY) kp__hub_do_proxy(f, cluster, target);
+    else kp__hub_do_accept_agent(f, cluster);
+    free(cluster);
+    free(target);
+    return;
+  }
+  f->owed = 1;
+  f->started_ns = uv_hrtime();
+  target_cluster(head, f->fwd_key, sizeof(f->fwd_key));
+  f->hub->cbs.on_request(f->hub, (kp_hub_request_t *)f, head, f->conn->peer,
+                         f->hub->ud);
+}
+
+/* A caller has this long, from the moment the connection is ready or the
+ * previous response ended, to send a complete request head: it bounds both
+ * idle keep-alive connections and callers that trickle a head in. */
+#define HUB_HEAD_DEADLINE_MS 30000
+
+#define HEAD_DEADLINE(hub) \
+  ((hub)->cfg.head_timeout_ms ? (hub)->cfg.head_timeout_ms : HUB_HEAD_DEADLINE_MS)
+
+static void front_idle(kp__relay_t *r) {
+  hub_front_t *f = kp__relay_user_data(r);
+  if (f->conn) kp__conn_set_timeout(f->conn, HEAD_DEADLINE(f->hub));
+}
+
+static void front_exchange(kp__relay_t *r, int status, uint64_t up,
+                           uint64_t down) {
+  hub_front_t *f = kp__relay_user_data(r);
+  kp_hub_t *hub = f->hub;
+  if (status == 0 && f->fwd_to[0] && f->fwd.reused && f->fwd.idempotent &&
+      !f->fwd.retried) {
+    /* kp__hub_front_retry may send it again (then this report is dropped); any
+     * other ending reports it (kp__hub_flush_held). */
+    f->proxied_held = 1;
+    f->held_up = up;
+    f->held_down = down;
+    return;
+  }
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, f->cluster, f->session, status, up, down,
+                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+}
+
+const kp__relay_router_t kp__hub_front_router = {
+    .on_request = front_on_request,
+    .on_exchange = front_exchange,
+    .release_back = front_release_back,
+    .retry = kp__hub_front_retry,
+    .describe_failure = kp__hub_front_describe_failure,
+    .on_idle = front_idle,
+    .on_done = front_done,
+};
+
+static void front_ready(kp__conn_t *c, int status) {
+  hub_front_t *f = c->ud;
+  kp__ep_t ep = {&kp__conn_ep_ops, c};
+  kp__relay_config_t rc = {f->hub->cfg.max_head, 0};
+  kp__hub_handshake_over(f);
+  if (status != 0) return; /* on_close follows */
+  if (kp__relay_new(&f->relay, ep, &kp__hub_front_router, &rc, f) != 0) {
+    kp__conn_close(c, KP_ENOMEM);
+    return;
+  }
+  kp__conn_set_timeout(c, HEAD_DEADLINE(f->hub));
+}
+
+static void front_read(kp__conn_t *c, const uint8_t *p, size_t n,
+                       kp_chunk_t *chunk) {
+  hub_front_t *f = c->ud;
+  if (f->relay) kp__relay_front_data(f->relay, p, n, chunk);
+}
+
+static void front_eof(kp__conn_t *c) {
+  hub_front_t *f = c->ud;
+  if (f->relay) kp__relay_front_eof(f->relay);
+  else kp__conn_close(c, 0);
+}
+
+static void front_written(kp__conn_t *c, size_t n) {
+  hub_front_t *f = c->ud;
+  (void)n;
+  if (f->relay && !f->move_to) kp__relay_writable(f->relay);
+}
+
+static void front_drained(kp__conn_t *c) {
+  hub_front_t *f = c->ud;
+  if (f->move_to) kp__hub_move_when_drained(f);
+}
+
+static void front_closed(kp__conn_t *c, int status) {
+  hub_front_t *f = c->ud;
+  kp_hub_t *hub = f->hub;
+  f->conn = NULL;
+  kp__hub_handshake_over(f);
+  if (f->moved_kind == MOVE_PROXY) /* moved or about to, never run */
+    kp__hub_proxied_local(f, f->moved_cluster, 0);
+  f->moved_kind = 0;
+  f->move_to = NULL;
+  if (f->relay) kp__relay_front_closed(f->relay, status);
+  if (f->owed) f->gone = 1; /* the owner's answer frees it */
+  else front_free(f);
+  hub->open_conns--;
+  kp__hub_maybe_done(hub);
+}
+
+const kp__conn_cbs_t kp__hub_front_cbs = {
+    .on_ready = front_ready,
+    .on_read = front_read,
+    .on_eof = front_eof,
+    .on_written = front_written,
+    .on_drained = front_drained,
+    .on_close = front_closed,
+};
+
+/* ---- answers ---- */
+
+static void respond_json(hub_front_t *f, int status, const char *reason,
+                         const char *ctype, const char *body, size_t len,
+                         int close) {
+  size_t n;
+  uint8_t *resp = kp__http_build_response(status, reason, ctype, body, len,
+                                          close, &n);
+  if (resp == NULL) {
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  kp__relay_respond(f->relay, resp, n, close);
+  free(resp);
+}
+
+/* A Status answer, with `extra` (whole header lines, or "") after the
+ * status line. */
+static void status_json_with(hub_front_t *f, int status, const char *reason,
+                             const char *msg, const char *extra) {
+  size_t n, head, x = strlen(extra);
+  uint8_t *resp = kp__http_build_status(status, reason, msg, 0, &n), *out;
+  uint8_t *eol = resp ? memchr(resp, '\n', n) : NULL;
+  if (eol != NULL && x == 0) {
+    kp__relay_respond(f->relay, resp, n, 0);
+    free(resp);
+    return;
+  }
+  if (eol == NULL || (out = malloc(n + x)) == NULL) {
+    free(resp);
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  head = (size_t)(eol + 1 - resp);
+  memcpy(out, resp, head);
+  memcpy(out + head, extra, x);
+  memcpy(out + head + x, resp + head, n - head);
+  kp__relay_respond(f->relay, out, n + x, 0);
+  free(out);
+  free(resp);
+}
+
+void kp__hub_status_json(hub_front_t *f, int status, const char *reason,
+                         const char *msg) {
+  status_json_with(f, status, reason, msg, "");
+}
+
+/* Answers posted from another thread carry their arguments here. */
+typedef struct answer {
+  hub_front_t *f;
+  int kind; /* 0 proxy, 1 respond, 2 agent, 3 forward (cluster = host,
+              * target = hop, status = port) */
+  int status;
+  char *cluster, *target, *ctype, *body;
+  size_t body_len;
+} answer_t;
+
+/* Every proxy and forward answer ends in exactly one on_proxied (the owner
+ * counted it in flight under `key`). This one reports those that carried
+ * no exchange: answered here (a 503, a 508) or never run (the caller left,
+ * memory ran out: status 0, no response). */
+void kp__hub_proxied_local(hub_front_t *f, const char *key, int status) {
+  kp_hub_t *hub = f->hub;
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, key, 0, status, 0, 0,
+                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+}
+
+static void answer_run(void *arg) {
+  answer_t *a = arg;
+  a->f->owed = 0;
+  if (a->f->gone || a->f->relay == NULL) {
+    if (a->kind == 0) kp__hub_proxied_local(a->f, a->cluster ? a->cluster : "", 0);
+    else if (a->kind == 3) kp__hub_proxied_local(a->f, a->f->fwd_key, 0);
+    if (a->f->gone) front_free(a->f);
+  } else {
+    if (a->kind == 0) kp__hub_do_proxy(a->f, a->cluster, a->target);
+    else if (a->kind == 2) kp__hub_do_accept_agent(a->f, a->cluster);
+    else if (a->kind == 3) kp__hub_do_forward(a->f, a->cluster, a->status, a->target);
+    else respond_json(a->f, a->status, kp__http_reason(a->status),
+                      a->ctype ? a->ctype : "application/json", a->body,
+                      a->body_len, 0);
+  }
+  free(a->cluster);
+  free(a->target);
+  free(a->ctype);
+  free(a->body);
+  free(a);
+}
+
+/* On the loop: the answer that was lost (see hub_front_t.lost). The owner
+ * counted a proxy or a forward in flight: it is reported as never run, and
+ * the caller's connection is closed rather than left waiting. */
+static void answer_lost_run(void *arg) {
+  hub_front_t *f = arg;
+  f->owed = 0;
+  if (f->lost_kind == 0) kp__hub_proxied_local(f, f->cluster, 0);
+  else if (f->lost_kind == 3) kp__hub_proxied_local(f, f->fwd_key, 0);
+  if (f->gone) front_free(f);
+  else if (f->relay) kp__relay_abort(f->relay, KP_ENOMEM);
+}
+
+/* From another thread: copies the answer for the loop and posts it.
+ * Returns 0; KP_ENOMEM when it could not be copied (the request fails on
+ * the loop instead, see answer_lost_run); KP_ECLOSED when the hub stops. */
+static int post_answer(hub_front_t *f, int kind, int status,
+                       const char *cluster, const char *target,
+                       const char *ctype, const char *body, size_t len) {
+  answer_t *a = calloc(1, sizeof(*a));
+  int rc;
+  if (a != NULL) {
+    a->f = f;
+    a->kind = kind;
+    a->status = status;
+    if ((cluster && (a->cluster = strdup(cluster)) == NULL) ||
+        (target && (a->target = strdup(target)) == NULL) ||
+        (ctype && (a->ctype = strdup(ctype)) == NULL) ||
+        (len && (a->body = malloc(len)) == NULL)) {
+      free(a->cluster);
+      free(a->target);
+      free(a->ctype);
+      free(a);
+      a = NULL;
+    } else {
+      if (len) memcpy(a->body, body, len);
+      a->body_len = len;
+    }
+  }
+  if (a == NULL) {
+    f->lost_kind = kind;
+    if (kind == 0) snprintf(f->cluster, sizeof(f->cluster), "%s", cluster);
+    f->lost.fn = answer_lost_run;
+    f->lost.arg = f;
+    rc = kp__loop_post_node(f->hub->loop, &f->lost);
+    return rc != 0 ? rc : KP_ENOMEM;
+  }
+  rc = kp_loop_post(f->hub->loop, answer_run, a);
+  if (rc != 0) {
+    free(a->cluster);
+    free(a->target);
+    free(a->ctype);
+    free(a->body);
+    free(a);
+  }
+  return rc;
+}
+
+void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
+  kp_hub_t *hub = f->hub;
+  hub_cluster_t *c = kp__hub_cluster_find(hub, cluster, 0);
+  kp__sess_t *s, *tried = NULL;
+  kp_http_head_t head;
+  char extra[256], msg[384];
+  /* A caller's credentials and any identity it claims never reach a
+   * member: the only identity a member may see is one the hub set. */
+  static const char *const drop[] = {"authorization", "x-forwarded-for",
+                                     "x-forwarded-proto",
+                                     "kopilot-forwarded-by",
+                                     KP_HTTP_DROP_IDENTITY, NULL};
+  /* From a peer replica, X-Forwarded-For names the caller already (the
+   * peer is authenticated; its own address says nothing). */
+  static const char *const drop_peer[] = {"authorization",
+                                          "kopilot-forwarded-by",
+                                          KP_HTTP_DROP_IDENTITY, NULL};
+  uint8_t *req;
+  size_t req_len;
+  int n, keep_xff;
+  f->fwd_to[0] = 0;
+  if (!f->pinned && (c == NULL || kp__hub_pick_session(c, NULL) == NULL)) {
+    kp_hub_t *to = kp__hub_other_loop(hub, cluster, 0);
+    if (to != NULL && kp__hub_move_front(f, to, MOVE_PROXY, cluster, target) == 0)
+      return;
+  }
+  if (kp__hub_current_head(f, &head) != 0) {
+    kp__hub_proxied_local(f, cluster, 0);
+    kp__relay_abort(f->relay, KP_EBADMSG);
+    return;
+  }
+  keep_xff = f->via_peer && kp_http_find_header(&head, "x-forwarded-for") != NULL;
+  if (keep_xff)
+    n = 0;
+  else
+    n = snprintf(extra, sizeof(extra),
+                 "X-Forwarded-For: %.*s\r\nX-Forwarded-Proto: https\r\n",
+                 (int)(strrchr(f->conn->peer, ':') - f->conn->peer), f->conn->peer);
+  req = kp_http_build_request(&head, target, strlen(target),
+                               keep_xff ? drop_peer : drop, extra, (size_t)n,
+                               &req_len);
+  if (req == NULL) {
+    kp__hub_proxied_local(f, cluster, 0);
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  /* A stream that cannot be opened moves on to the next session before any
+   * byte was sent. */
+  while (c != NULL && (s = kp__hub_pick_session(c, tried)) != NULL) {
+    kp_mux_stream_t *st;
+    kp__ep_t ep;
+    /* The stream's window tuning measures from now, not from the
+     * session's last read (maybe a keepalive ago). */
+    kp_mux_set_now(s->mux, uv_now(kp__loop_uv(hub->loop)));
+    if (kp_mux_open(s->mux, &st) != 0) {
+      tried = s;
+      continue;
+    }
+    kp_mux_stream_set_user_data(st, f->relay);
+    snprintf(f->cluster, sizeof(f->cluster), "%s", cluster);
+    f->session = s->id;
+    ep.ops = &kp__stream_ep_ops;
+    ep.h = st;
+    kp__relay_attach(f->relay, ep, req, req_len);
+    free(req);
+    return;
+  }
+  free(req);
+  snprintf(msg, sizeof(msg), "no agent of cluster %s is connected", cluster);
+  kp__hub_status_json(f, 503, "ServiceUnavailable", msg);
+  kp__hub_proxied_local(f, cluster, 503);
+}
+
+/* RFC 6455 4.2.1: a GET that asks for an upgrade, with the WebSocket
+ * headers ws.c checks (kp_ws_check_request). */
+static int ws_request_check(const kp_http_head_t *h, const char **key,
+                            size_t *key_len) {
+  if (!(h->flags & KP_HTTP_F_UPGRADE) || h->method_len != 3 ||
+      memcmp(h->method, "GET", 3) != 0)
+    return KP_EBADMSG;
+  return kp_ws_check_request(h->headers, h->num_headers, key, key_len);
+}
+
+void kp__hub_do_accept_agent(hub_front_t *f, const char *cluster) {
+  kp_hub_t *hub = f->hub;
+  kp_http_head_t head;
+  const char *key;
+  size_t key_len;
+  char accept[29], resp[512];
+  int framed, n;
+  uint8_t *rest = NULL;
+  size_t rest_len = 0;
+  kp__conn_t *conn = f->conn;
+  kp__sess_t *s;
+  hub_cluster_t *c;
+  int rc;
+  if (!f->pinned) {
+    kp_hub_t *to = kp__hub_other_loop(hub, cluster, 1);
+    if (to != NULL && kp__hub_move_front(f, to, MOVE_AGENT, cluster, NULL) == 0)
+      return;
+  }
+  rc = kp__hub_current_head(f, &head);
+  if (rc == 0) rc = ws_request_check(&head, &key, &key_len);
+  if (rc == KP_EUNSUPPORTED) {
+    /* RFC 6455 4.2.2 / 4.4: 426 naming the version we speak. */
+    status_json_with(f, 426, "UpgradeRequired",
+                     "only WebSocket version 13 is spoken here",
+                     "Sec-WebSocket-Version: 13\r\n");
+    return;
+  }
+  if (rc != 0 || kp_ws_accept_key(key, key_len, accept) != 0) {
+    kp__hub_status_json(f, 400, "BadRequest", "expected a WebSocket upgrade (RFC 6455)");
+    return;
+  }
+  framed = kp__headers_list(head.headers, head.num_headers,
+                            "sec-websocket-protocol", KP_WS_SUBPROTOCOL,
+                            strlen(KP_WS_SUBPROTOCOL));
+  n = snprintf(resp, sizeof(resp),
+               "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
+               accept,
+               framed ? "Sec-WebSocket-Protocol: " KP_WS_SUBPROTOCOL "\r\n" : "");
+  c = kp__hub_cluster_find(hub, cluster, 1);
+  if (c == NULL) {
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  f->detached = 1; /* before take_front: its on_done must not close conn */
+  /* After this, f belongs to the relay's on_done (front_done frees it). */
+  rc = kp__relay_take_front(f->relay, 0, &rest, &rest_len);
+  f = NULL;
+  if (rc != 0) {
+    kp__conn_close(conn, rc);
+    return;
+  }
+  if (kp__conn_write(conn, (const uint8_t *)resp, (size_t)n) != 0) {
+    free(rest);
+    kp__conn_close(conn, KP_EIO);
+    return;
+  }
+  /* The conn now belongs to the session; the front record goes away but
+   * the hub still counts the conn (the session's close uncounts it). */
+  rc = kp__sess_start(&s, conn, 1, framed, hub->cfg.mux_window,
+                      hub->cfg.keepalive_ms, &kp__hub_sess_owner, hub, rest,
+                      rest_len);
+  free(rest);
+  if (rc != 0) {
+    kp__conn_close(conn, rc);
+    return;
+  }
+  if ((s->cluster = strdup(cluster)) == NULL) {
+    kp__sess_close(s, KP_ENOMEM);
+    return;
+  }
+  kp__conn_read(conn, 1); /* off when the conn came from another loop */
+  s->next = c->sessions;
+  if (c->sessions) c->sessions->prev = s;
+  c->sessions = s;
+  c->count++;
+  kp__hub_place_count(hub, cluster, 1);
+  if (hub->cbs.on_session) hub->cbs.on_session(hub, s->cluster, s->id, 1, 0, hub->ud);
+}
+
+int kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
+                         const char *target) {
+  hub_front_t *f = (hub_front_t *)req;
+  if (!kp_loop_is_current(f->hub->loop))
+    return post_answer(f, 0, 0, cluster, target, NULL, NULL, 0);
+  f->owed = 0;
+  kp__hub_do_proxy(f, cluster, target);
+  return 0;
+}
+
+int kp_hub_request_respond(kp_hub_request_t *req, int status,
+                           const char *content_type, const char *body,
+                           size_t body_len) {
+  hub_front_t *f = (hub_front_t *)req;
+  if (!kp_loop_is_current(f->hub->loop))
+    return post_answer(f, 1, status, NULL, NULL, content_type, body, body_len);
+  f->owed = 0;
+  respond_json(f, status, kp__http_reason(status),
+               content_type ? content_type : "application/json", body,
+               body_len, 0);
+  return 0;
+}
+
+int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
+  hub_front_t *f = (hub_front_t *)req;
+  if (!kp_loop_is_current(f->hub->loop))
+    return post_answer(f, 2, 0, cluster, NULL, NULL, NULL, 0);
+  f->owed = 0;
+  kp__hub_do_accept_agent(f, cluster);
+  return 0;
+}
+
+int kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
+                           const char *hop) {
+  hub_front_t *f = (hub_front_t *)req;
+  if (!kp_loop_is_current(f->hub->loop))
+    return post_answer(f, 3, port, host ? host : "", hop ? hop : "", NULL,
+                       NULL, 0);
+  f->owed = 0;
+  kp__hub_do_forward(f, host ? host : "", port, hop ? hop : "");
+  return 0;
+}
+
+int kp_hub_request_via_peer(const kp_hub_request_t *req) {
+  return ((const hub_front_t *)req)->via_peer;
+}
+
+int kp__hub_current_head(hub_front_t *f, kp_http_head_t *head) {
+  const uint8_t *raw;
+  size_t len;
+  kp__relay_current_head(f->relay, &raw, &len);
+  return kp_http_parse_request(raw, len, 0, head) > 0 ? 0 : KP_EBADMSG;
+}
