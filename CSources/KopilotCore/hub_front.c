@@ -4,7 +4,7 @@
  * hub.c. */
 #include "hub_internal.h"
 
-static void front_free(hub_front_t *f) {
+void kp__hub_front_free(hub_front_t *f) {
   kp__backreq_clear_head(&f->fwd);
   free(f->moved_cluster);
   free(f->moved_target);
@@ -44,7 +44,8 @@ static void front_done(kp__relay_t *r) {
   if (f->detached) {
     /* The conn went to an agent session; this record is ours to free. The
      * relay may finish inside take_front or only when its pump unwinds. */
-    front_free(f);
+    if (f->arriving) f->freed_late = 1;
+    else kp__hub_front_free(f);
     return;
   }
   if (f->conn) kp__conn_close(f->conn, 0);
@@ -194,7 +195,7 @@ static void front_closed(kp__conn_t *c, int status) {
   f->move_to = NULL;
   if (f->relay) kp__relay_front_closed(f->relay, status);
   if (f->owed) f->gone = 1; /* the owner's answer frees it */
-  else front_free(f);
+  else kp__hub_front_free(f);
   hub->open_conns--;
   kp__hub_maybe_done(hub);
 }
@@ -282,7 +283,7 @@ static void answer_run(void *arg) {
   if (a->f->gone || a->f->relay == NULL) {
     if (a->kind == 0) kp__hub_proxied_local(a->f, a->cluster ? a->cluster : "", 0);
     else if (a->kind == 3) kp__hub_proxied_local(a->f, a->f->fwd_key, 0);
-    if (a->f->gone) front_free(a->f);
+    if (a->f->gone) kp__hub_front_free(a->f);
   } else {
     if (a->kind == 0) kp__hub_do_proxy(a->f, a->cluster, a->target);
     else if (a->kind == 2) kp__hub_do_accept_agent(a->f, a->cluster);
@@ -306,7 +307,7 @@ static void answer_lost_run(void *arg) {
   f->owed = 0;
   if (f->lost_kind == 0) kp__hub_proxied_local(f, f->cluster, 0);
   else if (f->lost_kind == 3) kp__hub_proxied_local(f, f->fwd_key, 0);
-  if (f->gone) front_free(f);
+  if (f->gone) kp__hub_front_free(f);
   else if (f->relay) kp__relay_abort(f->relay, KP_ENOMEM);
 }
 

@@ -151,6 +151,10 @@ typedef struct hub_front {
    * request came with a decision from another loop and does not move
    * again. moved_*: that decision, until the relay parses the head here. */
   unsigned pinned : 1;
+  /* move_arrive is feeding the relay: a front_done meanwhile (the conn
+   * went on to an agent session or another loop) leaves the freeing to it
+   * (freed_late) instead of freeing the record under it. */
+  unsigned arriving : 1, freed_late : 1;
   int moved_kind; /* 0 none, MOVE_PROXY, MOVE_AGENT */
   char *moved_cluster, *moved_target;
   /* Waiting for its queued writes to drain before moving to move_to. */
@@ -188,6 +192,7 @@ void kp__hub_handshake_over(hub_front_t *f);
 void kp__hub_start(void *arg);
 
 /* ---- the front and its answers (hub_front.c) */
+void kp__hub_front_free(hub_front_t *f);
 void kp__hub_flush_held(hub_front_t *f);
 extern const kp__relay_router_t kp__hub_front_router;
 extern const kp__conn_cbs_t kp__hub_front_cbs;

@@ -85,9 +85,12 @@ static void move_arrive(void *arg) {
     return;
   }
   memcpy(kp_chunk_data(chunk), m->bytes, m->len);
+  f->arriving = 1;
   kp__relay_front_data(f->relay, kp_chunk_data(chunk), m->len, chunk);
   kp_chunk_unref(chunk);
-  if (f->relay) kp__relay_front_start(f->relay);
+  f->arriving = 0;
+  if (f->freed_late) kp__hub_front_free(f); /* went on (see arriving) */
+  else if (f->relay) kp__relay_front_start(f->relay);
   move_free(m);
 }
 
