@@ -54,8 +54,11 @@ final class MetricsLabelTests: XCTestCase {
     var rng = SystemRandomNumberGenerator()
     func junk() -> String {
       let chars = Array("abcdefghijklmnopqrstuvwxyz0123456789-._")
-      let len = Int.random(in: 1...300, using: &rng)
-      return String((0..<len).map { _ in chars.randomElement(using: &rng)! })
+      // A letter first: a segment of only dots ("." or "..") is a path
+      // step, not a name, and would change which targets reach a cluster.
+      let len = Int.random(in: 0...299, using: &rng)
+      return String(chars[Int.random(in: 0..<26, using: &rng)])
+        + String((0..<len).map { _ in chars.randomElement(using: &rng)! })
     }
     return (0..<n).map { i in
       switch i % 4 {
