@@ -191,6 +191,22 @@ static int kp__list_next(const char *v, size_t len, size_t *pos,
   return 1;
 }
 
+static const char *rebase1(const char *p, const uint8_t *from, uint8_t *to) {
+  return p ? (const char *)to + (p - (const char *)from) : NULL;
+}
+
+void kp__http_head_rebase(kp_http_head_t *h, const uint8_t *from,
+                          uint8_t *to) {
+  size_t i;
+  h->method = rebase1(h->method, from, to);
+  h->target = rebase1(h->target, from, to);
+  h->reason = rebase1(h->reason, from, to);
+  for (i = 0; i < h->num_headers; i++) {
+    h->headers[i].name = rebase1(h->headers[i].name, from, to);
+    h->headers[i].value = rebase1(h->headers[i].value, from, to);
+  }
+}
+
 int kp__headers_list(const kp_http_header_t *h, size_t n, const char *name,
                      const char *token, size_t token_len) {
   size_t i;

@@ -100,10 +100,10 @@ static int hop_ok(const char *hop) {
   return 1;
 }
 
-void kp__hub_do_forward(hub_front_t *f, const char *host, int port,
-                        const char *hop) {
+void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
+                        int port, const char *hop) {
   kp_hub_t *hub = f->hub;
-  kp_http_head_t head;
+  const kp_http_head_t *head = kp__relay_current_head(f->relay);
   char extra[512];
   /* Authorization goes on: the peer authorizes the request again on its
    * own merits (its mTLS client vouches for the connection, not for what a
@@ -114,12 +114,12 @@ void kp__hub_do_forward(hub_front_t *f, const char *host, int port,
   int n, rc;
   f->fwd_to[0] = 0;
   f->session = 0;
-  if (hub->stopping || kp__hub_current_head(f, &head) != 0) {
-    kp__hub_proxied_local(f, f->fwd_key, 0);
-    kp__relay_abort(f->relay, hub->stopping ? KP_ECLOSED : KP_EBADMSG);
+  kp__hub_set_cluster(f, cluster);
+  if (hub->stopping || head == NULL) {
+    kp__hub_proxied_local(f, f->cluster, 0);
+    kp__relay_abort(f->relay, hub->stopping ? KP_ECLOSED : KP_EINVAL);
     return;
   }
-  memcpy(f->cluster, f->fwd_key, sizeof(f->cluster));
   if (f->via_peer) {
     /* The policy never asks this; a safety net against replicas that
      * disagree on who holds a session sending a request round for ever. */
@@ -152,14 +152,20 @@ void kp__hub_do_forward(hub_front_t *f, const char *host, int port,
                (int)(strrchr(f->conn->peer, ':') - f->conn->peer),
                f->conn->peer, hop);
   kp__backreq_clear_head(&f->fwd);
-  f->fwd.head = kp_http_build_request(&head, head.target, head.target_len,
+  f->fwd.head = kp_http_build_request(head, head->target, head->target_len,
                                        drop, extra, (size_t)n, &f->fwd.head_len);
   if (f->fwd.head == NULL) {
     kp__hub_proxied_local(f, f->cluster, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }
-  f->fwd.idempotent = kp__backpool_idempotent(&head) != 0;
+  if (!kp__http_head_fits(f->fwd.head, f->fwd.head_len)) {
+    kp__backreq_clear_head(&f->fwd);
+    f->fwd_to[0] = 0;
+    kp__hub_head_too_big(f, f->cluster);
+    return;
+  }
+  f->fwd.idempotent = kp__backpool_idempotent(head) != 0;
   f->fwd.key = f->fwd_to;
   f->fwd_why[0] = 0;
   if ((rc = kp__backreq_start(&hub->fwd_pool, &f->fwd, f->relay)) != 0)

@@ -4,6 +4,15 @@
  * hub.c. */
 #include "hub_internal.h"
 
+/* The key the current request is reported on: a cluster ID, whole, or ""
+ * when what the owner passed could be none (longer than any ID). */
+void kp__hub_set_cluster(hub_front_t *f, const char *cluster) {
+  size_t n = strlen(cluster);
+  if (n > HUB_CLUSTER_ID_MAX) n = 0;
+  memcpy(f->cluster, cluster, n);
+  f->cluster[n] = 0;
+}
+
 void kp__hub_front_free(hub_front_t *f) {
   kp__backreq_clear_head(&f->fwd);
   free(f->moved_cluster);
@@ -51,36 +60,13 @@ static void front_done(kp__relay_t *r) {
   if (f->conn) kp__conn_close(f->conn, 0);
 }
 
-/* The cluster a forwarded target names, "/proxy/<cluster>/...", as the key
- * on_proxied reports (the target as sent; the peer's policy normalizes
- * it): the segment when it could be a cluster ID, 1 to HUB_CLUSTER_ID_MAX
- * bytes of [a-z0-9._-], else "" - never a truncated one, and nothing a
- * caller can grow. HubMetrics.forwardKey (Swift) mirrors this byte for
- * byte: the owner counts the request in under that key and out under this
- * one, so the two must agree. */
-static void target_cluster(const kp_http_head_t *h, char *out, size_t cap) {
-  static const char pre[] = "/proxy/";
-  size_t pl = sizeof(pre) - 1, i = pl, n;
-  out[0] = 0;
-  if (h->target_len <= pl || memcmp(h->target, pre, pl) != 0) return;
-  for (; i < h->target_len && h->target[i] != '/' && h->target[i] != '?'; i++) {
-    char c = h->target[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-          c == '-' || c == '_'))
-      return;
-  }
-  n = i - pl;
-  if (n == 0 || n > HUB_CLUSTER_ID_MAX || n >= cap) return;
-  memcpy(out, h->target + pl, n);
-  out[n] = 0;
-}
-
 static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
                              const uint8_t *raw, size_t raw_len) {
   hub_front_t *f = kp__relay_user_data(r);
   (void)raw;
   (void)raw_len;
   kp__hub_flush_held(f);
+  f->cluster[0] = 0;
   /* The head is in: no deadline while the request and its response run
    * (a watch or an exec may last hours). */
   kp__conn_set_timeout(f->conn, 0);
@@ -93,7 +79,6 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
     f->moved_kind = 0;
     f->moved_cluster = f->moved_target = NULL;
     f->pinned = 1;
-    target_cluster(head, f->fwd_key, sizeof(f->fwd_key));
     if (kind == MOVE_PROXY) kp__hub_do_proxy(f, cluster, target);
     else kp__hub_do_accept_agent(f, cluster);
     free(cluster);
@@ -102,7 +87,6 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   }
   f->owed = 1;
   f->started_ns = uv_hrtime();
-  target_cluster(head, f->fwd_key, sizeof(f->fwd_key));
   f->hub->cbs.on_request(f->hub, (kp_hub_request_t *)f, head, f->conn->peer,
                          f->hub->ud);
 }
@@ -259,12 +243,21 @@ void kp__hub_status_json(hub_front_t *f, int status, const char *reason,
 /* Answers posted from another thread carry their arguments here. */
 typedef struct answer {
   hub_front_t *f;
-  int kind; /* 0 proxy, 1 respond, 2 agent, 3 forward (cluster = host,
-              * target = hop, status = port) */
+  int kind; /* 0 proxy, 1 respond, 2 agent, 3 forward (target = hop,
+              * status = port) */
   int status;
-  char *cluster, *target, *ctype, *body;
+  char *cluster, *target, *ctype, *body, *host;
   size_t body_len;
 } answer_t;
+
+static void answer_free(answer_t *a) {
+  free(a->cluster);
+  free(a->target);
+  free(a->ctype);
+  free(a->body);
+  free(a->host);
+  free(a);
+}
 
 /* Every proxy and forward answer ends in exactly one on_proxied (the owner
  * counted it in flight under `key`). This one reports those that carried
@@ -281,22 +274,19 @@ static void answer_run(void *arg) {
   answer_t *a = arg;
   a->f->owed = 0;
   if (a->f->gone || a->f->relay == NULL) {
-    if (a->kind == 0) kp__hub_proxied_local(a->f, a->cluster ? a->cluster : "", 0);
-    else if (a->kind == 3) kp__hub_proxied_local(a->f, a->f->fwd_key, 0);
+    if (a->kind == 0 || a->kind == 3)
+      kp__hub_proxied_local(a->f, a->cluster ? a->cluster : "", 0);
     if (a->f->gone) kp__hub_front_free(a->f);
   } else {
     if (a->kind == 0) kp__hub_do_proxy(a->f, a->cluster, a->target);
     else if (a->kind == 2) kp__hub_do_accept_agent(a->f, a->cluster);
-    else if (a->kind == 3) kp__hub_do_forward(a->f, a->cluster, a->status, a->target);
+    else if (a->kind == 3)
+      kp__hub_do_forward(a->f, a->cluster, a->host, a->status, a->target);
     else respond_json(a->f, a->status, kp__http_reason(a->status),
                       a->ctype ? a->ctype : "application/json", a->body,
                       a->body_len, 0);
   }
-  free(a->cluster);
-  free(a->target);
-  free(a->ctype);
-  free(a->body);
-  free(a);
+  answer_free(a);
 }
 
 /* On the loop: the answer that was lost (see hub_front_t.lost). The owner
@@ -305,8 +295,7 @@ static void answer_run(void *arg) {
 static void answer_lost_run(void *arg) {
   hub_front_t *f = arg;
   f->owed = 0;
-  if (f->lost_kind == 0) kp__hub_proxied_local(f, f->cluster, 0);
-  else if (f->lost_kind == 3) kp__hub_proxied_local(f, f->fwd_key, 0);
+  if (f->lost_kind == 0 || f->lost_kind == 3) kp__hub_proxied_local(f, f->cluster, 0);
   if (f->gone) kp__hub_front_free(f);
   else if (f->relay) kp__relay_abort(f->relay, KP_ENOMEM);
 }
@@ -316,7 +305,8 @@ static void answer_lost_run(void *arg) {
  * the loop instead, see answer_lost_run); KP_ECLOSED when the hub stops. */
 static int post_answer(hub_front_t *f, int kind, int status,
                        const char *cluster, const char *target,
-                       const char *ctype, const char *body, size_t len) {
+                       const char *ctype, const char *body, size_t len,
+                       const char *host) {
   answer_t *a = calloc(1, sizeof(*a));
   int rc;
   if (a != NULL) {
@@ -326,11 +316,9 @@ static int post_answer(hub_front_t *f, int kind, int status,
     if ((cluster && (a->cluster = strdup(cluster)) == NULL) ||
         (target && (a->target = strdup(target)) == NULL) ||
         (ctype && (a->ctype = strdup(ctype)) == NULL) ||
+        (host && (a->host = strdup(host)) == NULL) ||
         (len && (a->body = malloc(len)) == NULL)) {
-      free(a->cluster);
-      free(a->target);
-      free(a->ctype);
-      free(a);
+      answer_free(a);
       a = NULL;
     } else {
       if (len) memcpy(a->body, body, len);
@@ -339,28 +327,32 @@ static int post_answer(hub_front_t *f, int kind, int status,
   }
   if (a == NULL) {
     f->lost_kind = kind;
-    if (kind == 0) snprintf(f->cluster, sizeof(f->cluster), "%s", cluster);
+    if (kind == 0 || kind == 3) kp__hub_set_cluster(f, cluster);
     f->lost.fn = answer_lost_run;
     f->lost.arg = f;
     rc = kp__loop_post_node(f->hub->loop, &f->lost);
     return rc != 0 ? rc : KP_ENOMEM;
   }
   rc = kp_loop_post(f->hub->loop, answer_run, a);
-  if (rc != 0) {
-    free(a->cluster);
-    free(a->target);
-    free(a->ctype);
-    free(a->body);
-    free(a);
-  }
+  if (rc != 0) answer_free(a);
   return rc;
+}
+
+void kp__hub_head_too_big(hub_front_t *f, const char *key) {
+  char msg[160];
+  snprintf(msg, sizeof(msg),
+           "the request head, with the fields the hub adds, is over %d fields "
+           "or %d bytes: the next hop could not read it",
+           KP_HTTP_MAX_HEADERS, KP_HTTP_DEFAULT_MAX_HEAD);
+  kp__hub_status_json(f, 431, "RequestHeaderFieldsTooLarge", msg);
+  kp__hub_proxied_local(f, key, 431);
 }
 
 void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   kp_hub_t *hub = f->hub;
   hub_cluster_t *c = kp__hub_cluster_find(hub, cluster, 0);
   kp__sess_t *s, *tried = NULL;
-  kp_http_head_t head;
+  const kp_http_head_t *head;
   char extra[256], msg[384];
   /* A caller's credentials and any identity it claims never reach a
    * member: the only identity a member may see is one the hub set. */
@@ -382,24 +374,29 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
     if (to != NULL && kp__hub_move_front(f, to, MOVE_PROXY, cluster, target) == 0)
       return;
   }
-  if (kp__hub_current_head(f, &head) != 0) {
+  if ((head = kp__relay_current_head(f->relay)) == NULL) {
     kp__hub_proxied_local(f, cluster, 0);
-    kp__relay_abort(f->relay, KP_EBADMSG);
+    kp__relay_abort(f->relay, KP_EINVAL);
     return;
   }
-  keep_xff = f->via_peer && kp_http_find_header(&head, "x-forwarded-for") != NULL;
+  keep_xff = f->via_peer && kp_http_find_header(head, "x-forwarded-for") != NULL;
   if (keep_xff)
     n = 0;
   else
     n = snprintf(extra, sizeof(extra),
                  "X-Forwarded-For: %.*s\r\nX-Forwarded-Proto: https\r\n",
                  (int)(strrchr(f->conn->peer, ':') - f->conn->peer), f->conn->peer);
-  req = kp_http_build_request(&head, target, strlen(target),
+  req = kp_http_build_request(head, target, strlen(target),
                                keep_xff ? drop_peer : drop, extra, (size_t)n,
                                &req_len);
   if (req == NULL) {
     kp__hub_proxied_local(f, cluster, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  if (!kp__http_head_fits(req, req_len)) {
+    free(req);
+    kp__hub_head_too_big(f, cluster);
     return;
   }
   /* A stream that cannot be opened moves on to the next session before any
@@ -415,7 +412,7 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
       continue;
     }
     kp_mux_stream_set_user_data(st, f->relay);
-    snprintf(f->cluster, sizeof(f->cluster), "%s", cluster);
+    kp__hub_set_cluster(f, cluster);
     f->session = s->id;
     ep.ops = &kp__stream_ep_ops;
     ep.h = st;
@@ -441,7 +438,7 @@ static int ws_request_check(const kp_http_head_t *h, const char **key,
 
 void kp__hub_do_accept_agent(hub_front_t *f, const char *cluster) {
   kp_hub_t *hub = f->hub;
-  kp_http_head_t head;
+  const kp_http_head_t *head;
   const char *key;
   size_t key_len;
   char accept[29], resp[512];
@@ -457,8 +454,8 @@ void kp__hub_do_accept_agent(hub_front_t *f, const char *cluster) {
     if (to != NULL && kp__hub_move_front(f, to, MOVE_AGENT, cluster, NULL) == 0)
       return;
   }
-  rc = kp__hub_current_head(f, &head);
-  if (rc == 0) rc = ws_request_check(&head, &key, &key_len);
+  head = kp__relay_current_head(f->relay);
+  rc = head ? ws_request_check(head, &key, &key_len) : KP_EINVAL;
   if (rc == KP_EUNSUPPORTED) {
     /* RFC 6455 4.2.2 / 4.4: 426 naming the version we speak. */
     status_json_with(f, 426, "UpgradeRequired",
@@ -470,7 +467,7 @@ void kp__hub_do_accept_agent(hub_front_t *f, const char *cluster) {
     kp__hub_status_json(f, 400, "BadRequest", "expected a WebSocket upgrade (RFC 6455)");
     return;
   }
-  framed = kp__headers_list(head.headers, head.num_headers,
+  framed = kp__headers_list(head->headers, head->num_headers,
                             "sec-websocket-protocol", KP_WS_SUBPROTOCOL,
                             strlen(KP_WS_SUBPROTOCOL));
   n = snprintf(resp, sizeof(resp),
@@ -485,7 +482,7 @@ void kp__hub_do_accept_agent(hub_front_t *f, const char *cluster) {
   }
   f->detached = 1; /* before take_front: its on_done must not close conn */
   /* After this, f belongs to the relay's on_done (front_done frees it). */
-  rc = kp__relay_take_front(f->relay, 0, &rest, &rest_len);
+  rc = kp__relay_take_front(f->relay, &rest, &rest_len);
   f = NULL;
   if (rc != 0) {
     kp__conn_close(conn, rc);
@@ -523,7 +520,7 @@ int kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
                          const char *target) {
   hub_front_t *f = (hub_front_t *)req;
   if (!kp_loop_is_current(f->hub->loop))
-    return post_answer(f, 0, 0, cluster, target, NULL, NULL, 0);
+    return post_answer(f, 0, 0, cluster, target, NULL, NULL, 0, NULL);
   f->owed = 0;
   kp__hub_do_proxy(f, cluster, target);
   return 0;
@@ -534,7 +531,8 @@ int kp_hub_request_respond(kp_hub_request_t *req, int status,
                            size_t body_len) {
   hub_front_t *f = (hub_front_t *)req;
   if (!kp_loop_is_current(f->hub->loop))
-    return post_answer(f, 1, status, NULL, NULL, content_type, body, body_len);
+    return post_answer(f, 1, status, NULL, NULL, content_type, body, body_len,
+                       NULL);
   f->owed = 0;
   respond_json(f, status, kp__http_reason(status),
                content_type ? content_type : "application/json", body,
@@ -545,30 +543,24 @@ int kp_hub_request_respond(kp_hub_request_t *req, int status,
 int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
   hub_front_t *f = (hub_front_t *)req;
   if (!kp_loop_is_current(f->hub->loop))
-    return post_answer(f, 2, 0, cluster, NULL, NULL, NULL, 0);
+    return post_answer(f, 2, 0, cluster, NULL, NULL, NULL, 0, NULL);
   f->owed = 0;
   kp__hub_do_accept_agent(f, cluster);
   return 0;
 }
 
-int kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
-                           const char *hop) {
+int kp_hub_request_forward(kp_hub_request_t *req, const char *cluster,
+                           const char *host, int port, const char *hop) {
   hub_front_t *f = (hub_front_t *)req;
   if (!kp_loop_is_current(f->hub->loop))
-    return post_answer(f, 3, port, host ? host : "", hop ? hop : "", NULL,
-                       NULL, 0);
+    return post_answer(f, 3, port, cluster ? cluster : "", hop ? hop : "",
+                       NULL, NULL, 0, host ? host : "");
   f->owed = 0;
-  kp__hub_do_forward(f, host ? host : "", port, hop ? hop : "");
+  kp__hub_do_forward(f, cluster ? cluster : "", host ? host : "", port,
+                     hop ? hop : "");
   return 0;
 }
 
 int kp_hub_request_via_peer(const kp_hub_request_t *req) {
   return ((const hub_front_t *)req)->via_peer;
-}
-
-int kp__hub_current_head(hub_front_t *f, kp_http_head_t *head) {
-  const uint8_t *raw;
-  size_t len;
-  kp__relay_current_head(f->relay, &raw, &len);
-  return kp_http_parse_request(raw, len, 0, head) > 0 ? 0 : KP_EBADMSG;
 }

@@ -128,14 +128,9 @@ typedef struct hub_front {
   uint64_t started_ns; /* when the current request head was complete */
   uint64_t session;    /* that carries the current proxied request */
   /* The current request's cluster, as on_proxied reports it: any cluster
-   * ID fits whole (HUB_CLUSTER_ID_MAX), so a proxied request is reported on
-   * the ID it was answered with, never a truncated one. */
+   * ID fits whole (HUB_CLUSTER_ID_MAX), so a proxied or forwarded request
+   * is reported on the ID it was answered with, never a truncated one. */
   char cluster[HUB_CLUSTER_ID_MAX + 1];
-  /* The key a forward of the current request is reported on
-   * (target_cluster), taken from its head once, when the head is in: a
-   * forward uses it, and so does an answer that comes after the caller
-   * left, when the head is gone. */
-  char fwd_key[HUB_CLUSTER_ID_MAX + 1];
   int via_peer;        /* accepted on the peer listener */
   /* The current forward to a peer replica (fwd_to[0] == 0: none). */
   kp__backreq_t fwd;   /* its head and peer conn (key: fwd_to) */
@@ -193,6 +188,7 @@ void kp__hub_start(void *arg);
 
 /* ---- the front and its answers (hub_front.c) */
 void kp__hub_front_free(hub_front_t *f);
+void kp__hub_set_cluster(hub_front_t *f, const char *cluster);
 void kp__hub_flush_held(hub_front_t *f);
 extern const kp__relay_router_t kp__hub_front_router;
 extern const kp__conn_cbs_t kp__hub_front_cbs;
@@ -200,15 +196,17 @@ void kp__hub_status_json(hub_front_t *f, int status, const char *reason,
                          const char *msg);
 void kp__hub_proxied_local(hub_front_t *f, const char *key, int status);
 void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target);
+/* Refuses a request whose rebuilt head the next hop could not read (431,
+ * kp__http_head_fits), reported on `key`. */
+void kp__hub_head_too_big(hub_front_t *f, const char *key);
 void kp__hub_do_accept_agent(hub_front_t *f, const char *cluster);
-int kp__hub_current_head(hub_front_t *f, kp_http_head_t *head);
 
 /* ---- forwarding to a peer replica (hub_forward.c) */
 extern const kp__backpool_hooks_t kp__hub_fwd_hooks;
 int kp__hub_front_retry(kp__relay_t *r, int err);
 int kp__hub_front_describe_failure(kp__relay_t *r, int err, char *buf,
                                    size_t len);
-void kp__hub_do_forward(hub_front_t *f, const char *host, int port,
-                        const char *hop);
+void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
+                        int port, const char *hop);
 
 #endif

@@ -8,9 +8,10 @@
  * cluster has fewer sessions on another loop, move their connection there
  * at the request boundary, with the decision already made: the socket and
  * the TLS engine (kp__conn_detach), the head and whatever followed it, and
- * the answer. The other loop wraps the conn, feeds the bytes to a new relay,
- * and applies the answer when the relay has parsed the head, without asking
- * the owner again. kubectl and client-go keep one cluster per connection,
+ * the answer. The other loop wraps the conn and resumes the request in a
+ * new relay, with the head as parsed here (kp__relay_take_request and
+ * kp__relay_resume: it is not parsed again), and applies the answer
+ * without asking the owner again. kubectl and client-go keep one cluster per connection,
  * so a connection moves at most once in the common case; the bytes of an
  * exchange never cross threads. A move waits while the conn still has
  * writes queued (a pipelined earlier response), since those belong to
@@ -19,8 +20,9 @@ typedef struct hub_move {
   kp_hub_t *to;
   uv_os_sock_t fd;
   struct kp_tls *tls;
-  uint8_t *bytes; /* the head and what followed it */
-  size_t len;
+  kp_http_head_t *head; /* parsed, pointing into bytes */
+  uint8_t *bytes;        /* the head and what followed it */
+  size_t head_len, len;
   int kind, via_peer;
   char *cluster, *target;
   uint64_t started_ns;
@@ -36,6 +38,7 @@ static void moved_closed(kp__conn_t *c, int status) {
 static const kp__conn_cbs_t moved_cbs = {.on_close = moved_closed};
 
 static void move_free(hub_move_t *m) {
+  free(m->head);
   free(m->bytes);
   free(m->cluster);
   free(m->target);
@@ -57,7 +60,6 @@ static void move_arrive(void *arg) {
   hub_front_t *f = NULL;
   kp__relay_config_t rc = {hub->cfg.max_head, 0};
   kp__ep_t ep;
-  kp_chunk_t *chunk;
   if (hub->stopping || (f = calloc(1, sizeof(*f))) == NULL ||
       kp__conn_adopt(&f->conn, hub->loop, m->fd, m->tls, &kp__hub_front_cbs, f) != 0) {
     free(f);
@@ -77,17 +79,15 @@ static void move_arrive(void *arg) {
   m->cluster = m->target = NULL;
   ep.ops = &kp__conn_ep_ops;
   ep.h = f->conn;
-  chunk = kp_chunk_new(m->len);
-  if (chunk == NULL || kp__relay_new(&f->relay, ep, &kp__hub_front_router, &rc, f) != 0) {
-    kp_chunk_unref(chunk);
+  if (kp__relay_new(&f->relay, ep, &kp__hub_front_router, &rc, f) != 0) {
     kp__conn_close(f->conn, KP_ENOMEM); /* front_closed reports it */
     move_free(m);
     return;
   }
-  memcpy(kp_chunk_data(chunk), m->bytes, m->len);
   f->arriving = 1;
-  kp__relay_front_data(f->relay, kp_chunk_data(chunk), m->len, chunk);
-  kp_chunk_unref(chunk);
+  kp__relay_resume(f->relay, m->head, m->head_len, m->bytes, m->len);
+  m->head = NULL;
+  m->bytes = NULL;
   f->arriving = 0;
   if (f->freed_late) kp__hub_front_free(f); /* went on (see arriving) */
   else if (f->relay) kp__relay_front_start(f->relay);
@@ -134,7 +134,7 @@ int kp__hub_move_front(hub_front_t *f, kp_hub_t *to, int kind,
   conn->cbs = &moved_cbs;
   conn->ud = hub;
   f->conn = NULL;
-  if (kp__relay_take_front(f->relay, 1, &m->bytes, &m->len) != 0 ||
+  if (kp__relay_take_request(f->relay, &m->head, &m->head_len, &m->bytes, &m->len) != 0 ||
       kp__conn_detach(conn, &m->fd, &m->tls) != 0) {
     if (!conn->closing) kp__conn_close(conn, KP_ENOMEM);
     move_lost(hub, m);

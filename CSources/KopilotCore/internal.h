@@ -48,6 +48,13 @@ struct kp_http_header;
 int kp__headers_list(const struct kp_http_header *h, size_t n,
                      const char *name, const char *token, size_t token_len);
 
+/* Moves a parsed head's pointers from the buffer `from` to a copy of its
+ * bytes at `to` (the same offsets), so a head parsed once can follow its
+ * bytes to another owner. */
+struct kp_http_head;
+void kp__http_head_rebase(struct kp_http_head *h, const uint8_t *from,
+                          uint8_t *to);
+
 /* Draws n bytes from the memory budget (kp_memory_budget_set): 1 when
  * they fit (or there is no budget), 0 when they would pass it. */
 int kp__budget_take(uint64_t n);

@@ -80,6 +80,11 @@ struct kp__relay {
   int want_front_shut; /* shut once the response bytes are all out */
   int resp_status;      /* of the current exchange, 0 until its head */
   uint64_t bytes_up, bytes_down;
+  /* The current request's head, parsed once (request_head, or taken over
+   * with kp__relay_resume), pointing into req.hbuf: the router reads it
+   * while deciding and again for a retry. Allocated per request (a
+   * connection between requests holds none) and freed when it is over. */
+  kp_http_head_t *head;
 };
 
 static void pump(kp__relay_t *r);
@@ -221,6 +226,7 @@ static void finish(kp__relay_t *r) {
   q_clear(&r->resp);
   free(r->req.hbuf);
   free(r->resp.hbuf);
+  free(r->head);
   out_clear(&r->req);
   out_clear(&r->resp);
   if (r->router->on_done) r->router->on_done(r);
@@ -263,6 +269,13 @@ static void front_shutdown(kp__relay_t *r) {
   r->front.ops->shutdown(r->front.h);
 }
 
+/* The current request is over: its head goes, the next one's bytes come. */
+static void request_over(kp__relay_t *r) {
+  r->req.hlen = 0;
+  free(r->head);
+  r->head = NULL;
+}
+
 /* The response finished: the back goes back to the router, the front takes
  * its next request or ends. */
 static void exchange_done(kp__relay_t *r) {
@@ -283,7 +296,7 @@ static void exchange_done(kp__relay_t *r) {
     return;
   }
   r->req.state = ST_HEAD;
-  r->req.hlen = 0;
+  request_over(r);
   if (r->router->on_idle) r->router->on_idle(r);
   if (r->req.src_eof && r->req.qh == NULL) front_shutdown(r);
 }
@@ -338,10 +351,56 @@ static void respond_status(kp__relay_t *r, int status, const char *reason_word,
   free(resp);
 }
 
+/* A request head of head_len bytes (r->head, parsed) is at the start of
+ * d->hbuf: what follows it goes back to the queue, the request's framing
+ * is set up and the router is asked. */
+static void begin_request(kp__relay_t *r, dir_t *d, size_t head_len) {
+  const kp_http_head_t *head = r->head;
+  const char *nm;
+  size_t nl;
+  /* Bytes past the head go back to the front of the queue. */
+  if (head_len < d->hlen) {
+    if (q_push(d, d->hbuf + head_len, d->hlen - head_len, NULL, 1) != 0) {
+      kp__relay_abort(r, KP_ENOMEM);
+      return;
+    }
+  }
+  d->hlen = head_len;
+  if (kp_http_connection_names_protected(head, &nm, &nl)) {
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "the Connection header may not name %.*s: framing, Host, "
+             "credentials and identity fields are not hop-by-hop here",
+             (int)(nl > 64 ? 64 : nl), nm);
+    d->state = ST_DONE;
+    q_clear(d);
+    respond_status(r, 400, "BadRequest", msg);
+    return;
+  }
+  r->req_keep_alive = (head->flags & KP_HTTP_F_KEEP_ALIVE) != 0;
+  r->req_http11 = head->minor_version == 1;
+  r->req_head = head->method_len == 4 && memcmp(head->method, "HEAD", 4) == 0;
+  r->upgrade_asked = (head->flags & KP_HTTP_F_UPGRADE) != 0;
+  r->close_after = 0;
+  kp_http_body_init(&d->body, head, 1, 0);
+  /* Neither chunked nor a Content-Length but 0 (RFC 9112 6.3). */
+  r->req_bodyless = d->body.done;
+  d->have_scan = 0;
+  d->drop = 0;
+  d->state = ST_BODY;
+  r->deciding = 1;
+  set_paused(r, d, 1);
+  r->router->on_request(r, head, d->hbuf, head_len);
+}
+
 /* Returns 1 when the head is complete and was handled, 0 to wait. */
 static int request_head(kp__relay_t *r, dir_t *d) {
-  kp_http_head_t head;
-  int rc = kp_http_parse_request(d->hbuf, d->hlen, r->max_head, &head);
+  int rc;
+  if (r->head == NULL && (r->head = malloc(sizeof(*r->head))) == NULL) {
+    kp__relay_abort(r, KP_ENOMEM);
+    return 1;
+  }
+  rc = kp_http_parse_request(d->hbuf, d->hlen, r->max_head, r->head);
   if (rc == KP_EAGAIN) return 0;
   if (rc < 0) {
     d->state = ST_DONE;
@@ -353,43 +412,7 @@ static int request_head(kp__relay_t *r, dir_t *d) {
       respond_status(r, 400, "BadRequest", "malformed HTTP request");
     return 1;
   }
-  /* Bytes past the head go back to the front of the queue. */
-  if ((size_t)rc < d->hlen) {
-    if (q_push(d, d->hbuf + rc, d->hlen - (size_t)rc, NULL, 1) != 0) {
-      kp__relay_abort(r, KP_ENOMEM);
-      return 1;
-    }
-  }
-  d->hlen = (size_t)rc;
-  {
-    const char *nm;
-    size_t nl;
-    if (kp_http_connection_names_protected(&head, &nm, &nl)) {
-      char msg[160];
-      snprintf(msg, sizeof(msg),
-               "the Connection header may not name %.*s: framing, Host, "
-               "credentials and identity fields are not hop-by-hop here",
-               (int)(nl > 64 ? 64 : nl), nm);
-      d->state = ST_DONE;
-      q_clear(d);
-      respond_status(r, 400, "BadRequest", msg);
-      return 1;
-    }
-  }
-  r->req_keep_alive = (head.flags & KP_HTTP_F_KEEP_ALIVE) != 0;
-  r->req_http11 = head.minor_version == 1;
-  r->req_head = head.method_len == 4 && memcmp(head.method, "HEAD", 4) == 0;
-  r->upgrade_asked = (head.flags & KP_HTTP_F_UPGRADE) != 0;
-  r->close_after = 0;
-  kp_http_body_init(&d->body, &head, 1, 0);
-  /* Neither chunked nor a Content-Length but 0 (RFC 9112 6.3). */
-  r->req_bodyless = d->body.done;
-  d->have_scan = 0;
-  d->drop = 0;
-  d->state = ST_BODY;
-  r->deciding = 1;
-  set_paused(r, d, 1);
-  r->router->on_request(r, &head, d->hbuf, (size_t)rc);
+  begin_request(r, d, (size_t)rc);
   return 1;
 }
 
@@ -446,7 +469,7 @@ static void body_end(kp__relay_t *r, dir_t *d) {
         front_shutdown(r);
       } else {
         d->state = ST_HEAD;
-        d->hlen = 0;
+        request_over(r);
         if (r->router->on_idle) r->router->on_idle(r);
       }
     }
@@ -835,8 +858,10 @@ void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,
   pump(r);
 }
 
-int kp__relay_take_front(kp__relay_t *r, int with_head, uint8_t **out,
-                         size_t *out_len) {
+/* Lets the front go, with the bytes read past the current head (and the
+ * head's bytes first when with_head) copied to *out. */
+static int take(kp__relay_t *r, int with_head, uint8_t **out,
+                size_t *out_len) {
   size_t total = with_head ? r->req.hlen : 0, off = 0;
   qnode_t *q;
   uint8_t *buf = NULL;
@@ -863,8 +888,48 @@ int kp__relay_take_front(kp__relay_t *r, int with_head, uint8_t **out,
   *out_len = total;
   q_clear(&r->req);
   r->front_closed = 1; /* no longer ours */
+  return rc;
+}
+
+int kp__relay_take_front(kp__relay_t *r, uint8_t **out, size_t *out_len) {
+  int rc = take(r, 0, out, out_len);
   finish(r);
   return rc;
+}
+
+int kp__relay_take_request(kp__relay_t *r, kp_http_head_t **head,
+                           size_t *head_len, uint8_t **out, size_t *out_len) {
+  int rc;
+  *head = NULL;
+  *head_len = r->req.hlen;
+  rc = take(r, 1, out, out_len);
+  if (rc == 0 && r->head != NULL && *out != NULL) {
+    kp__http_head_rebase(r->head, r->req.hbuf, *out);
+    *head = r->head;
+    r->head = NULL;
+  } else if (rc == 0) {
+    free(*out);
+    *out = NULL;
+    *out_len = 0;
+    rc = KP_EINVAL; /* no current request */
+  }
+  finish(r);
+  return rc;
+}
+
+void kp__relay_resume(kp__relay_t *r, kp_http_head_t *head, size_t head_len,
+                      uint8_t *bytes, size_t len) {
+  free(r->req.hbuf);
+  free(r->head);
+  r->req.hbuf = bytes;
+  r->req.hcap = r->req.hlen = len;
+  r->head = head;
+  /* Like a head parsed in the pump: the pump below flushes what the
+   * router's answer queued, and frees the relay if it ended. */
+  r->in_pump = 1;
+  begin_request(r, &r->req, head_len);
+  r->in_pump = 0;
+  pump(r);
 }
 
 void kp__relay_front_start(kp__relay_t *r) {
@@ -872,10 +937,8 @@ void kp__relay_front_start(kp__relay_t *r) {
     r->front.ops->read(r->front.h, 1);
 }
 
-void kp__relay_current_head(kp__relay_t *r, const uint8_t **raw,
-                            size_t *len) {
-  *raw = r->req.hbuf;
-  *len = r->req.hlen;
+const kp_http_head_t *kp__relay_current_head(kp__relay_t *r) {
+  return r->head;
 }
 
 /* ---- building heads ---- */
@@ -976,6 +1039,18 @@ uint8_t *kp_http_build_request(const kp_http_head_t *head, const char *target,
   }
   *out_len = b.len;
   return b.p;
+}
+
+int kp__http_head_fits(const uint8_t *head, size_t len) {
+  const uint8_t *p = head, *end = head + len;
+  size_t lines = 0;
+  if (len > KP_HTTP_DEFAULT_MAX_HEAD) return 0;
+  while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+    lines++;
+    p++;
+  }
+  /* The request line and the blank line are not fields. */
+  return lines <= KP_HTTP_MAX_HEADERS + 2;
 }
 
 uint8_t *kp__http_build_response(int status, const char *reason,

@@ -134,20 +134,35 @@ int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
  * body, if any, is read and dropped. close_after: end the connection. */
 void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,
                        int close_after);
-/* Hands the front over (to an agent session after a 101, or to another
- * loop): the relay stops using it and finishes. The bytes already read past
- * the head, after the head itself when with_head, are copied to *out
- * (owned, malloc'd; NULL when *out_len is 0). Returns 0, or KP_ENOMEM when
- * they could not be copied (the front is let go all the same: close it). */
-int kp__relay_take_front(kp__relay_t *r, int with_head, uint8_t **out,
-                         size_t *out_len);
+/* Hands the front over to an agent session after a 101: the relay stops
+ * using it and finishes. The bytes already read past the head are copied
+ * to *out (owned, malloc'd; NULL when *out_len is 0). Returns 0, or
+ * KP_ENOMEM when they could not be copied (the front is let go all the
+ * same: close it). */
+int kp__relay_take_front(kp__relay_t *r, uint8_t **out, size_t *out_len);
+/* Hands the front over with its current request, to go on in another
+ * relay (kp__relay_resume, on another loop): *out holds the head's bytes
+ * (the first *head_len) and those read after it, and *head is the parsed
+ * head, pointing into *out (both owned, malloc'd). The relay finishes as
+ * after kp__relay_take_front. Returns 0; KP_ENOMEM, or KP_EINVAL when
+ * there is no current request, with nothing handed over (close the front). */
+int kp__relay_take_request(kp__relay_t *r, kp_http_head_t **head,
+                           size_t *head_len, uint8_t **out, size_t *out_len);
+/* Starts a new relay (no byte fed yet) on a request taken with
+ * kp__relay_take_request, owning head and bytes from here: the router's
+ * on_request is called as for a head just read, without parsing it again.
+ * The relay may be finished when this returns (see on_done). */
+void kp__relay_resume(kp__relay_t *r, kp_http_head_t *head, size_t head_len,
+                      uint8_t *bytes, size_t len);
 /* For a front that starts with its reads off (a conn moved from another
  * loop, its first bytes fed with kp__relay_front_data): turns them on
  * unless the relay paused the front meanwhile (it turns them on itself
  * when it wants more). */
 void kp__relay_front_start(kp__relay_t *r);
-/* The current request's head bytes (valid until the next request). */
-void kp__relay_current_head(kp__relay_t *r, const uint8_t **raw, size_t *len);
+/* The current request's head, as parsed once when it came in; NULL
+ * between requests. Valid until the request is over (a retry reads it
+ * again). */
+const kp_http_head_t *kp__relay_current_head(kp__relay_t *r);
 /* Closes the front and any back at once. */
 void kp__relay_abort(kp__relay_t *r, int err);
 
@@ -158,6 +173,12 @@ const char *kp__http_reason(int status);
 uint8_t *kp__http_build_status(int status, const char *reason,
                                const char *message, int close,
                                size_t *out_len);
+/* Whether a head built by kp_http_build_request can be read by the next
+ * kopilot hop (an agent, a peer replica), whose parser takes at most
+ * KP_HTTP_DEFAULT_MAX_HEAD bytes and KP_HTTP_MAX_HEADERS fields: the
+ * fields a hop adds can push a head that fit here past either limit, and
+ * such a request is refused here (431), never sent on to be refused there. */
+int kp__http_head_fits(const uint8_t *head, size_t len);
 /* A complete response with the given body (malloc'd). */
 uint8_t *kp__http_build_response(int status, const char *reason,
                                  const char *content_type, const char *body,

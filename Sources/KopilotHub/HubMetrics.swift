@@ -57,7 +57,7 @@ public final class HubMetrics: @unchecked Sendable {
 
   /// A request the core will proxy or forward, and report through
   /// `Hub.onProxied` with `key` as its `cluster`: the cluster ID of a
-  /// `.proxy` answer, `forwardKey(target:)` of a forward. Counted in flight
+  /// `.proxy` or `.forward` answer. Counted in flight
   /// under `key` when it is a registered cluster, else `unknown`; the label
   /// stays with the key until its last request in flight ends, so a cluster
   /// registered or removed meanwhile moves nothing between labels.
@@ -161,25 +161,6 @@ public final class HubMetrics: @unchecked Sendable {
 
   /// The label for a cluster ID; the lock is held.
   private func labelLocked(_ id: String) -> String { isCluster(id) ? id : Self.unknownCluster }
-
-  /// The key the core reports for a forwarded request (hub.c's
-  /// `target_cluster`, which this mirrors byte for byte): the first segment
-  /// after `/proxy/` as the caller sent it, when it could be a cluster ID
-  /// (1 to 317 bytes of a-z, 0-9, '.', '-' and '_'; namespace 63 + '_' +
-  /// name 253), else "". Never a truncated ID.
-  public static func forwardKey(target: String) -> String {
-    let u = target.utf8
-    let prefix = "/proxy/".utf8
-    guard u.starts(with: prefix) else { return "" }
-    let segment = u.dropFirst(prefix.count).prefix { $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: "?") }
-    guard (1...maxClusterIDBytes).contains(segment.count),
-          segment.allSatisfy({ c in
-            (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z")) || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9"))
-              || c == UInt8(ascii: ".") || c == UInt8(ascii: "-") || c == UInt8(ascii: "_")
-          })
-    else { return "" }
-    return String(decoding: segment, as: UTF8.self)
-  }
 
   /// The longest cluster ID: a DNS-1123 label (63), '_', a DNS-1123
   /// subdomain (253). hub.c sizes its field to hold it.

@@ -49,18 +49,15 @@ public struct HubRouter: Sendable {
   /// cluster has to be asked first.
   public func route(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void) -> HubAnswer? {
     let metrics = self.metrics
-    let target = r.target
     @Sendable func counted(_ answer: HubAnswer) -> HubAnswer {
       // A proxied request is counted when it ends (Hub.onProxied); the rest now.
       switch answer {
       case .respond(let status, _, _): metrics?.answered(status: status)
-      case .proxy(let cluster, _): metrics?.proxyStarted(cluster: cluster)
+      // Both end in onProxied, under the cluster they carry: the one the
+      // normalized path names, never what a caller wrote in the path
+      // (`/proxy/<anything>/../default_a/` is default_a's).
+      case .proxy(let cluster, _), .forward(let cluster, _, _, _): metrics?.proxyStarted(cluster: cluster)
       case .acceptAgent: break
-      // A forward also ends in onProxied, under the key the core takes from
-      // the target as sent (`HubMetrics.forwardKey`); the metrics label it
-      // with a registered cluster's ID or `unknown`, never with what a
-      // caller wrote there (`/proxy/<anything>/../default_a/`).
-      case .forward: metrics?.proxyStarted(cluster: HubMetrics.forwardKey(target: target))
       }
       return answer
     }
@@ -185,7 +182,7 @@ public struct HubRouter: Sendable {
       if r.viaPeer { return .proxy(cluster: target.cluster, target: target.forwardTarget) }
       switch placement.place(clusterID: target.cluster) {
       case .local: return .proxy(cluster: target.cluster, target: target.forwardTarget)
-      case .peer(let p): return .forward(host: p.host, port: p.port, hop: hop)
+      case .peer(let p): return .forward(cluster: target.cluster, host: p.host, port: p.port, hop: hop)
       case .nowhere(let why): return .status(503, "ServiceUnavailable", why)
       }
     }

@@ -50,8 +50,9 @@ public enum HubAnswer: Sendable {
   /// Forward to another hub replica's peer listener (mutual TLS), with the
   /// request target and the caller's Authorization unchanged (the peer
   /// authorizes it again) and `Kopilot-Forwarded-By: <hop>` added. Unreachable: 502; asked for a
-  /// request that came from a peer (`viaPeer`): 508.
-  case forward(host: String, port: Int, hop: String)
+  /// request that came from a peer (`viaPeer`): 508. `cluster` is the key
+  /// `onProxied` reports it under (the cluster the request names).
+  case forward(cluster: String, host: String, port: Int, hop: String)
 
   /// A Kubernetes `Status` error answer.
   public static func status(_ code: Int, _ reason: String, _ message: String) -> HubAnswer {
@@ -301,8 +302,10 @@ public final class Hub: @unchecked Sendable {
       return cluster.withCString { kp_hub_request_accept_agent(req, $0) }
     case .respond(let status, let type, var body):
       return body.withUTF8 { b in type.withCString { t in kp_hub_request_respond(req, Int32(status), t, b.baseAddress, b.count) } }
-    case .forward(let host, let port, let hop):
-      return host.withCString { h in hop.withCString { kp_hub_request_forward(req, h, Int32(port), $0) } }
+    case .forward(let cluster, let host, let port, let hop):
+      return cluster.withCString { c in
+        host.withCString { h in hop.withCString { kp_hub_request_forward(req, c, h, Int32(port), $0) } }
+      }
     }
   }
 }

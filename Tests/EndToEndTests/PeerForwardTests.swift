@@ -123,7 +123,7 @@ final class PeerForwardTests: E2ETestCase {
     hubB = try Hub(loop: loop, config: cb) { r in
       if r.path == "/connect" { return .acceptAgent(cluster: "default_sample") }
       // Policy would never do this; the core must refuse it (508).
-      if r.path.hasPrefix("/loop/") { return .forward(host: "127.0.0.1", port: bPeerPort.value, hop: "hub-b") }
+      if r.path.hasPrefix("/loop/") { return .forward(cluster: "", host: "127.0.0.1", port: bPeerPort.value, hop: "hub-b") }
       if let t = parseProxyTarget(r.target) {
         seen.mutate { $0.append(r) }
         return .proxy(cluster: t.cluster, target: t.forwardTarget)
@@ -137,11 +137,13 @@ final class PeerForwardTests: E2ETestCase {
     ca.peerPort = -1 // A only dials
     hubA = try Hub(loop: loop, config: ca) { r in
       let p = r.path
+      // The key A reports the forward under, as the router passes it.
+      let key = parseProxyTarget(r.target)?.cluster ?? ""
       if p.hasPrefix("/proxy/") || p.hasPrefix("/loop/") {
-        return .forward(host: "127.0.0.1", port: targets.b, hop: "hub-a")
+        return .forward(cluster: key, host: "127.0.0.1", port: targets.b, hop: "hub-a")
       }
-      if p.hasPrefix("/wrongname/") { return .forward(host: "127.0.0.1", port: targets.c, hop: "hub-a") }
-      if p.hasPrefix("/dead/") { return .forward(host: "127.0.0.1", port: targets.dead, hop: "hub-a") }
+      if p.hasPrefix("/wrongname/") { return .forward(cluster: key, host: "127.0.0.1", port: targets.c, hop: "hub-a") }
+      if p.hasPrefix("/dead/") { return .forward(cluster: key, host: "127.0.0.1", port: targets.dead, hop: "hub-a") }
       return .status(404, "NotFound", "nothing at \(p)")
     }
     XCTAssertEqual(hubA.peerPort, 0, "no peer listener on A")
@@ -401,7 +403,7 @@ final class PeerForwardTests: E2ETestCase {
     hubA.stop()
     var ca = config(world.certs, peerCert: "hub-a")
     ca.peerPort = -1
-    hubA = try Hub(loop: loop, config: ca) { _ in .forward(host: "127.0.0.1", port: port, hop: "hub-a") }
+    hubA = try Hub(loop: loop, config: ca) { _ in .forward(cluster: "default_sample", host: "127.0.0.1", port: port, hop: "hub-a") }
     hubA.onProxied = { r in proxied.mutate { $0.append(r.status) } }
     // One caller connection for all three, so each forward finds the idle
     // peer connection the previous one left.

@@ -55,6 +55,8 @@ struct SmugglingRow {
   var refuse: Int?
   /// Bytes the member must echo through an upgraded tunnel (the RAW reads).
   var tunnelEcho: [UInt8]? = nil
+  /// Words the refusal's body must hold, where it matters which hop refused.
+  var refusalSays: String? = nil
 }
 
 /// A recorder.py process: a member API server that logs what it parses.
@@ -310,6 +312,8 @@ final class SmugglingHarness {
       if let first = got.responses.first {
         if first.memberTarget != nil || (code == 0 ? !(400...499).contains(first.status) : first.status != code) {
           v.behaviour.append("refused with \(code == 0 ? "a 4xx" : "\(code)") expected, got \(first.summary)")
+        } else if let words = row.refusalSays, !String(decoding: first.body, as: UTF8.self).contains(words) {
+          v.behaviour.append("the refusal does not say \"\(words)\": \(first.summary)")
         }
       } else {
         v.behaviour.append("refused with \(code == 0 ? "a 4xx" : "\(code)") expected, got no answer (closed: \(got.closed), \(got.error ?? "no error"))")
@@ -641,6 +645,26 @@ enum SmugglingCorpus {
     add("no Host in HTTP/1.1", "GET \(t) HTTP/1.1\r\n\(auth)\r\n\r\n")
     add("two Host fields", "GET \(t) HTTP/1.1\r\nHost: x\r\nHost: y\r\n\(auth)\r\n\r\n")
     add("a head that ends in CR LF LF", "GET \(t) HTTP/1.1\r\nHost: x\r\n\(auth)\r\n\n\(smuggle)")
+    // The fields the hub adds (X-Forwarded-For, -Proto) must not push a head
+    // that it could read past what the next hop reads (128 fields): that
+    // is a 431 here, never a head the agent refuses or misreads.
+    func fill(_ n: Int) -> [String] { (0..<n).map { "X-Fill-\($0): v" } }
+    // 125 fields take 128 with the three a forwarding replica adds.
+    for (fillers, served) in [(126, false), (123, true)] {
+      let tag = "head-\(rows.count)"
+      var d = allowed(tag)
+      if !served {
+        d.allowed = false
+        d.upstreamTarget = "-"
+      }
+      var r = row("\(fillers + 2) fields, \(served ? "served" : "past 128 with the hub's own: 431 by the hub")",
+                  tag, request(target: d.target, token: c.smuggler, headers: fill(fillers)), [d],
+                  refuse: served ? nil : 431)
+      // The hub's words: the agent, had it been sent the head, would have
+      // refused it too, and that would hide a hub that sends it.
+      if !served { r.refusalSays = "the fields the hub adds" }
+      rows.append(r)
+    }
     return rows
   }
 

@@ -5,7 +5,8 @@
  * sizes come from the bytes themselves, interleaved. The fake destinations
  * take a varying share of each write (a full window or a slow socket), and
  * the router answers each request by attaching a fresh back, answering
- * locally, or taking the front, chosen from the request's first byte; a
+ * locally, or taking the front (alone, or with its request as when a
+ * connection moves to another loop), chosen from the request's length; a
  * back that ends before its response began is replaced at once every other
  * time (the retry hook) and refused otherwise, its 502 worded by the
  * router every other time (describe_failure). The
@@ -62,6 +63,26 @@ static const kp__ep_ops_t stream_like = {
 };
 static const kp__ep_ops_t *front_ops, *back_ops;
 
+static void check_moved_head(const kp_http_head_t *h, size_t head_len,
+                             const uint8_t *bytes, size_t len) {
+  static kp_http_head_t again;
+  size_t i;
+  if (h == NULL || bytes == NULL || head_len > len ||
+      kp_http_parse_request(bytes, head_len, 0, &again) != (int)head_len)
+    abort();
+  if (h->method != again.method || h->method_len != again.method_len ||
+      h->target != again.target || h->target_len != again.target_len ||
+      h->num_headers != again.num_headers || h->flags != again.flags ||
+      h->content_length != again.content_length)
+    abort();
+  for (i = 0; i < h->num_headers; i++)
+    if (h->headers[i].name != again.headers[i].name ||
+        h->headers[i].name_len != again.headers[i].name_len ||
+        h->headers[i].value != again.headers[i].value ||
+        h->headers[i].value_len != again.headers[i].value_len)
+      abort();
+}
+
 static void on_request(kp__relay_t *r, const kp_http_head_t *head,
                        const uint8_t *raw, size_t raw_len) {
   size_t len;
@@ -89,8 +110,19 @@ static void on_request(kp__relay_t *r, const kp_http_head_t *head,
   }
   default: {
     uint8_t *rest;
-    size_t rest_len;
-    (void)kp__relay_take_front(r, 0, &rest, &rest_len);
+    size_t rest_len, head_len;
+    kp_http_head_t *moved;
+    if (raw_len & 8) {
+      (void)kp__relay_take_front(r, &rest, &rest_len);
+      free(rest);
+      break;
+    }
+    /* Taken with its request (as to another loop): the head handed over
+     * must be the one a fresh parse of the bytes handed over gives, field
+     * by field and pointer by pointer. */
+    if (kp__relay_take_request(r, &moved, &head_len, &rest, &rest_len) == 0)
+      check_moved_head(moved, head_len, rest, rest_len);
+    free(moved);
     free(rest);
     break;
   }

@@ -4,7 +4,8 @@
  * pipelines on one connection. It goes through a relay shaped like the
  * hub's front (a conn in front, one fresh mux-stream back per request, the
  * head rebuilt with the hub's drop list), whose router lets every request
- * through; each back answers "200, empty" once the whole input has
+ * through unless its rebuilt head would not fit the next hop (431 then, as
+ * the hub answers); each back answers "200, empty" once the whole input has
  * arrived, so the relay goes on to the next request. What each hub back
  * received is then fed to a relay shaped like the agent's (a stream in
  * front, a conn back, its own head rebuild), as the member would see it.
@@ -106,9 +107,6 @@ static void side_on_request(kp__relay_t *r, const kp_http_head_t *head,
     kp__relay_respond(r, (const uint8_t *)msg, sizeof(msg) - 1, 1);
     return;
   }
-  s->n++;
-  rec_add(&s->method[k], (const uint8_t *)head->method, head->method_len);
-  rec_add(&s->target[k], (const uint8_t *)head->target, head->target_len);
   if (s->agent)
     req = kp_http_build_request(head, head->target, head->target_len, agent_drop,
                                 agent_extra, sizeof(agent_extra) - 1, &len);
@@ -116,6 +114,17 @@ static void side_on_request(kp__relay_t *r, const kp_http_head_t *head,
     req = kp_http_build_request(head, head->target, head->target_len, hub_drop,
                                 hub_extra, sizeof(hub_extra) - 1, &len);
   if (req == NULL) abort();
+  if (!s->agent && !kp__http_head_fits(req, len)) {
+    /* As the hub: a head its own fields push past what the next hop
+     * reads is refused here, and nothing goes on. */
+    static const char msg[] = "HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n";
+    free(req);
+    kp__relay_respond(r, (const uint8_t *)msg, sizeof(msg) - 1, 0);
+    return;
+  }
+  s->n++;
+  rec_add(&s->method[k], (const uint8_t *)head->method, head->method_len);
+  rec_add(&s->target[k], (const uint8_t *)head->target, head->target_len);
   s->head_len[k] = len;
   s->backs[k].attached = 1;
   s->current = k;

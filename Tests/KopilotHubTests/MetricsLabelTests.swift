@@ -83,19 +83,21 @@ final class MetricsLabelTests: XCTestCase {
     return (values, inFlight)
   }
 
-  func testForwardKeyIsAClusterIDOrNothing() {
-    XCTAssertEqual(HubMetrics.forwardKey(target: "/proxy/default_a/api?x=1"), "default_a")
-    XCTAssertEqual(HubMetrics.forwardKey(target: "/proxy/default_a?watch=1"), "default_a")
-    XCTAssertEqual(HubMetrics.forwardKey(target: "/proxy/\(Self.longID)/x"), Self.longID)
-    XCTAssertEqual(Self.longID.utf8.count, HubMetrics.maxClusterIDBytes)
-    for t in ["/api/v1", "/proxy/", "/proxy//x", "/proxy/\(Self.longID)x/y", "/proxy/Default_a/x", "/proxy/a%2fb/x",
-              "/proxy/\u{e9}_a/x", "/proxy/a b/x"] {
-      XCTAssertEqual(HubMetrics.forwardKey(target: t), "", t)
+  /// A forward carries the cluster its normalized path names, the key the
+  /// core reports it under: never a segment the caller wrote.
+  func testAForwardCarriesTheClusterOfItsNormalizedPath() {
+    let router = router(nil, port: 1)
+    for (t, cluster) in [("/proxy/default_a/api?x=1", "default_a"), ("/proxy/default_a?watch=1", "default_a"),
+                         ("/proxy/zz_q/../default_a/version", "default_a"), ("/proxy/\(Self.longID)/x", Self.longID)] {
+      let r = HubRequest(method: "GET", target: t, headers: [("Authorization", "Bearer x")], peer: "127.0.0.1:1")
+      guard case .forward(let c, _, _, _) = router.route(r) else { return XCTFail("\(t): not a forward") }
+      XCTAssertEqual(c, cluster, t)
     }
+    XCTAssertEqual(Self.longID.utf8.count, HubMetrics.maxClusterIDBytes)
   }
 
   /// The router and the metrics alone, the core's reports simulated with
-  /// the key hub.c reports (`forwardKey`).
+  /// the key the answer carries (the core reports that one).
   func testRandomClusterSegmentsMakeNoLabels() {
     let metrics = HubMetrics(isCluster: { [registry = registry()] in registry.cluster(id: $0) != nil })
     let router = router(metrics, port: 1)
@@ -103,18 +105,19 @@ final class MetricsLabelTests: XCTestCase {
     for t in Self.hostileTargets(1_000) + ["/proxy/default_a/version"] {
       let r = HubRequest(method: "GET", target: t, headers: [("Authorization", "Bearer x")], peer: "127.0.0.1:1")
       switch router.route(r) {
-      case .forward:
+      case .forward(let cluster, _, _, _):
         forwards += 1
-        metrics.proxyEnded(cluster: HubMetrics.forwardKey(target: t), status: 502, bytesUp: 0, bytesDown: 0,
-                           durationMicros: 1)
+        metrics.proxyEnded(cluster: cluster, status: 502, bytesUp: 0, bytesDown: 0, durationMicros: 1)
       // Not registered (404), or not a cluster path at all (400).
       case .respond(let status, _, _): XCTAssertTrue([400, 404].contains(status), "\(status) \(t)")
       default: XCTFail("\(t): unexpected answer")
       }
     }
     XCTAssertEqual(forwards, 751)
+    // Only registered clusters label anything: what a caller wrote before
+    // a dot segment never does.
     let (values, inFlight) = labels(metrics.render())
-    XCTAssertEqual(values, ["unknown", "default_a"])
+    XCTAssertEqual(values, ["default_a", Self.longID])
     XCTAssertEqual(inFlight, 0)
   }
 
@@ -186,7 +189,7 @@ final class MetricsLabelTests: XCTestCase {
     XCTAssertTrue(waitUntil(timeout: 10) { ended.value == forwarded })
 
     let (values, inFlight) = labels(metrics.render())
-    XCTAssertEqual(values, ["unknown", "default_a", Self.longID])
+    XCTAssertEqual(values, ["default_a", Self.longID])
     XCTAssertEqual(inFlight, 0, metrics.render())
   }
 }

@@ -321,10 +321,11 @@ int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster);
  * host:port. Errors, as Kubernetes Status: 502 "replica <host:port>
  * unreachable: <reason>" when no response head came back; 508 when the
  * request itself came from a peer (a forwarding loop); 500 for a bad hop.
- * on_proxied fires once per forward with the cluster named by the target
- * ("/proxy/<cluster>/...", "" when it names none) and session 0. */
-int kp_hub_request_forward(kp_hub_request_t *req, const char *host, int port,
-                           const char *hop);
+ * on_proxied fires once per forward, with `cluster` (the key the owner
+ * counted the request under, borrowed, copied; at most 317 bytes, longer
+ * is reported as "") and session 0. */
+int kp_hub_request_forward(kp_hub_request_t *req, const char *cluster,
+                           const char *host, int port, const char *hop);
 /* 1 when the request arrived on the peer listener (another replica
  * forwarded it: authorize it as any other, never forward it again), else 0. Any thread,
  * until the request is answered. */
