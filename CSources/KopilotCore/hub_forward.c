@@ -15,21 +15,23 @@
 /* Keeps the first reason a peer conn failed for the 502's message. */
 static void fwd_note_why(hub_front_t *f, kp__conn_t *c, int status) {
   const char *tls = c && c->tls ? kp_tls_last_error(c->tls) : "";
-  if (f->fwd_why[0]) return;
+  char *why = f->fwd->why;
+  size_t cap = sizeof(f->fwd->why);
+  if (why[0]) return;
   if (status == 0)
-    snprintf(f->fwd_why, sizeof(f->fwd_why),
-             "the connection closed before the response began");
+    snprintf(why, cap, "the connection closed before the response began");
   else if ((status == KP_ECERT || status == KP_ETLS) && tls && tls[0])
-    snprintf(f->fwd_why, sizeof(f->fwd_why), "%s: %s", kp_strerror(status), tls);
+    snprintf(why, cap, "%s: %s", kp_strerror(status), tls);
   else
-    snprintf(f->fwd_why, sizeof(f->fwd_why), "%s", kp_strerror(status));
+    snprintf(why, cap, "%s", kp_strerror(status));
 }
 
 /* No response head will come from the peer: 502 naming it. */
 static void fwd_fail(hub_front_t *f, int status) {
   char msg[600];
   fwd_note_why(f, NULL, status);
-  snprintf(msg, sizeof(msg), "replica %s unreachable: %s", f->fwd_to, f->fwd_why);
+  snprintf(msg, sizeof(msg), "replica %s unreachable: %s", f->fwd->to,
+           f->fwd->why);
   kp__hub_proxied_local(f, f->cluster, 502);
   kp__hub_status_json(f, 502, "BadGateway", msg);
 }
@@ -55,8 +57,8 @@ static int fwd_dial(kp__backpool_t *p, kp__backreq_t *q, kp__back_t *b) {
   kp_hub_t *hub = p->ud;
   hub_front_t *f = kp__relay_user_data(q->relay);
   int rc;
-  f->fwd_why[0] = 0;
-  rc = kp__conn_dial(&b->conn, hub->loop, f->fwd_host, f->fwd_port,
+  f->fwd->why[0] = 0;
+  rc = kp__conn_dial(&b->conn, hub->loop, f->fwd->host, f->fwd->port,
                      hub->peer_client, hub->peer_server_name,
                      &kp__back_conn_cbs, b);
   if (rc != 0) return rc;
@@ -75,9 +77,9 @@ const kp__backpool_hooks_t kp__hub_fwd_hooks = {
 int kp__hub_front_retry(kp__relay_t *r, int err) {
   hub_front_t *f = kp__relay_user_data(r);
   (void)err;
-  if (f->fwd_to[0] == 0 || f->hub->stopping) return 0;
-  if (!kp__backreq_retry(&f->hub->fwd_pool, &f->fwd)) return 0;
-  f->proxied_held = 0; /* the new attempt reports */
+  if (!f->forwarding || f->hub->stopping) return 0;
+  if (!kp__backreq_retry(&f->hub->fwd_pool, &f->fwd->req)) return 0;
+  f->fwd->held = 0; /* the new attempt reports */
   return 1;
 }
 
@@ -85,9 +87,9 @@ int kp__hub_front_describe_failure(kp__relay_t *r, int err, char *buf,
                                    size_t len) {
   hub_front_t *f = kp__relay_user_data(r);
   kp__hub_flush_held(f);
-  if (f->fwd_to[0] == 0) return 0;
+  if (!f->forwarding) return 0;
   fwd_note_why(f, NULL, err);
-  snprintf(buf, len, "replica %s unreachable: %s", f->fwd_to, f->fwd_why);
+  snprintf(buf, len, "replica %s unreachable: %s", f->fwd->to, f->fwd->why);
   return 1;
 }
 
@@ -111,8 +113,9 @@ void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
   static const char *const drop[] = {"x-forwarded-for", "x-forwarded-proto",
                                      "kopilot-forwarded-by",
                                      KP_HTTP_DROP_IDENTITY, NULL};
+  hub_fwd_t *w;
   int n, rc;
-  f->fwd_to[0] = 0;
+  f->forwarding = 0;
   f->session = 0;
   kp__hub_set_cluster(f, cluster);
   if (hub->stopping || head == NULL) {
@@ -129,20 +132,26 @@ void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
                         "be forwarded again");
     return;
   }
-  if (!hop_ok(hop) || host[0] == 0 || strlen(host) >= sizeof(f->fwd_host) ||
+  if (!hop_ok(hop) || host[0] == 0 || strlen(host) >= sizeof(w->host) ||
       port <= 0 || port > 65535) {
     kp__hub_proxied_local(f, f->cluster, 500);
     kp__hub_status_json(f, 500, "InternalError",
                         "bad forward answer: host, port or hop marker invalid");
     return;
   }
-  snprintf(f->fwd_host, sizeof(f->fwd_host), "%s", host);
-  f->fwd_port = port;
-  snprintf(f->fwd_to, sizeof(f->fwd_to), strchr(host, ':') ? "[%s]:%d" : "%s:%d",
-           host, port);
+  if (f->fwd == NULL && (f->fwd = calloc(1, sizeof(*f->fwd))) == NULL) {
+    kp__hub_proxied_local(f, f->cluster, 0);
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
+  w = f->fwd;
+  snprintf(w->host, sizeof(w->host), "%s", host);
+  w->port = port;
+  snprintf(w->to, sizeof(w->to), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+           port);
+  w->why[0] = 0;
   if (hub->peer_client == NULL) {
-    f->fwd_why[0] = 0;
-    snprintf(f->fwd_why, sizeof(f->fwd_why), "no peer certificate configured");
+    snprintf(w->why, sizeof(w->why), "no peer certificate configured");
     fwd_fail(f, KP_EINVAL);
     return;
   }
@@ -151,23 +160,22 @@ void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
                "Kopilot-Forwarded-By: %s\r\n",
                (int)(strrchr(f->conn->peer, ':') - f->conn->peer),
                f->conn->peer, hop);
-  kp__backreq_clear_head(&f->fwd);
-  f->fwd.head = kp_http_build_request(head, head->target, head->target_len,
-                                       drop, extra, (size_t)n, &f->fwd.head_len);
-  if (f->fwd.head == NULL) {
+  kp__backreq_clear_head(&w->req);
+  w->req.head = kp_http_build_request(head, head->target, head->target_len,
+                                      drop, extra, (size_t)n, &w->req.head_len);
+  if (w->req.head == NULL) {
     kp__hub_proxied_local(f, f->cluster, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }
-  if (!kp__http_head_fits(f->fwd.head, f->fwd.head_len)) {
-    kp__backreq_clear_head(&f->fwd);
-    f->fwd_to[0] = 0;
+  if (!kp__http_head_fits(w->req.head, w->req.head_len)) {
+    kp__backreq_clear_head(&w->req);
     kp__hub_head_too_big(f, f->cluster);
     return;
   }
-  f->fwd.idempotent = kp__backpool_idempotent(head) != 0;
-  f->fwd.key = f->fwd_to;
-  f->fwd_why[0] = 0;
-  if ((rc = kp__backreq_start(&hub->fwd_pool, &f->fwd, f->relay)) != 0)
+  w->req.idempotent = kp__backpool_idempotent(head) != 0;
+  w->req.key = w->to;
+  f->forwarding = 1;
+  if ((rc = kp__backreq_start(&hub->fwd_pool, &w->req, f->relay)) != 0)
     fwd_fail(f, rc);
 }

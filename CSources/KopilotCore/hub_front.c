@@ -14,7 +14,8 @@ void kp__hub_set_cluster(hub_front_t *f, const char *cluster) {
 }
 
 void kp__hub_front_free(hub_front_t *f) {
-  kp__backreq_clear_head(&f->fwd);
+  if (f->fwd) kp__backreq_clear_head(&f->fwd->req);
+  free(f->fwd);
   free(f->moved_cluster);
   free(f->moved_target);
   free(f);
@@ -27,7 +28,7 @@ static void front_release_back(kp__relay_t *r, kp__ep_t back,
   hub_front_t *f = kp__relay_user_data(r);
   kp_mux_stream_t *st = back.h;
   if (back.ops == &kp__conn_ep_ops) {
-    kp__backreq_release(&f->fwd, back, how); /* a peer replica's conn */
+    kp__backreq_release(&f->fwd->req, back, how); /* a peer replica's conn */
     return;
   }
   kp_mux_stream_set_user_data(st, NULL);
@@ -38,10 +39,11 @@ static void front_release_back(kp__relay_t *r, kp__ep_t back,
 /* Reports a held exchange (see front_exchange) that was not retried. */
 void kp__hub_flush_held(hub_front_t *f) {
   kp_hub_t *hub = f->hub;
-  if (!f->proxied_held) return;
-  f->proxied_held = 0;
+  if (f->fwd == NULL || !f->fwd->held) return;
+  f->fwd->held = 0;
   if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, f->cluster, 0, 0, f->held_up, f->held_down,
+    hub->cbs.on_proxied(hub, f->cluster, 0, 0, f->fwd->held_up,
+                        f->fwd->held_down,
                         (uv_hrtime() - f->started_ns) / 1000, hub->ud);
 }
 
@@ -49,7 +51,7 @@ static void front_done(kp__relay_t *r) {
   hub_front_t *f = kp__relay_user_data(r);
   kp__hub_flush_held(f);
   f->relay = NULL;
-  kp__backreq_orphan(&f->fwd); /* a peer conn still dialing goes away */
+  if (f->fwd) kp__backreq_orphan(&f->fwd->req); /* one still dialing goes */
   if (f->detached) {
     /* The conn went to an agent session; this record is ours to free. The
      * relay may finish inside take_front or only when its pump unwinds. */
@@ -67,6 +69,7 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   (void)raw_len;
   kp__hub_flush_held(f);
   f->cluster[0] = 0;
+  f->forwarding = 0;
   /* The head is in: no deadline while the request and its response run
    * (a watch or an exec may last hours). */
   kp__conn_set_timeout(f->conn, 0);
@@ -108,13 +111,13 @@ static void front_exchange(kp__relay_t *r, int status, uint64_t up,
                            uint64_t down) {
   hub_front_t *f = kp__relay_user_data(r);
   kp_hub_t *hub = f->hub;
-  if (status == 0 && f->fwd_to[0] && f->fwd.reused && f->fwd.idempotent &&
-      !f->fwd.retried) {
+  if (status == 0 && f->forwarding && f->fwd->req.reused &&
+      f->fwd->req.idempotent && !f->fwd->req.retried) {
     /* kp__hub_front_retry may send it again (then this report is dropped); any
      * other ending reports it (kp__hub_flush_held). */
-    f->proxied_held = 1;
-    f->held_up = up;
-    f->held_down = down;
+    f->fwd->held = 1;
+    f->fwd->held_up = up;
+    f->fwd->held_down = down;
     return;
   }
   if (hub->cbs.on_proxied)
@@ -368,7 +371,7 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   uint8_t *req;
   size_t req_len;
   int n, keep_xff;
-  f->fwd_to[0] = 0;
+  f->forwarding = 0;
   if (!f->pinned && (c == NULL || kp__hub_pick_session(c, NULL) == NULL)) {
     kp_hub_t *to = kp__hub_other_loop(hub, cluster, 0);
     if (to != NULL && kp__hub_move_front(f, to, MOVE_PROXY, cluster, target) == 0)

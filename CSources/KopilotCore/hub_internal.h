@@ -109,6 +109,21 @@ struct kp_hub {
 };
 
 enum { MOVE_PROXY = 1, MOVE_AGENT = 2 };
+
+/* A caller connection's forward to a peer replica (hub_forward.c). Made by
+ * its first forward and kept for the next ones, so a connection that never
+ * forwards (every one in the embedded mode) carries none of it. */
+typedef struct hub_fwd {
+  kp__backreq_t req; /* its head and peer conn (key: to) */
+  char host[256];
+  int port;
+  char to[300];      /* "host:port", for messages and the idle pool */
+  char why[256];     /* why the peer conn failed, first reason */
+  /* A failed exchange on a reused peer conn that may yet be retried: its
+   * on_proxied waits, so a retried forward is reported once. */
+  unsigned held : 1;
+  uint64_t held_up, held_down;
+} hub_fwd_t;
 /* kp_hub_request_t is never defined: the handle given out is the caller's
  * hub_front_t, cast. */
 
@@ -132,16 +147,9 @@ typedef struct hub_front {
    * is reported on the ID it was answered with, never a truncated one. */
   char cluster[HUB_CLUSTER_ID_MAX + 1];
   int via_peer;        /* accepted on the peer listener */
-  /* The current forward to a peer replica (fwd_to[0] == 0: none). */
-  kp__backreq_t fwd;   /* its head and peer conn (key: fwd_to) */
-  char fwd_host[256];
-  int fwd_port;
-  char fwd_to[300];    /* "host:port", for messages and the idle pool */
-  char fwd_why[256];   /* why the peer conn failed, first reason */
-  /* A failed exchange on a reused peer conn that may yet be retried: its
-   * on_proxied waits, so a retried forward is reported once. */
-  unsigned proxied_held : 1;
-  uint64_t held_up, held_down;
+  /* The current request is a forward to a peer replica (fwd holds it). */
+  unsigned forwarding : 1;
+  hub_fwd_t *fwd; /* NULL until the connection's first forward */
   /* Moving between loops (see "moving a caller"). pinned: the current
    * request came with a decision from another loop and does not move
    * again. moved_*: that decision, until the relay parses the head here. */
