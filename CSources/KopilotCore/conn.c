@@ -1,6 +1,5 @@
 /* conn.c - TCP + TLS connections on the loop. See conn.h. */
 #include "conn.h"
-#include "relay.h"
 
 #include <stdio.h>
 #include <unistd.h>
@@ -31,8 +30,32 @@ static void conn_handle_closed(uv_handle_t *h) {
 
 static int conn_flush(kp__conn_t *c);
 
+static void set_leave(kp__conn_t *c) {
+  if (c->set == NULL) return;
+  if (c->set_prev) c->set_prev->set_next = c->set_next;
+  else c->set->head = c->set_next;
+  if (c->set_next) c->set_next->set_prev = c->set_prev;
+  c->set = NULL;
+  c->set_prev = c->set_next = NULL;
+}
+
+void kp__conn_join(kp__conn_t *c, kp__conn_set_t *set) {
+  set_leave(c);
+  if (c->closing) return;
+  c->set = set;
+  c->set_prev = NULL;
+  c->set_next = set->head;
+  if (set->head) set->head->set_prev = c;
+  set->head = c;
+}
+
+void kp__conn_close_all(kp__conn_set_t *set, int status) {
+  while (set->head) kp__conn_close(set->head, status); /* each leaves */
+}
+
 void kp__conn_close(kp__conn_t *c, int status) {
   if (c->closing) return;
+  set_leave(c); /* first: close_all relies on it */
   /* Corked bytes (a last GoAway, an error response) still get their one
    * try: uv_write writes at once when the socket has room. */
   if (c->flush.queued) (void)conn_flush(c);
@@ -544,23 +567,3 @@ int kp__conn_dial(kp__conn_t **out, kp_loop_t *loop, const char *host,
   *out = c;
   return 0;
 }
-
-/* ---- the relay's view ---- */
-
-static int64_t ep_write(void *h, const uint8_t *p, size_t n) {
-  int rc = kp__conn_write(h, p, n);
-  return rc < 0 ? rc : (int64_t)n;
-}
-static void ep_read(void *h, int on) { kp__conn_read(h, on); }
-static uint64_t ep_pending(void *h) { return ((kp__conn_t *)h)->pending; }
-static void ep_shutdown(void *h) { kp__conn_shutdown(h); }
-static void ep_abort(void *h, int err) { kp__conn_close(h, err); }
-
-const kp__ep_ops_t kp__conn_ep_ops = {
-    .write = ep_write,
-    .read = ep_read,
-    .consumed = NULL,
-    .pending = ep_pending,
-    .shutdown = ep_shutdown,
-    .abort = ep_abort,
-};

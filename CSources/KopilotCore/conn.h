@@ -13,6 +13,13 @@
 
 typedef struct kp__conn kp__conn_t;
 
+/* Conns that close together: a hub shard's, when it stops. A conn joins at
+ * most one set (kp__conn_join) and leaves it when it starts closing, so
+ * the set holds exactly the live conns that joined it. */
+typedef struct kp__conn_set {
+  kp__conn_t *head;
+} kp__conn_set_t;
+
 typedef struct kp__conn_cbs {
   /* TLS handshake done (status 0) or failed; on failure on_close follows. */
   void (*on_ready)(kp__conn_t *c, int status);
@@ -54,6 +61,8 @@ struct kp__conn {
   kp__deferred_t flush; /* queued: ciphertext waits for the iteration's end */
   size_t unflushed;     /* plaintext bytes in that ciphertext */
   char peer[64]; /* "ip:port" */
+  kp__conn_set_t *set; /* the set it joined, until it starts closing */
+  kp__conn_t *set_prev, *set_next;
 };
 
 /* Wraps an accepted TCP socket from `server`; the TLS handshake starts at
@@ -77,6 +86,10 @@ void kp__conn_read(kp__conn_t *c, int on);
 void kp__conn_shutdown(kp__conn_t *c);
 /* Closes now; on_close(status) follows from the loop. Idempotent. */
 void kp__conn_close(kp__conn_t *c, int status);
+/* Puts a live conn in `set` (it leaves any other first). */
+void kp__conn_join(kp__conn_t *c, kp__conn_set_t *set);
+/* Closes every conn of the set with `status`; the set is empty after. */
+void kp__conn_close_all(kp__conn_set_t *set, int status);
 /* Arms a deadline: ms from now the conn closes with KP_ETIMEDOUT unless the
  * deadline is moved or cleared (0) first. Reads do not move it: a peer that
  * trickles bytes (slowloris) still runs out of time. */
@@ -101,7 +114,8 @@ int kp__conn_dial(kp__conn_t **out, kp_loop_t *loop, const char *host,
                   int port, struct kp_tls_ctx *ctx, const char *server_name,
                   const kp__conn_cbs_t *cbs, void *ud);
 
-/* The endpoint view of a conn, for the relay (ep.h = the conn). */
+/* The endpoint view of a conn, for the relay (ep.h = the conn;
+ * conn_ep.c). */
 struct kp__ep_ops;
 extern const struct kp__ep_ops kp__conn_ep_ops;
 

@@ -220,23 +220,6 @@ int kp_hub_port(const kp_hub_t *hub) { return hub->port; }
 
 int kp_hub_peer_port(const kp_hub_t *hub) { return hub->peer_port; }
 
-static void close_every_conn(uv_handle_t *h, void *arg) {
-  kp_hub_t *hub = arg;
-  kp__conn_t *c;
-  /* Conns are the only uv_tcp_t handles besides the listener here; their
-   * data pointer is the conn (see conn.c). */
-  if (h->type != UV_TCP || h == (uv_handle_t *)&hub->listener ||
-      (hub->has_peer_listener && h == (uv_handle_t *)&hub->peer_listener) ||
-      uv_is_closing(h))
-    return;
-  c = h->data;
-  if ((c->cbs == &kp__hub_front_cbs && ((hub_front_t *)c->ud)->hub == hub) ||
-      (c->cbs == &kp__back_conn_cbs &&
-       ((kp__back_t *)c->ud)->pool == &hub->fwd_pool) ||
-      (c->cbs == &kp__sess_conn_cbs && ((kp__sess_t *)c->ud)->ud == hub))
-    kp__conn_close(c, KP_ECLOSED);
-}
-
 static void listener_closed(uv_handle_t *h) {
   kp_hub_t *hub = h->data;
   hub->listener_closed = 1;
@@ -260,9 +243,9 @@ static void hub_stop(void *arg) {
   hub->stopping = 1;
   kp__backpool_close(&hub->fwd_pool); /* forwards ending now keep no conn */
   uv_close((uv_handle_t *)&hub->hs_timer, timer_closed);
-  /* Only this hub's conns may be closed: a loop shared with an agent has
-   * other tcp handles. The walk closes conns whose cbs belong to the hub. */
-  uv_walk(kp__loop_uv(hub->loop), close_every_conn, hub);
+  /* This shard's conns, and only those (a loop shared with an agent or
+   * another shard has others): each joined hub->conns when it was made. */
+  kp__conn_close_all(&hub->conns, KP_ECLOSED);
   uv_close((uv_handle_t *)&hub->listener, listener_closed);
   if (hub->has_peer_listener)
     uv_close((uv_handle_t *)&hub->peer_listener, peer_listener_closed);

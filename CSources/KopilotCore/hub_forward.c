@@ -63,6 +63,7 @@ static int fwd_dial(kp__backpool_t *p, kp__backreq_t *q, kp__back_t *b) {
                      &kp__back_conn_cbs, b);
   if (rc != 0) return rc;
   kp__conn_set_timeout(b->conn, FWD_DEADLINE_MS);
+  kp__conn_join(b->conn, &hub->conns);
   hub->open_conns++;
   return 0;
 }

@@ -85,8 +85,11 @@ struct kp_hub {
   void *ud;
   int port;
   hub_cluster_t *buckets[HUB_BUCKETS];
-  /* Every live caller conn and session conn, for shutdown. */
+  /* Every live conn of this shard: callers, sessions, peer conns and moving
+   * ones, counted until their on_close (shutdown waits for 0). The live
+   * ones are in `conns`, which stopping closes. */
   size_t open_conns;
+  kp__conn_set_t conns;
   /* Conns holding a handshake slot, oldest first (see above). */
   struct hub_front *hs_head, *hs_tail;
   size_t handshaking;

@@ -41,6 +41,7 @@ static void accept_one(kp_hub_t *hub) {
   else hub->hs_head = f;
   hub->hs_tail = f;
   hub->handshaking++;
+  kp__conn_join(f->conn, &hub->conns);
   hub->open_conns++;
   atomic_fetch_add_explicit(&hub->accepted, 1, memory_order_relaxed);
 }
@@ -97,6 +98,7 @@ static void on_peer_connection(uv_stream_t *server, int status) {
     drop_pending(server);
     return;
   }
+  kp__conn_join(f->conn, &hub->conns);
   hub->open_conns++;
 }
 

@@ -69,6 +69,7 @@ static void move_arrive(void *arg) {
     move_free(m);
     return;
   }
+  kp__conn_join(f->conn, &hub->conns);
   hub->open_conns++;
   f->hub = hub;
   f->via_peer = m->via_peer;
