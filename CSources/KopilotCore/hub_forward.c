@@ -79,15 +79,12 @@ int kp__hub_front_retry(kp__relay_t *r, int err) {
   hub_front_t *f = kp__relay_user_data(r);
   (void)err;
   if (!f->forwarding || f->hub->stopping) return 0;
-  if (!kp__backreq_retry(&f->hub->fwd_pool, &f->fwd->req)) return 0;
-  f->fwd->held = 0; /* the new attempt reports */
-  return 1;
+  return kp__backreq_retry(&f->hub->fwd_pool, &f->fwd->req);
 }
 
 int kp__hub_front_describe_failure(kp__relay_t *r, int err, char *buf,
                                    size_t len) {
   hub_front_t *f = kp__relay_user_data(r);
-  kp__hub_flush_held(f);
   if (!f->forwarding) return 0;
   fwd_note_why(f, NULL, err);
   snprintf(buf, len, "replica %s unreachable: %s", f->fwd->to, f->fwd->why);

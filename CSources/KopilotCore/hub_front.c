@@ -36,20 +36,8 @@ static void front_release_back(kp__relay_t *r, kp__ep_t back,
   else kp_mux_stream_reset(st);
 }
 
-/* Reports a held exchange (see front_exchange) that was not retried. */
-void kp__hub_flush_held(hub_front_t *f) {
-  kp_hub_t *hub = f->hub;
-  if (f->fwd == NULL || !f->fwd->held) return;
-  f->fwd->held = 0;
-  if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, f->cluster, 0, 0, f->fwd->held_up,
-                        f->fwd->held_down,
-                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
-}
-
 static void front_done(kp__relay_t *r) {
   hub_front_t *f = kp__relay_user_data(r);
-  kp__hub_flush_held(f);
   f->relay = NULL;
   if (f->fwd) kp__backreq_orphan(&f->fwd->req); /* one still dialing goes */
   if (f->detached) {
@@ -67,7 +55,6 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   hub_front_t *f = kp__relay_user_data(r);
   (void)raw;
   (void)raw_len;
-  kp__hub_flush_held(f);
   f->cluster[0] = 0;
   f->forwarding = 0;
   /* The head is in: no deadline while the request and its response run
@@ -111,15 +98,6 @@ static void front_exchange(kp__relay_t *r, int status, uint64_t up,
                            uint64_t down) {
   hub_front_t *f = kp__relay_user_data(r);
   kp_hub_t *hub = f->hub;
-  if (status == 0 && f->forwarding && f->fwd->req.reused &&
-      f->fwd->req.idempotent && !f->fwd->req.retried) {
-    /* kp__hub_front_retry may send it again (then this report is dropped); any
-     * other ending reports it (kp__hub_flush_held). */
-    f->fwd->held = 1;
-    f->fwd->held_up = up;
-    f->fwd->held_down = down;
-    return;
-  }
   if (hub->cbs.on_proxied)
     hub->cbs.on_proxied(hub, f->cluster, f->session, status, up, down,
                         (uv_hrtime() - f->started_ns) / 1000, hub->ud);

@@ -122,10 +122,6 @@ typedef struct hub_fwd {
   int port;
   char to[300];      /* "host:port", for messages and the idle pool */
   char why[256];     /* why the peer conn failed, first reason */
-  /* A failed exchange on a reused peer conn that may yet be retried: its
-   * on_proxied waits, so a retried forward is reported once. */
-  unsigned held : 1;
-  uint64_t held_up, held_down;
 } hub_fwd_t;
 /* kp_hub_request_t is never defined: the handle given out is the caller's
  * hub_front_t, cast. */
@@ -200,7 +196,6 @@ void kp__hub_start(void *arg);
 /* ---- the front and its answers (hub_front.c) */
 void kp__hub_front_free(hub_front_t *f);
 void kp__hub_set_cluster(hub_front_t *f, const char *cluster);
-void kp__hub_flush_held(hub_front_t *f);
 extern const kp__relay_router_t kp__hub_front_router;
 extern const kp__conn_cbs_t kp__hub_front_cbs;
 void kp__hub_status_json(hub_front_t *f, int status, const char *reason,

@@ -233,19 +233,44 @@ static void finish(kp__relay_t *r) {
   free(r);
 }
 
-static void release_back(kp__relay_t *r, kp__relay_back_end_t how) {
-  kp__ep_t b = r->back;
-  if (!r->has_back) return;
-  if (r->router->on_exchange)
-    r->router->on_exchange(r, r->resp_status, r->bytes_up, r->bytes_down);
+/* Reports the current request's exchange with its back(s): once, after
+ * any retry, with the bytes of every attempt. */
+static void report(kp__relay_t *r) {
+  int status = r->resp_status;
+  uint64_t up = r->bytes_up, down = r->bytes_down;
   r->resp_status = 0;
   r->bytes_up = r->bytes_down = 0;
+  if (r->router->on_exchange) r->router->on_exchange(r, status, up, down);
+}
+
+/* Gives the back to the router without reporting: a back that ended
+ * before the response began may be followed by a retry, whose exchange
+ * the report covers too (see after_eof, kp__relay_back_closed). */
+static void release_back_unreported(kp__relay_t *r, kp__relay_back_end_t how) {
+  kp__ep_t b = r->back;
   r->has_back = 0;
   q_clear(&r->resp);
   out_clear(&r->req);
   r->resp.state = ST_DONE;
   r->resp.paused = 0;
   r->router->release_back(r, b, how);
+}
+
+static void release_back(kp__relay_t *r, kp__relay_back_end_t how) {
+  if (!r->has_back) return;
+  report(r);
+  release_back_unreported(r, how);
+}
+
+/* The back ended before one byte of the response and is released: sends
+ * the request again if the router will (the report waits for that
+ * attempt), else reports and answers 502. */
+static int try_again(kp__relay_t *r, int err);
+static void back_failed(kp__relay_t *r, int err);
+static void retry_or_fail(kp__relay_t *r, int err) {
+  if (try_again(r, err)) return;
+  report(r);
+  back_failed(r, err);
 }
 
 void kp__relay_abort(kp__relay_t *r, int err) {
@@ -382,6 +407,8 @@ static void begin_request(kp__relay_t *r, dir_t *d, size_t head_len) {
   r->req_head = head->method_len == 4 && memcmp(head->method, "HEAD", 4) == 0;
   r->upgrade_asked = (head->flags & KP_HTTP_F_UPGRADE) != 0;
   r->close_after = 0;
+  r->resp_status = 0;
+  r->bytes_up = r->bytes_down = 0;
   kp_http_body_init(&d->body, head, 1, 0);
   /* Neither chunked nor a Content-Length but 0 (RFC 9112 6.3). */
   r->req_bodyless = d->body.done;
@@ -695,8 +722,8 @@ static int after_eof(kp__relay_t *r) {
       front_shutdown(r);
       if (q->state == ST_DONE) release_back(r, KP__RELAY_BACK_DONE);
     } else if (s->state == ST_HEAD && s->hlen == 0 && !r->deciding) {
-      release_back(r, KP__RELAY_BACK_FAILED);
-      if (!try_again(r, 0)) back_failed(r, 0);
+      release_back_unreported(r, KP__RELAY_BACK_FAILED);
+      retry_or_fail(r, 0);
     } else {
       kp__relay_abort(r, KP_ECLOSED);
     }
@@ -783,11 +810,6 @@ void kp__relay_front_closed(kp__relay_t *r, int err) {
 
 void kp__relay_back_closed(kp__relay_t *r, int err) {
   if (!r->has_back) return;
-  /* The back is gone without a release: report the exchange here. */
-  if (r->router->on_exchange)
-    r->router->on_exchange(r, r->resp_status, r->bytes_up, r->bytes_down);
-  r->resp_status = 0;
-  r->bytes_up = r->bytes_down = 0;
   /* Treat a vanished back as an EOF that cannot be reused. */
   r->resp.src_eof = 1;
   if (r->resp.state == ST_HEAD && r->resp.hlen == 0) {
@@ -796,10 +818,11 @@ void kp__relay_back_closed(kp__relay_t *r, int err) {
     r->resp.state = ST_DONE;
     r->resp.paused = 0;
     out_clear(&r->req); /* a head the gone back did not take */
-    if (try_again(r, err)) return;
-    back_failed(r, err);
+    retry_or_fail(r, err);
     return;
   }
+  /* The back is gone without a release: report the exchange here. */
+  report(r);
   if (r->resp.state == ST_RAW || r->resp.state == ST_DONE) {
     r->has_back = 0;
     q_clear(&r->resp);
@@ -841,6 +864,10 @@ int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
 void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,
                        int close_after) {
   r->deciding = 0;
+  /* Attempts that ended before a response are the router's to report
+   * when it answers instead of retrying (it knows why). */
+  r->resp_status = 0;
+  r->bytes_up = r->bytes_down = 0;
   if (close_after) r->close_after = 1;
   if (!r->req_keep_alive) r->close_after = 1;
   r->req.drop = 1;

@@ -85,9 +85,13 @@ typedef struct kp__relay_router {
    * (an idempotent method, a back that was reused rather than fresh) is the
    * router's policy (RFC 9110 9.2.2). err: why the back ended (0: EOF). */
   int (*retry)(kp__relay_t *r, int err);
-  /* An exchange with a back ended, just before release_back: the response
-   * status (0 if no response head came back) and the bytes relayed each
-   * way (heads included). Optional; for metrics and access logs. */
+  /* The request's exchange with the back ended: the response status (0 if
+   * no response head came back) and the bytes relayed each way (heads
+   * included). Once per request that went to a back: an attempt that
+   * ended before its response began and was sent again (retry) is not
+   * reported alone, its bytes count in the next attempt's report. Called
+   * just before release_back, or after it when a retry was possible.
+   * Optional; for metrics and access logs. */
   void (*on_exchange)(kp__relay_t *r, int status, uint64_t bytes_up,
                       uint64_t bytes_down);
   /* The front is waiting for its next request head (after a response, or

@@ -11,8 +11,9 @@
  * time (the retry hook) and refused otherwise, its 502 worded by the
  * router every other time (describe_failure). The
  * checks: nothing crashes or leaks, ASan sees no bad access, a closed
- * endpoint is never written to, and the relay always finishes when both
- * sides are closed. */
+ * endpoint is never written to, the relay always finishes when both sides
+ * are closed, and each request that went to a back is reported
+ * (on_exchange) exactly once, a retried one after its last attempt. */
 #include "relay.h"
 
 #include <stdio.h>
@@ -27,6 +28,9 @@ typedef struct fake_ep {
 static fake_ep_t front_ep, back_ep;
 static kp__relay_t *relay;
 static int relay_done, back_attached;
+/* Backs attached, retries accepted, exchanges reported: each request that
+ * went to a back is reported once, after any retry. */
+static unsigned attaches, retried, exchanges;
 
 static int64_t fake_write(void *h, const uint8_t *p, size_t n) {
   fake_ep_t *e = h;
@@ -96,6 +100,7 @@ static void on_request(kp__relay_t *r, const kp_http_head_t *head,
     memset(&back_ep, 0, sizeof(back_ep));
     back_ep.accept_pattern = (unsigned)raw_len;
     back_attached = 1;
+    attaches++;
     kp__relay_attach(r, back, req, len);
     free(req);
     break;
@@ -152,8 +157,19 @@ static int retry(kp__relay_t *r, int err) {
   memset(&back_ep, 0, sizeof(back_ep));
   back_ep.accept_pattern = retries;
   back_attached = 1;
+  attaches++;
+  retried++;
   kp__relay_attach(r, back, head, sizeof(head) - 1);
   return 1;
+}
+
+static void on_exchange(kp__relay_t *r, int status, uint64_t up,
+                        uint64_t down) {
+  (void)r;
+  (void)up;
+  (void)down;
+  if (status < 0 || status > 999) abort();
+  if (++exchanges > attaches - retried) abort(); /* reported twice */
 }
 
 /* The 502's message from the router every other time (a forward names the
@@ -176,6 +192,7 @@ static const kp__relay_router_t router = {
     .on_request = on_request,
     .release_back = release_back,
     .retry = retry,
+    .on_exchange = on_exchange,
     .describe_failure = describe_failure,
     .on_done = on_done,
 };
@@ -199,6 +216,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   relay_done = 0;
   back_attached = 0;
   retries = 0;
+  attaches = retried = exchanges = 0;
   if (kp__relay_new(&relay, front, &router, &cfg, NULL) != 0) return 0;
   while (relay && (fi < split || bi < size)) {
     size_t n;
@@ -238,5 +256,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (relay) kp__relay_front_eof(relay);
   if (relay && !front_ep.closed) kp__relay_front_closed(relay, KP_ECLOSED);
   if (!relay_done) abort();
+  if (exchanges != attaches - retried) abort(); /* one went unreported */
   return 0;
 }
