@@ -1102,43 +1102,82 @@ uint8_t *kp__http_build_response(int status, const char *reason,
 
 /* Appends s as the inside of a JSON string (RFC 8259 7): quotes,
  * backslashes and control characters escaped. */
-static void sb_json(sbuf_t *b, const char *s) {
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
+/* The length of the valid UTF-8 sequence at s (s[0] >= 0x80), or 0: no
+ * overlong forms, no surrogates, nothing past U+10FFFF (RFC 3629). */
+static size_t utf8_seq(const unsigned char *s) {
+  unsigned char c = s[0];
+  size_t n, i;
+  uint32_t cp;
+  if (c >= 0xc2 && c <= 0xdf) n = 2, cp = c & 0x1fu;
+  else if (c >= 0xe0 && c <= 0xef) n = 3, cp = c & 0x0fu;
+  else if (c >= 0xf0 && c <= 0xf4) n = 4, cp = c & 0x07u;
+  else return 0;
+  for (i = 1; i < n; i++) {
+    if ((s[i] & 0xc0) != 0x80) return 0; /* the NUL stops it too */
+    cp = cp << 6 | (s[i] & 0x3fu);
+  }
+  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+      (cp >= 0xd800 && cp <= 0xdfff))
+    return 0;
+  return n;
+}
+
+static void sb_json(sbuf_t *b, const char *str) {
+  const unsigned char *s = (const unsigned char *)str;
+  while (*s) {
+    unsigned char c = *s;
     char esc[8];
+    size_t n;
     if (c == '"' || c == '\\') {
       esc[0] = '\\';
       esc[1] = (char)c;
       sb_add(b, esc, 2);
-    } else if (c < 0x20) {
+      s++;
+    } else if (c < 0x20 || c == 0x7f) {
       snprintf(esc, sizeof(esc), "\\u%04x", c);
       sb_add(b, esc, 6);
-    } else {
+      s++;
+    } else if (c < 0x80) {
       sb_add(b, s, 1);
+      s++;
+    } else if ((n = utf8_seq(s)) != 0) {
+      sb_add(b, s, n);
+      s += n;
+    } else {
+      sb_str(b, "\\ufffd");
+      s++;
     }
   }
+}
+
+char *kp_status_json(int code, const char *reason, const char *message,
+                     size_t *out_len) {
+  sbuf_t body = {0};
+  char tail[32];
+  sb_str(&body, "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+                "\"status\":\"Failure\",\"message\":\"");
+  sb_json(&body, message ? message : "");
+  sb_str(&body, "\",\"reason\":\"");
+  sb_json(&body, reason ? reason : "");
+  snprintf(tail, sizeof(tail), "\",\"code\":%d}\n", code);
+  sb_add(&body, tail, strlen(tail) + 1); /* with the NUL */
+  if (body.failed) {
+    free(body.p);
+    return NULL;
+  }
+  *out_len = body.len - 1;
+  return (char *)body.p;
 }
 
 uint8_t *kp__http_build_status(int status, const char *reason,
                                const char *message, int close,
                                size_t *out_len) {
-  sbuf_t body = {0};
-  char code[32];
+  size_t len;
+  char *body = kp_status_json(status, reason, message, &len);
   uint8_t *resp;
-  sb_str(&body, "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
-                "\"status\":\"Failure\",\"message\":\"");
-  sb_json(&body, message);
-  sb_str(&body, "\",\"reason\":\"");
-  sb_json(&body, reason);
-  snprintf(code, sizeof(code), "\",\"code\":%d}\n", status);
-  sb_str(&body, code);
-  if (body.failed) {
-    free(body.p);
-    return NULL;
-  }
+  if (body == NULL) return NULL;
   resp = kp__http_build_response(status, kp__http_reason(status),
-                                 "application/json", (const char *)body.p,
-                                 body.len, close, out_len);
-  free(body.p);
+                                 "application/json", body, len, close, out_len);
+  free(body);
   return resp;
 }

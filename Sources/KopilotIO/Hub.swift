@@ -348,14 +348,17 @@ public final class HubResponder: @unchecked Sendable {
   }
 }
 
-/// A `Status` object as kube-apiserver writes errors.
+/// A `Status` object as kube-apiserver writes errors: the core's builder
+/// (`kp_status_json`), so the hub's answers look the same whichever side
+/// wrote them.
 public func kubernetesStatus(code: Int, reason: String, message: String) -> String {
-  let obj: [String: Any] = [
-    "kind": "Status", "apiVersion": "v1", "metadata": [String: Any](),
-    "status": "Failure", "message": message, "reason": reason, "code": code,
-  ]
-  let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
-  return String(decoding: data, as: UTF8.self) + "\n"
+  var len = 0
+  guard let p = reason.withCString({ r in message.withCString { kp_status_json(Int32(code), r, $0, &len) } }) else {
+    // Out of memory: still a Status, with no message.
+    return "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"code\":\(code)}\n"
+  }
+  defer { free(p) }
+  return String(cString: p)
 }
 
 /// The first value of `name` in a target's query, percent-decoded.

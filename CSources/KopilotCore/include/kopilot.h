@@ -499,6 +499,18 @@ uint8_t *kp_http_build_request(const kp_http_head_t *head, const char *target,
                                const char *extra, size_t extra_len,
                                size_t *out_len);
 
+/* The body of an error answer as kube-apiserver writes them: a v1 Status
+ * object, {"kind":"Status","apiVersion":"v1","metadata":{},"status":
+ * "Failure","message":...,"reason":...,"code":N}, and a newline. message
+ * and reason are NUL-terminated and escaped for JSON; a byte that is not
+ * part of valid UTF-8 becomes U+FFFD, so the body is valid JSON whatever
+ * a caller put in a message. The one Status builder: the core's own
+ * answers and the Swift side's (kubernetesStatus) both use it. Returns a
+ * malloc'd NUL-terminated string (*out_len its length, NUL excluded), or
+ * NULL when out of memory. */
+char *kp_status_json(int code, const char *reason, const char *message,
+                     size_t *out_len);
+
 /* Body framing. A proxy forwards a body as it came (chunked stays chunked),
  * so the body scanner only has to find where the body ends; it also reports
  * the payload bytes inside what it consumed, for callers that want them. */
