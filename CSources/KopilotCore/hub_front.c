@@ -347,8 +347,8 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
                                           "kopilot-forwarded-by",
                                           KP_HTTP_DROP_IDENTITY, NULL};
   uint8_t *req;
-  size_t req_len;
-  int n, keep_xff;
+  size_t req_len, attempts = 0;
+  int n, keep_xff, rc;
   f->forwarding = 0;
   if (!f->pinned && (c == NULL || kp__hub_pick_session(c, NULL) == NULL)) {
     kp_hub_t *to = kp__hub_other_loop(hub, cluster, 0);
@@ -381,14 +381,18 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
     return;
   }
   /* A stream that cannot be opened moves on to the next session before any
-   * byte was sent. */
-  while (c != NULL && (s = kp__hub_pick_session(c, tried)) != NULL) {
+   * byte was sent: each session is tried at most once, and one that will
+   * never take a stream again (GoAway, closed) is marked so and not picked
+   * again by anyone. */
+  while (c != NULL && attempts++ < c->count &&
+         (s = kp__hub_pick_session(c, tried)) != NULL) {
     kp_mux_stream_t *st;
     kp__ep_t ep;
     /* The stream's window tuning measures from now, not from the
      * session's last read (maybe a keepalive ago). */
     kp_mux_set_now(s->mux, uv_now(kp__loop_uv(hub->loop)));
-    if (kp_mux_open(s->mux, &st) != 0) {
+    if ((rc = kp_mux_open(s->mux, &st)) != 0) {
+      if (rc == KP_EGOAWAY || rc == KP_ECLOSED) s->refusing = 1;
       tried = s;
       continue;
     }
@@ -402,6 +406,13 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
     return;
   }
   free(req);
+  /* None here takes it: another loop's session may (not when the request
+   * came from another loop already: it does not go round). */
+  if (!f->pinned) {
+    kp_hub_t *to = kp__hub_other_loop(hub, cluster, 0);
+    if (to != NULL && kp__hub_move_front(f, to, MOVE_PROXY, cluster, target) == 0)
+      return;
+  }
   snprintf(msg, sizeof(msg), "no agent of cluster %s is connected", cluster);
   kp__hub_status_json(f, 503, "ServiceUnavailable", msg);
   kp__hub_proxied_local(f, cluster, 503);

@@ -168,7 +168,7 @@ kp__sess_t *kp__hub_pick_session(hub_cluster_t *c, kp__sess_t *skip) {
   uint32_t best_n = UINT32_MAX, ties = 0;
   for (s = c->sessions; s; s = s->next) {
     uint32_t n;
-    if (s == skip || s->closing || s->mux_closed) continue;
+    if (s == skip || s->closing || s->mux_closed || s->refusing) continue;
     n = kp_mux_num_streams(s->mux);
     if (n < best_n) {
       best = s;

@@ -279,7 +279,7 @@ static void sess_conn_closed(kp__conn_t *c, int status) {
   uv_close((uv_handle_t *)&s->timer, sess_timer_closed);
 }
 
-const kp__conn_cbs_t kp__sess_conn_cbs = {
+static const kp__conn_cbs_t sess_conn_cbs = {
     .on_ready = NULL,
     .on_read = sess_conn_read,
     .on_eof = sess_conn_eof,
@@ -333,7 +333,7 @@ int kp__sess_start(kp__sess_t **out, kp__conn_t *conn, int is_server,
   kp_ws_decoder_init(&s->ws, is_server, 0);
   uv_timer_init(kp__loop_uv(conn->loop), &s->timer);
   s->timer.data = s;
-  conn->cbs = &kp__sess_conn_cbs;
+  conn->cbs = &sess_conn_cbs;
   conn->ud = s;
   kp__conn_set_timeout(conn, 0);
   kp__conn_read(conn, 1);

@@ -8,8 +8,6 @@
 #include "relay.h"
 
 extern const kp__ep_ops_t kp__stream_ep_ops;
-/* The conn callbacks of a session (tells a session conn from others). */
-extern const kp__conn_cbs_t kp__sess_conn_cbs;
 
 typedef struct kp__sess kp__sess_t;
 
@@ -30,6 +28,10 @@ struct kp__sess {
   int is_server;
   kp_ws_decoder_t ws;
   int closing, timer_open, mux_closed;
+  /* Opening a stream failed for good (GoAway sent or received, or the
+   * mux closed): the session drains what it carries and takes nothing
+   * new, so nobody picks it again. */
+  int refusing;
   /* The peer's control frames made us queue more than this (see
    * session.c); reading is off until the queue drains. */
   uint64_t ctrl_limit;

@@ -139,4 +139,67 @@ final class LoopsTests: E2ETestCase {
     for _ in 0..<4 { XCTAssertEqual(try get("/bytes/10").text, "200") }
     XCTAssertEqual(hub.moved, 0)
   }
+
+  /// Two loops, a session on each; one session's agent sends GoAway and
+  /// drains a long response. Callers on either loop are served by the
+  /// other session, before any byte went to the draining one: those on
+  /// its loop move. Then that agent is gone for good, and the same holds.
+  func testASessionLostOnOneLoopFailsOverToTheOther() throws {
+    try startHub(loops: 2)
+    try startAgents(2)
+    XCTAssertEqual(Set(hub.sessions().map(\.loop)), [0, 1], "\(hub.sessions())")
+    let url = "https://127.0.0.1:\(hub.port)/proxy/default_sample/stream?n=40&delay_ms=250"
+    let done = DispatchGroup()
+    for _ in 0..<2 {
+      done.enter()
+      let w = world!
+      DispatchQueue.global().async {
+        _ = try? w.curl(["-o", "/dev/null", url], timeout: 30)
+        done.leave()
+      }
+    }
+    let deadline = Date().addingTimeInterval(10)
+    while hub.sessions().contains(where: { $0.openStreams == 0 }), Date() < deadline { usleep(20_000) }
+    XCTAssertTrue(hub.sessions().allSatisfy { $0.openStreams > 0 }, "a stream on each session: \(hub.sessions())")
+    agents[0].shutdown(graceMs: 20_000)
+    usleep(300_000)
+    let movedBefore = hub.moved
+    for i in 0..<24 { XCTAssertEqual(try get("/bytes/\(300 + i)").text, "200", "request \(i), one session draining") }
+    XCTAssertGreaterThan(hub.moved, movedBefore, "no caller met the draining loop: the test proved nothing")
+    agents[0].close()
+    for i in 0..<24 { XCTAssertEqual(try get("/bytes/\(400 + i)").text, "200", "request \(i), one agent gone") }
+    XCTAssertFalse(carried.all.statuses.contains(503), "\(carried.all.statuses)")
+    _ = done.wait(timeout: .now() + 30)
+  }
+
+  /// Sessions that take no new stream (their agent sent GoAway and drains
+  /// a watch) are passed over, each once: a request meets them all, and
+  /// is answered 503 at once, never tried round them for ever (the loop
+  /// would hang for every cluster). One loop, two sessions, both draining.
+  func testSessionsThatTakeNoStreamArePassedOver() throws {
+    try startHub(loops: 1)
+    try startAgents(2)
+    // A long response on each session keeps it open after its GoAway.
+    let url = "https://127.0.0.1:\(hub.port)/proxy/default_sample/stream?n=40&delay_ms=250"
+    let done = DispatchGroup()
+    for _ in 0..<2 {
+      done.enter()
+      let w = world!
+      DispatchQueue.global().async {
+        _ = try? w.curl(["-o", "/dev/null", url], timeout: 30)
+        done.leave()
+      }
+    }
+    let deadline = Date().addingTimeInterval(10)
+    while hub.sessions().contains(where: { $0.openStreams == 0 }), Date() < deadline { usleep(20_000) }
+    XCTAssertTrue(hub.sessions().allSatisfy { $0.openStreams > 0 }, "a stream on each session: \(hub.sessions())")
+    for a in agents { a.shutdown(graceMs: 20_000) }
+    usleep(300_000) // the GoAways reach the hub
+    XCTAssertEqual(hub.sessions().count, 2, "both sessions still drain")
+    let r = try world.curl(["-o", "/dev/null", "-w", "%{http_code}", "-m", "10",
+                            "https://127.0.0.1:\(hub.port)/proxy/default_sample/bytes/10"], timeout: 20)
+    XCTAssertEqual(r.text, "503", r.stderr)
+    for a in agents { a.close() }
+    _ = done.wait(timeout: .now() + 30)
+  }
 }
