@@ -32,7 +32,7 @@ static void fwd_fail(hub_front_t *f, int status) {
   fwd_note_why(f, NULL, status);
   snprintf(msg, sizeof(msg), "replica %s unreachable: %s", f->fwd->to,
            f->fwd->why);
-  kp__hub_proxied_local(f, f->cluster, 502);
+  kp__hub_proxied_local(f->req, f->req->cluster, 502);
   kp__hub_status_json(f, 502, "BadGateway", msg);
 }
 
@@ -114,17 +114,17 @@ void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
   hub_fwd_t *w;
   int n, rc;
   f->forwarding = 0;
-  f->session = 0;
-  kp__hub_set_cluster(f, cluster);
+  f->req->session = 0;
+  kp__hub_set_cluster(f->req, cluster);
   if (hub->stopping || head == NULL) {
-    kp__hub_proxied_local(f, f->cluster, 0);
+    kp__hub_proxied_local(f->req, f->req->cluster, 0);
     kp__relay_abort(f->relay, hub->stopping ? KP_ECLOSED : KP_EINVAL);
     return;
   }
   if (f->via_peer) {
     /* The policy never asks this; a safety net against replicas that
      * disagree on who holds a session sending a request round for ever. */
-    kp__hub_proxied_local(f, f->cluster, 508);
+    kp__hub_proxied_local(f->req, f->req->cluster, 508);
     kp__hub_status_json(f, 508, "LoopDetected",
                         "the request was forwarded by another hub replica and cannot "
                         "be forwarded again");
@@ -132,13 +132,13 @@ void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
   }
   if (!hop_ok(hop) || host[0] == 0 || strlen(host) >= sizeof(w->host) ||
       port <= 0 || port > 65535) {
-    kp__hub_proxied_local(f, f->cluster, 500);
+    kp__hub_proxied_local(f->req, f->req->cluster, 500);
     kp__hub_status_json(f, 500, "InternalError",
                         "bad forward answer: host, port or hop marker invalid");
     return;
   }
   if (f->fwd == NULL && (f->fwd = calloc(1, sizeof(*f->fwd))) == NULL) {
-    kp__hub_proxied_local(f, f->cluster, 0);
+    kp__hub_proxied_local(f->req, f->req->cluster, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }
@@ -162,13 +162,13 @@ void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
   w->req.head = kp_http_build_request(head, head->target, head->target_len,
                                       drop, extra, (size_t)n, &w->req.head_len);
   if (w->req.head == NULL) {
-    kp__hub_proxied_local(f, f->cluster, 0);
+    kp__hub_proxied_local(f->req, f->req->cluster, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }
   if (!kp__http_head_fits(w->req.head, w->req.head_len)) {
     kp__backreq_clear_head(&w->req);
-    kp__hub_head_too_big(f, f->cluster);
+    kp__hub_head_too_big(f, f->req->cluster);
     return;
   }
   w->req.idempotent = kp__backpool_idempotent(head) != 0;

@@ -4,16 +4,27 @@
  * hub.c. */
 #include "hub_internal.h"
 
-/* The key the current request is reported on: a cluster ID, whole, or ""
- * when what the owner passed could be none (longer than any ID). */
-void kp__hub_set_cluster(hub_front_t *f, const char *cluster) {
+/* The key a request is reported on: a cluster ID, whole, or "" when what
+ * the owner passed could be none (longer than any ID). */
+void kp__hub_set_cluster(hub_req_t *q, const char *cluster) {
   size_t n = strlen(cluster);
   if (n > HUB_CLUSTER_ID_MAX) n = 0;
-  memcpy(f->cluster, cluster, n);
-  f->cluster[n] = 0;
+  memcpy(q->cluster, cluster, n);
+  q->cluster[n] = 0;
+}
+
+/* The connection lets its request go: freed, or left for the owed answer
+ * to free. */
+static void req_release(hub_front_t *f) {
+  hub_req_t *q = f->req;
+  f->req = NULL;
+  if (q == NULL) return;
+  if (q->owed) q->f = NULL;
+  else free(q);
 }
 
 void kp__hub_front_free(hub_front_t *f) {
+  req_release(f);
   if (f->fwd) kp__backreq_clear_head(&f->fwd->req);
   free(f->fwd);
   free(f->moved_cluster);
@@ -53,10 +64,22 @@ static void front_done(kp__relay_t *r) {
 static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
                              const uint8_t *raw, size_t raw_len) {
   hub_front_t *f = kp__relay_user_data(r);
+  hub_req_t *q;
   (void)raw;
   (void)raw_len;
-  f->cluster[0] = 0;
+  req_release(f); /* the previous one is over (and answered) */
   f->forwarding = 0;
+  if ((q = calloc(1, sizeof(*q))) == NULL) {
+    if (f->moved_kind == MOVE_PROXY) /* the owner counted it, there */
+      kp__hub_report_unrun(f->hub, f->moved_cluster, f->moved_started_ns);
+    kp__relay_abort(r, KP_ENOMEM);
+    return;
+  }
+  q->hub = f->hub;
+  q->f = f;
+  q->via_peer = f->via_peer != 0;
+  q->started_ns = f->moved_kind ? f->moved_started_ns : uv_hrtime();
+  f->req = q;
   /* The head is in: no deadline while the request and its response run
    * (a watch or an exec may last hours). */
   kp__conn_set_timeout(f->conn, 0);
@@ -75,9 +98,8 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
     free(target);
     return;
   }
-  f->owed = 1;
-  f->started_ns = uv_hrtime();
-  f->hub->cbs.on_request(f->hub, (kp_hub_request_t *)f, head, f->conn->peer,
+  q->owed = 1;
+  f->hub->cbs.on_request(f->hub, (kp_hub_request_t *)q, head, f->conn->peer,
                          f->hub->ud);
 }
 
@@ -98,9 +120,10 @@ static void front_exchange(kp__relay_t *r, int status, uint64_t up,
                            uint64_t down) {
   hub_front_t *f = kp__relay_user_data(r);
   kp_hub_t *hub = f->hub;
-  if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, f->cluster, f->session, status, up, down,
-                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+  hub_req_t *q = f->req;
+  if (q != NULL && hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, q->cluster, q->session, status, up, down,
+                        (uv_hrtime() - q->started_ns) / 1000, hub->ud);
 }
 
 const kp__relay_router_t kp__hub_front_router = {
@@ -155,12 +178,11 @@ static void front_closed(kp__conn_t *c, int status) {
   f->conn = NULL;
   kp__hub_handshake_over(f);
   if (f->moved_kind == MOVE_PROXY) /* moved or about to, never run */
-    kp__hub_proxied_local(f, f->moved_cluster, 0);
+    kp__hub_report_unrun(hub, f->moved_cluster, f->moved_started_ns);
   f->moved_kind = 0;
   f->move_to = NULL;
   if (f->relay) kp__relay_front_closed(f->relay, status);
-  if (f->owed) f->gone = 1; /* the owner's answer frees it */
-  else kp__hub_front_free(f);
+  kp__hub_front_free(f); /* an owed request stays for its answer */
   hub->open_conns--;
   kp__hub_maybe_done(hub);
 }
@@ -223,7 +245,7 @@ void kp__hub_status_json(hub_front_t *f, int status, const char *reason,
 
 /* Answers posted from another thread carry their arguments here. */
 typedef struct answer {
-  hub_front_t *f;
+  hub_req_t *q;
   int kind; /* 0 proxy, 1 respond, 2 agent, 3 forward (target = hop,
               * status = port) */
   int status;
@@ -244,29 +266,44 @@ static void answer_free(answer_t *a) {
  * counted it in flight under `key`). This one reports those that carried
  * no exchange: answered here (a 503, a 508) or never run (the caller left,
  * memory ran out: status 0, no response). */
-void kp__hub_proxied_local(hub_front_t *f, const char *key, int status) {
-  kp_hub_t *hub = f->hub;
+void kp__hub_report_unrun(kp_hub_t *hub, const char *key, uint64_t started_ns) {
+  if (hub->cbs.on_proxied)
+    hub->cbs.on_proxied(hub, key, 0, 0, 0, 0, (uv_hrtime() - started_ns) / 1000,
+                        hub->ud);
+}
+
+void kp__hub_proxied_local(hub_req_t *q, const char *key, int status) {
+  kp_hub_t *hub = q->hub;
   if (hub->cbs.on_proxied)
     hub->cbs.on_proxied(hub, key, 0, status, 0, 0,
-                        (uv_hrtime() - f->started_ns) / 1000, hub->ud);
+                        (uv_hrtime() - q->started_ns) / 1000, hub->ud);
+}
+
+/* The owner's answer, on the loop. A request whose caller left (or whose
+ * relay ended meanwhile) is reported as never run and, when its caller is
+ * gone, freed here. */
+static void answer_apply(hub_req_t *q, int kind, int status,
+                         const char *cluster, const char *target,
+                         const char *ctype, const char *body, size_t len,
+                         const char *host) {
+  hub_front_t *f = q->f;
+  q->owed = 0;
+  if (f == NULL || f->relay == NULL) {
+    if (kind == 0 || kind == 3) kp__hub_proxied_local(q, cluster ? cluster : "", 0);
+    if (f == NULL) free(q);
+    return;
+  }
+  if (kind == 0) kp__hub_do_proxy(f, cluster, target);
+  else if (kind == 2) kp__hub_do_accept_agent(f, cluster);
+  else if (kind == 3) kp__hub_do_forward(f, cluster, host, status, target);
+  else respond_json(f, status, kp__http_reason(status),
+                    ctype ? ctype : "application/json", body, len, 0);
 }
 
 static void answer_run(void *arg) {
   answer_t *a = arg;
-  a->f->owed = 0;
-  if (a->f->gone || a->f->relay == NULL) {
-    if (a->kind == 0 || a->kind == 3)
-      kp__hub_proxied_local(a->f, a->cluster ? a->cluster : "", 0);
-    if (a->f->gone) kp__hub_front_free(a->f);
-  } else {
-    if (a->kind == 0) kp__hub_do_proxy(a->f, a->cluster, a->target);
-    else if (a->kind == 2) kp__hub_do_accept_agent(a->f, a->cluster);
-    else if (a->kind == 3)
-      kp__hub_do_forward(a->f, a->cluster, a->host, a->status, a->target);
-    else respond_json(a->f, a->status, kp__http_reason(a->status),
-                      a->ctype ? a->ctype : "application/json", a->body,
-                      a->body_len, 0);
-  }
+  answer_apply(a->q, a->kind, a->status, a->cluster, a->target, a->ctype,
+               a->body, a->body_len, a->host);
   answer_free(a);
 }
 
@@ -274,24 +311,25 @@ static void answer_run(void *arg) {
  * counted a proxy or a forward in flight: it is reported as never run, and
  * the caller's connection is closed rather than left waiting. */
 static void answer_lost_run(void *arg) {
-  hub_front_t *f = arg;
-  f->owed = 0;
-  if (f->lost_kind == 0 || f->lost_kind == 3) kp__hub_proxied_local(f, f->cluster, 0);
-  if (f->gone) kp__hub_front_free(f);
+  hub_req_t *q = arg;
+  hub_front_t *f = q->f;
+  q->owed = 0;
+  if (q->lost_kind == 0 || q->lost_kind == 3) kp__hub_proxied_local(q, q->cluster, 0);
+  if (f == NULL) free(q);
   else if (f->relay) kp__relay_abort(f->relay, KP_ENOMEM);
 }
 
 /* From another thread: copies the answer for the loop and posts it.
  * Returns 0; KP_ENOMEM when it could not be copied (the request fails on
  * the loop instead, see answer_lost_run); KP_ECLOSED when the hub stops. */
-static int post_answer(hub_front_t *f, int kind, int status,
+static int post_answer(hub_req_t *q, int kind, int status,
                        const char *cluster, const char *target,
                        const char *ctype, const char *body, size_t len,
                        const char *host) {
   answer_t *a = calloc(1, sizeof(*a));
   int rc;
   if (a != NULL) {
-    a->f = f;
+    a->q = q;
     a->kind = kind;
     a->status = status;
     if ((cluster && (a->cluster = strdup(cluster)) == NULL) ||
@@ -307,26 +345,27 @@ static int post_answer(hub_front_t *f, int kind, int status,
     }
   }
   if (a == NULL) {
-    f->lost_kind = kind;
-    if (kind == 0 || kind == 3) kp__hub_set_cluster(f, cluster);
-    f->lost.fn = answer_lost_run;
-    f->lost.arg = f;
-    rc = kp__loop_post_node(f->hub->loop, &f->lost);
+    q->lost_kind = kind;
+    if (kind == 0 || kind == 3) kp__hub_set_cluster(q, cluster);
+    q->lost.fn = answer_lost_run;
+    q->lost.arg = q;
+    rc = kp__loop_post_node(q->hub->loop, &q->lost);
     return rc != 0 ? rc : KP_ENOMEM;
   }
-  rc = kp_loop_post(f->hub->loop, answer_run, a);
+  rc = kp_loop_post(q->hub->loop, answer_run, a);
   if (rc != 0) answer_free(a);
   return rc;
 }
 
 void kp__hub_head_too_big(hub_front_t *f, const char *key) {
+  hub_req_t *q = f->req;
   char msg[160];
   snprintf(msg, sizeof(msg),
            "the request head, with the fields the hub adds, is over %d fields "
            "or %d bytes: the next hop could not read it",
            KP_HTTP_MAX_HEADERS, KP_HTTP_DEFAULT_MAX_HEAD);
   kp__hub_status_json(f, 431, "RequestHeaderFieldsTooLarge", msg);
-  kp__hub_proxied_local(f, key, 431);
+  kp__hub_proxied_local(q, key, 431);
 }
 
 void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
@@ -356,7 +395,7 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
       return;
   }
   if ((head = kp__relay_current_head(f->relay)) == NULL) {
-    kp__hub_proxied_local(f, cluster, 0);
+    kp__hub_proxied_local(f->req, cluster, 0);
     kp__relay_abort(f->relay, KP_EINVAL);
     return;
   }
@@ -371,7 +410,7 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
                                keep_xff ? drop_peer : drop, extra, (size_t)n,
                                &req_len);
   if (req == NULL) {
-    kp__hub_proxied_local(f, cluster, 0);
+    kp__hub_proxied_local(f->req, cluster, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
     return;
   }
@@ -397,8 +436,8 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
       continue;
     }
     kp_mux_stream_set_user_data(st, f->relay);
-    kp__hub_set_cluster(f, cluster);
-    f->session = s->id;
+    kp__hub_set_cluster(f->req, cluster);
+    f->req->session = s->id;
     ep.ops = &kp__stream_ep_ops;
     ep.h = st;
     kp__relay_attach(f->relay, ep, req, req_len);
@@ -415,7 +454,7 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
   }
   snprintf(msg, sizeof(msg), "no agent of cluster %s is connected", cluster);
   kp__hub_status_json(f, 503, "ServiceUnavailable", msg);
-  kp__hub_proxied_local(f, cluster, 503);
+  kp__hub_proxied_local(f->req, cluster, 503);
 }
 
 /* RFC 6455 4.2.1: a GET that asks for an upgrade, with the WebSocket
@@ -508,51 +547,47 @@ void kp__hub_do_accept_agent(hub_front_t *f, const char *cluster) {
   if (hub->cbs.on_session) hub->cbs.on_session(hub, s->cluster, s->id, 1, 0, hub->ud);
 }
 
+/* On the loop, the answers run at once; from any other thread they are
+ * copied and posted (post_answer). */
+#define ON_LOOP(q) kp_loop_is_current((q)->hub->loop)
+
 int kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
                          const char *target) {
-  hub_front_t *f = (hub_front_t *)req;
-  if (!kp_loop_is_current(f->hub->loop))
-    return post_answer(f, 0, 0, cluster, target, NULL, NULL, 0, NULL);
-  f->owed = 0;
-  kp__hub_do_proxy(f, cluster, target);
+  hub_req_t *q = (hub_req_t *)req;
+  if (!ON_LOOP(q)) return post_answer(q, 0, 0, cluster, target, NULL, NULL, 0, NULL);
+  answer_apply(q, 0, 0, cluster, target, NULL, NULL, 0, NULL);
   return 0;
 }
 
 int kp_hub_request_respond(kp_hub_request_t *req, int status,
                            const char *content_type, const char *body,
                            size_t body_len) {
-  hub_front_t *f = (hub_front_t *)req;
-  if (!kp_loop_is_current(f->hub->loop))
-    return post_answer(f, 1, status, NULL, NULL, content_type, body, body_len,
+  hub_req_t *q = (hub_req_t *)req;
+  if (!ON_LOOP(q))
+    return post_answer(q, 1, status, NULL, NULL, content_type, body, body_len,
                        NULL);
-  f->owed = 0;
-  respond_json(f, status, kp__http_reason(status),
-               content_type ? content_type : "application/json", body,
-               body_len, 0);
+  answer_apply(q, 1, status, NULL, NULL, content_type, body, body_len, NULL);
   return 0;
 }
 
 int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
-  hub_front_t *f = (hub_front_t *)req;
-  if (!kp_loop_is_current(f->hub->loop))
-    return post_answer(f, 2, 0, cluster, NULL, NULL, NULL, 0, NULL);
-  f->owed = 0;
-  kp__hub_do_accept_agent(f, cluster);
+  hub_req_t *q = (hub_req_t *)req;
+  if (!ON_LOOP(q)) return post_answer(q, 2, 0, cluster, NULL, NULL, NULL, 0, NULL);
+  answer_apply(q, 2, 0, cluster, NULL, NULL, NULL, 0, NULL);
   return 0;
 }
 
 int kp_hub_request_forward(kp_hub_request_t *req, const char *cluster,
                            const char *host, int port, const char *hop) {
-  hub_front_t *f = (hub_front_t *)req;
-  if (!kp_loop_is_current(f->hub->loop))
-    return post_answer(f, 3, port, cluster ? cluster : "", hop ? hop : "",
-                       NULL, NULL, 0, host ? host : "");
-  f->owed = 0;
-  kp__hub_do_forward(f, cluster ? cluster : "", host ? host : "", port,
-                     hop ? hop : "");
+  hub_req_t *q = (hub_req_t *)req;
+  cluster = cluster ? cluster : "";
+  host = host ? host : "";
+  hop = hop ? hop : "";
+  if (!ON_LOOP(q)) return post_answer(q, 3, port, cluster, hop, NULL, NULL, 0, host);
+  answer_apply(q, 3, port, cluster, hop, NULL, NULL, 0, host);
   return 0;
 }
 
 int kp_hub_request_via_peer(const kp_hub_request_t *req) {
-  return ((const hub_front_t *)req)->via_peer;
+  return ((const hub_req_t *)req)->via_peer;
 }

@@ -113,6 +113,35 @@ struct kp_hub {
 
 enum { MOVE_PROXY = 1, MOVE_AGENT = 2 };
 
+/* One request, from its head to its end: the handle the owner answers
+ * (kp_hub_request_t is this, cast), its answer slot, and what the request
+ * is reported under. Made when the relay has the head (whose parse the
+ * relay keeps for the request's life, kp__relay_current_head); freed with
+ * the next request or the connection, unless an answer is still owed: a
+ * caller that leaves before the owner answers leaves this behind (f NULL)
+ * for the answer to free, and takes its connection record with it. */
+typedef struct hub_req {
+  struct kp_hub *hub;
+  struct hub_front *f; /* NULL once the caller's connection is gone */
+  /* The owner's answer is still to come. Loop thread only: answers from
+   * other threads are counted when they run. */
+  unsigned owed : 1;
+  unsigned via_peer : 1; /* came in on the peer listener */
+  uint64_t started_ns;   /* when its head was complete */
+  uint64_t session;      /* that carries it, when proxied */
+  /* An answer from another thread that could not be copied for the loop
+   * (out of memory) fails the request there through this node, which needs
+   * no allocation; lost_kind is that answer's kind (its key, for a proxy or
+   * a forward, is put in `cluster`, which the loop leaves alone while an
+   * answer is owed). */
+  kp__work_t lost;
+  int lost_kind;
+  /* What on_proxied reports it under: any cluster ID fits whole
+   * (HUB_CLUSTER_ID_MAX), so a request is reported on the ID it was
+   * answered with, never a truncated one. */
+  char cluster[HUB_CLUSTER_ID_MAX + 1];
+} hub_req_t;
+
 /* A caller connection's forward to a peer replica (hub_forward.c). Made by
  * its first forward and kept for the next ones, so a connection that never
  * forwards (every one in the embedded mode) carries none of it. */
@@ -123,28 +152,16 @@ typedef struct hub_fwd {
   char to[300];      /* "host:port", for messages and the idle pool */
   char why[256];     /* why the peer conn failed, first reason */
 } hub_fwd_t;
-/* kp_hub_request_t is never defined: the handle given out is the caller's
- * hub_front_t, cast. */
 
 typedef struct hub_front {
   kp_hub_t *hub;
   kp__conn_t *conn;
   kp__relay_t *relay;
   int detached; /* the conn became an agent session */
-  /* An answer is owed from on_request until the owner gives it; the
-   * request handle (this record) must outlive the conn until then. Loop
-   * thread only: answers from other threads are counted when they run. */
-  int owed;
-  int gone;     /* conn closed while an answer was owed: free on answer */
+  hub_req_t *req; /* the current request; NULL before the first */
   int handshaking;     /* holds a slot: on the hub's hs_ list */
   struct hub_front *hs_next, *hs_prev;
   uint64_t hs_since;   /* loop time (ms) the slot was taken */
-  uint64_t started_ns; /* when the current request head was complete */
-  uint64_t session;    /* that carries the current proxied request */
-  /* The current request's cluster, as on_proxied reports it: any cluster
-   * ID fits whole (HUB_CLUSTER_ID_MAX), so a proxied or forwarded request
-   * is reported on the ID it was answered with, never a truncated one. */
-  char cluster[HUB_CLUSTER_ID_MAX + 1];
   int via_peer;        /* accepted on the peer listener */
   /* The current request is a forward to a peer replica (fwd holds it). */
   unsigned forwarding : 1;
@@ -159,15 +176,9 @@ typedef struct hub_front {
   unsigned arriving : 1, freed_late : 1;
   int moved_kind; /* 0 none, MOVE_PROXY, MOVE_AGENT */
   char *moved_cluster, *moved_target;
+  uint64_t moved_started_ns; /* when its head was complete, there */
   /* Waiting for its queued writes to drain before moving to move_to. */
   kp_hub_t *move_to;
-  /* An answer from another thread that could not be copied for the loop
-   * (out of memory) fails the request there through this node, which needs
-   * no allocation; lost_kind is that answer's kind (its key, for a proxy,
-   * is put in `cluster`, which the loop leaves alone while an answer is
-   * owed). */
-  kp__work_t lost;
-  int lost_kind;
 } hub_front_t;
 
 /* Forwarding to a peer replica (hub_forward.c). */
@@ -195,12 +206,13 @@ void kp__hub_start(void *arg);
 
 /* ---- the front and its answers (hub_front.c) */
 void kp__hub_front_free(hub_front_t *f);
-void kp__hub_set_cluster(hub_front_t *f, const char *cluster);
+void kp__hub_set_cluster(hub_req_t *q, const char *cluster);
 extern const kp__relay_router_t kp__hub_front_router;
 extern const kp__conn_cbs_t kp__hub_front_cbs;
 void kp__hub_status_json(hub_front_t *f, int status, const char *reason,
                          const char *msg);
-void kp__hub_proxied_local(hub_front_t *f, const char *key, int status);
+void kp__hub_proxied_local(hub_req_t *q, const char *key, int status);
+void kp__hub_report_unrun(kp_hub_t *hub, const char *key, uint64_t started_ns);
 void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target);
 /* Refuses a request whose rebuilt head the next hop could not read (431,
  * kp__http_head_fits), reported on `key`. */

@@ -48,9 +48,7 @@ static void move_free(hub_move_t *m) {
 /* A moved request that will not run is reported as never run (status 0;
  * the owner counted it in flight). */
 static void move_lost(kp_hub_t *hub, hub_move_t *m) {
-  if (m->kind == MOVE_PROXY && hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, m->cluster, 0, 0, 0, 0,
-                        (uv_hrtime() - m->started_ns) / 1000, hub->ud);
+  if (m->kind == MOVE_PROXY) kp__hub_report_unrun(hub, m->cluster, m->started_ns);
 }
 
 /* On the destination loop. */
@@ -73,7 +71,7 @@ static void move_arrive(void *arg) {
   hub->open_conns++;
   f->hub = hub;
   f->via_peer = m->via_peer;
-  f->started_ns = m->started_ns;
+  f->moved_started_ns = m->started_ns;
   f->moved_kind = m->kind;
   f->moved_cluster = m->cluster;
   f->moved_target = m->target;
@@ -116,6 +114,7 @@ int kp__hub_move_front(hub_front_t *f, kp_hub_t *to, int kind,
       return KP_ENOMEM;
     }
     f->moved_kind = kind;
+    f->moved_started_ns = f->req->started_ns;
     f->move_to = to;
     return 0;
   }
@@ -128,7 +127,7 @@ int kp__hub_move_front(hub_front_t *f, kp_hub_t *to, int kind,
   m->to = to;
   m->kind = kind;
   m->via_peer = f->via_peer;
-  m->started_ns = f->started_ns;
+  m->started_ns = f->req->started_ns;
   m->fd = -1;
   /* From here the request is the move's: f goes with the relay. */
   f->detached = 1;
