@@ -148,18 +148,22 @@ final class LoopsTests: E2ETestCase {
     try startHub(loops: 2)
     try startAgents(2)
     XCTAssertEqual(Set(hub.sessions().map(\.loop)), [0, 1], "\(hub.sessions())")
+    // Long responses until each session carries one: a caller is served
+    // on the loop the kernel gave its connection, so keep adding callers
+    // until both loops have had one.
     let url = "https://127.0.0.1:\(hub.port)/proxy/default_sample/stream?n=40&delay_ms=250"
     let done = DispatchGroup()
-    for _ in 0..<2 {
+    for _ in 0..<24 where hub.sessions().contains(where: { $0.openStreams == 0 }) {
       done.enter()
       let w = world!
       DispatchQueue.global().async {
         _ = try? w.curl(["-o", "/dev/null", url], timeout: 30)
         done.leave()
       }
+      let deadline = Date().addingTimeInterval(2)
+      let before = hub.sessions().reduce(0) { $0 + $1.openStreams }
+      while hub.sessions().reduce(0, { $0 + $1.openStreams }) == before, Date() < deadline { usleep(20_000) }
     }
-    let deadline = Date().addingTimeInterval(10)
-    while hub.sessions().contains(where: { $0.openStreams == 0 }), Date() < deadline { usleep(20_000) }
     XCTAssertTrue(hub.sessions().allSatisfy { $0.openStreams > 0 }, "a stream on each session: \(hub.sessions())")
     agents[0].shutdown(graceMs: 20_000)
     usleep(300_000)
