@@ -440,8 +440,7 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
     f->req->session = s->id;
     ep.ops = &kp__stream_ep_ops;
     ep.h = st;
-    kp__relay_attach(f->relay, ep, req, req_len);
-    free(req);
+    kp__relay_attach_owned(f->relay, ep, req, req_len);
     return;
   }
   free(req);

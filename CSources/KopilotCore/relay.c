@@ -842,8 +842,7 @@ void kp__relay_back_closed(kp__relay_t *r, int err) {
 
 /* ---- router answers ---- */
 
-int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
-                     size_t head_len) {
+static void attach_back(kp__relay_t *r, kp__ep_t back) {
   r->deciding = 0;
   r->back = back;
   r->has_back = 1;
@@ -852,6 +851,11 @@ int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
   r->resp.src_eof = 0;
   r->resp.paused = 0;
   r->resp_seen = 0;
+}
+
+int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
+                     size_t head_len) {
+  attach_back(r, back);
   if (out_add(&r->req, head, head_len) != 0) {
     release_back(r, KP__RELAY_BACK_FAILED);
     kp__relay_abort(r, KP_ENOMEM);
@@ -859,6 +863,23 @@ int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
   }
   pump(r);
   return 0;
+}
+
+int kp__relay_attach_owned(kp__relay_t *r, kp__ep_t back, uint8_t *head,
+                           size_t head_len) {
+  int rc = 0;
+  if (r->req.out_len != 0) { /* cannot be: the last back took its head */
+    rc = kp__relay_attach(r, back, head, head_len);
+    free(head);
+    return rc;
+  }
+  attach_back(r, back);
+  free(r->req.out);
+  r->req.out = head;
+  r->req.out_len = head_len;
+  r->req.out_off = 0;
+  pump(r);
+  return rc;
 }
 
 void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,

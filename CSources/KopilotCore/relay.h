@@ -134,6 +134,10 @@ void kp__relay_back_closed(kp__relay_t *r, int err);
  * the body and the response. */
 int kp__relay_attach(kp__relay_t *r, kp__ep_t back, const uint8_t *head,
                      size_t head_len);
+/* The same with a head built for this attempt only: the relay takes the
+ * malloc'd buffer as it is (no copy) and frees it. */
+int kp__relay_attach_owned(kp__relay_t *r, kp__ep_t back, uint8_t *head,
+                           size_t head_len);
 /* Answers the current request locally with a complete response; the request
  * body, if any, is read and dropped. close_after: end the connection. */
 void kp__relay_respond(kp__relay_t *r, const uint8_t *resp, size_t len,

@@ -19,8 +19,10 @@ struct PerfCommand: ParsableCommand {
       (1,000 watch streams on one agent session: delivery latency and hub memory), slow (100 \
       callers each reading a large download at 16 KiB/s: hub memory per slow reader), idle (1,000 \
       and 10,000 idle agent sessions, all from one agent process: hub memory per session), storm \
-      (the hub restarts under those sessions: time until all are back). idle and storm compare \
-      kopilot with the original design only.
+      (the hub restarts under those sessions: time until all are back), scale (a wrk thread and \
+      32 connections per core, one download per core, and kopilot's hub alone on /healthz: \
+      req/s, MB/s, p99 and the cores each process group used). idle and storm compare kopilot \
+      with the original design only.
 
       Needs: a release build (`swift build -c release`), go with Debian's yamux and gorilla \
       websocket packages, wrk, curl and nginx (Tests/setup-debian.sh installs them).

@@ -101,8 +101,12 @@ static void on_request(kp__relay_t *r, const kp_http_head_t *head,
     back_ep.accept_pattern = (unsigned)raw_len;
     back_attached = 1;
     attaches++;
-    kp__relay_attach(r, back, req, len);
-    free(req);
+    if (raw_len & 16) {
+      kp__relay_attach_owned(r, back, req, len); /* the relay frees it */
+    } else {
+      kp__relay_attach(r, back, req, len);
+      free(req);
+    }
     break;
   }
   case 1: {
