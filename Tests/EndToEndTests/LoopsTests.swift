@@ -70,6 +70,27 @@ final class LoopsTests: E2ETestCase {
     XCTAssertEqual(hub.sessions().count, n)
   }
 
+  /// Starts long responses (10 s) until each session carries one; the
+  /// group ends when they do. Callers are served on the loop the kernel
+  /// gave their connection (and by the session with the fewest streams
+  /// there), so callers are added until every session has had one.
+  private func holdAStreamOnEverySession() -> DispatchGroup {
+    let url = "https://127.0.0.1:\(hub.port)/proxy/default_sample/stream?n=40&delay_ms=250"
+    let done = DispatchGroup()
+    func streams() -> UInt32 { hub.sessions().reduce(0) { $0 + $1.openStreams } }
+    for _ in 0..<24 where hub.sessions().contains(where: { $0.openStreams == 0 }) {
+      done.enter()
+      let w = world!
+      DispatchQueue.global().async {
+        _ = try? w.curl(["-o", "/dev/null", url], timeout: 30)
+        done.leave()
+      }
+      let before = streams(), deadline = Date().addingTimeInterval(2)
+      while streams() == before, Date() < deadline { usleep(20_000) }
+    }
+    return done
+  }
+
   private func get(_ path: String) throws -> CommandResult {
     try world.curl(["-o", "/dev/null", "-w", "%{http_code}", "https://127.0.0.1:\(hub.port)/proxy/default_sample\(path)"])
   }
@@ -148,22 +169,7 @@ final class LoopsTests: E2ETestCase {
     try startHub(loops: 2)
     try startAgents(2)
     XCTAssertEqual(Set(hub.sessions().map(\.loop)), [0, 1], "\(hub.sessions())")
-    // Long responses until each session carries one: a caller is served
-    // on the loop the kernel gave its connection, so keep adding callers
-    // until both loops have had one.
-    let url = "https://127.0.0.1:\(hub.port)/proxy/default_sample/stream?n=40&delay_ms=250"
-    let done = DispatchGroup()
-    for _ in 0..<24 where hub.sessions().contains(where: { $0.openStreams == 0 }) {
-      done.enter()
-      let w = world!
-      DispatchQueue.global().async {
-        _ = try? w.curl(["-o", "/dev/null", url], timeout: 30)
-        done.leave()
-      }
-      let deadline = Date().addingTimeInterval(2)
-      let before = hub.sessions().reduce(0) { $0 + $1.openStreams }
-      while hub.sessions().reduce(0, { $0 + $1.openStreams }) == before, Date() < deadline { usleep(20_000) }
-    }
+    let done = holdAStreamOnEverySession()
     XCTAssertTrue(hub.sessions().allSatisfy { $0.openStreams > 0 }, "a stream on each session: \(hub.sessions())")
     agents[0].shutdown(graceMs: 20_000)
     usleep(300_000)
@@ -184,18 +190,7 @@ final class LoopsTests: E2ETestCase {
     try startHub(loops: 1)
     try startAgents(2)
     // A long response on each session keeps it open after its GoAway.
-    let url = "https://127.0.0.1:\(hub.port)/proxy/default_sample/stream?n=40&delay_ms=250"
-    let done = DispatchGroup()
-    for _ in 0..<2 {
-      done.enter()
-      let w = world!
-      DispatchQueue.global().async {
-        _ = try? w.curl(["-o", "/dev/null", url], timeout: 30)
-        done.leave()
-      }
-    }
-    let deadline = Date().addingTimeInterval(10)
-    while hub.sessions().contains(where: { $0.openStreams == 0 }), Date() < deadline { usleep(20_000) }
+    let done = holdAStreamOnEverySession()
     XCTAssertTrue(hub.sessions().allSatisfy { $0.openStreams > 0 }, "a stream on each session: \(hub.sessions())")
     for a in agents { a.shutdown(graceMs: 20_000) }
     usleep(300_000) // the GoAways reach the hub
