@@ -54,7 +54,7 @@ let package = Package(
     .target(
       name: "KopilotHub",
       dependencies: [
-        "KopilotIO", "KopilotKube",
+        "KopilotIO", "KopilotKube", "KopilotKubeConfig", "KopilotPKI",
         .product(name: "Yams", package: "Yams"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
@@ -72,15 +72,39 @@ let package = Package(
     .executableTarget(
       name: "kopilot-hub",
       dependencies: [
-        "KopilotIO", "KopilotHub", "KopilotKube",
+        "KopilotIO", "KopilotHub", "KopilotKube", "KopilotKubeConfig",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],
       path: "Sources/kopilot-hub"
     ),
+    // The one backoff (agents to their hub, informers to their API server);
+    // Foundation only.
+    .target(name: "KopilotBase", path: "Sources/KopilotBase"),
+    // Where an API server is and how to trust it: kubeconfig and in-cluster
+    // configuration, with Yams and Foundation only, so the agent links
+    // neither NIO nor AsyncHTTPClient.
+    .target(
+      name: "KopilotKubeConfig",
+      dependencies: [.product(name: "Yams", package: "Yams")],
+      path: "Sources/KopilotKubeConfig"
+    ),
+    // The embedded mode's CA and serving certificates, also what
+    // kopilot-perf's hubs serve with.
+    .target(
+      name: "KopilotPKI",
+      dependencies: [
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+      ],
+      path: "Sources/KopilotPKI"
+    ),
+    // The Kubernetes mode's host API client: requests, watches, informers, reviews.
     .target(
       name: "KopilotKube",
       dependencies: [
+        "KopilotBase", "KopilotKubeConfig",
         .product(name: "Yams", package: "Yams"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -91,15 +115,16 @@ let package = Package(
       ],
       path: "Sources/KopilotKube"
     ),
-    .testTarget(name: "KopilotKubeTests", dependencies: ["KopilotKube"], path: "Tests/KopilotKubeTests"),
+    .testTarget(name: "KopilotKubeTests", dependencies: ["KopilotKube", "KopilotKubeConfig", "KopilotBase"], path: "Tests/KopilotKubeTests"),
+    .testTarget(name: "KopilotBaseTests", dependencies: ["KopilotBase"], path: "Tests/KopilotBaseTests"),
     .executableTarget(
       name: "kopilot-agent",
-      dependencies: ["KopilotIO", "KopilotKube", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["KopilotIO", "KopilotBase", "KopilotKubeConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       path: "Sources/kopilot-agent"
     ),
     .executableTarget(
       name: "kopilot-perf",
-      dependencies: ["KopilotHub", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: ["KopilotPKI", .product(name: "ArgumentParser", package: "swift-argument-parser")],
       path: "Sources/kopilot-perf"
     ),
     .target(
@@ -121,7 +146,7 @@ let package = Package(
     .testTarget(
       name: "KopilotHubTests",
       dependencies: [
-        "KopilotHub",
+        "KopilotHub", "KopilotPKI",
         .product(name: "Yams", package: "Yams"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "Crypto", package: "swift-crypto"),
@@ -130,7 +155,7 @@ let package = Package(
     ),
     .testTarget(
       name: "EndToEndTests",
-      dependencies: ["KopilotIO"],
+      dependencies: ["KopilotIO", "KopilotHub"],
       path: "Tests/EndToEndTests",
       exclude: ["upstream.py", "badpeer.py", "memhog.py", "recorder.py"]
     ),

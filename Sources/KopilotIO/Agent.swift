@@ -2,7 +2,7 @@ import Foundation
 import KopilotCore
 
 /// One agent session to the hub, with requests forwarded to the member's API
-/// server. Reconnection is the owner's (see `Backoff`).
+/// server. Reconnection is the owner's (kopilot-agent uses `KopilotBase.Backoff`).
 public final class AgentSession: @unchecked Sendable {
   public struct Config {
     /// wss://HOST:PORT/connect. A `token` in its query (the old way,
@@ -144,25 +144,6 @@ public final class AgentSession: @unchecked Sendable {
     if let h { kp_agent_free(h) }
   }
   deinit { close() }
-}
-
-/// Exponential backoff with full jitter: the n-th retry waits a random time
-/// in [0, min(cap, base * 2^n)], so a fleet of agents that lost the hub at
-/// the same moment does not come back at the same moment.
-public struct Backoff: Sendable {
-  public var base: Double = 1
-  public var cap: Double = 30
-  public private(set) var attempt = 0
-  public init(base: Double = 1, cap: Double = 30) {
-    self.base = base
-    self.cap = cap
-  }
-  public mutating func next(random: Double = Double.random(in: 0...1)) -> Double {
-    let ceiling = min(cap, base * pow(2, Double(min(attempt, 30))))
-    attempt += 1
-    return ceiling * random
-  }
-  public mutating func reset() { attempt = 0 }
 }
 
 func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {

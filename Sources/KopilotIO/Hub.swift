@@ -361,19 +361,6 @@ public func kubernetesStatus(code: Int, reason: String, message: String) -> Stri
   return String(cString: p)
 }
 
-/// The first value of `name` in a target's query, percent-decoded.
-public func queryValue(_ target: String, _ name: String) -> String? {
-  guard let q = target.firstIndex(of: "?") else { return nil }
-  for pair in target[target.index(after: q)...].split(separator: "&") {
-    let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-    if kv.first.map(String.init) == name {
-      let raw = kv.count > 1 ? String(kv[1]) : ""
-      return raw.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? raw
-    }
-  }
-  return nil
-}
-
 /// The memory this process may use, as the kernel will enforce it: the
 /// cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) when one is
 /// set, else the machine's physical memory.

@@ -1,4 +1,5 @@
 import Foundation
+import KopilotBase
 import Logging
 
 #if canImport(Glibc)
@@ -37,7 +38,7 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
   private let handler: @Sendable (Event) -> Void
   private let watchTimeouts: ClosedRange<Int>
   private let pageSize: Int
-  private var backoff: JitteredBackoff
+  private var backoff: Backoff
 
   /// Guards the fields below it; signalled when `synced`, `stopped` or
   /// `ended` change.
@@ -62,13 +63,13 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
   public convenience init(client: KubeClient, path: String, query: [(String, String)] = [], what: String,
                           logger: Logger, handler: @escaping @Sendable (Event) -> Void) {
     self.init(client: client, path: path, query: query, what: what, logger: logger,
-              watchTimeouts: 240...480, pageSize: 500, backoff: JitteredBackoff(base: 0.5, cap: 30), handler: handler)
+              watchTimeouts: 240...480, pageSize: 500, backoff: Backoff(base: 0.5, cap: 30), handler: handler)
   }
 
   /// - watchTimeouts: the range `timeoutSeconds` of each watch is drawn from.
   /// - pageSize: the `limit` of each list request.
   init(client: KubeClient, path: String, query: [(String, String)], what: String, logger: Logger,
-       watchTimeouts: ClosedRange<Int>, pageSize: Int, backoff: JitteredBackoff,
+       watchTimeouts: ClosedRange<Int>, pageSize: Int, backoff: Backoff,
        handler: @escaping @Sendable (Event) -> Void) {
     self.client = client
     self.path = path
@@ -334,30 +335,6 @@ public final class Informer<Object: KubeObject>: @unchecked Sendable {
     }
     handler(event)
   }
-}
-
-/// Exponential backoff with full jitter: the n-th delay is drawn from
-/// [0, min(cap, base * 2^n)] (the AWS architecture blog's "full jitter").
-struct JitteredBackoff: Sendable {
-  let base: TimeInterval
-  let cap: TimeInterval
-  private var attempt = 0
-
-  init(base: TimeInterval, cap: TimeInterval) {
-    self.base = base
-    self.cap = cap
-  }
-
-  /// The ceiling of the next delay.
-  var ceiling: TimeInterval { min(cap, base * pow(2, Double(min(attempt, 62)))) }
-
-  mutating func next() -> TimeInterval {
-    let c = ceiling
-    attempt += 1
-    return Double.random(in: 0...c)
-  }
-
-  mutating func reset() { attempt = 0 }
 }
 
 extension TimeInterval {

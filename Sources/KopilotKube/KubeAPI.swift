@@ -1,30 +1,10 @@
 import Foundation
+import KopilotKubeConfig
 import Logging
 
 // The control plane's view of a host cluster's API server: the types and the
 // client the Kubernetes mode uses. Everything here speaks JSON over HTTPS;
 // nothing of it is on the tunnel's hot path.
-
-/// How to reach one API server, from inside a pod or from a kubeconfig.
-public struct KubeClientConfig: Sendable, Equatable {
-  /// `https://host:port`, no trailing slash.
-  public var server: URL
-  /// PEM CA bundle; nil: the system's trust store.
-  public var caPEM: String?
-  public var insecureSkipTLSVerify = false
-  public var bearerToken: String?
-  /// Re-read when it changes (projected service-account tokens rotate).
-  public var tokenFile: String?
-  public var clientCertPEM: String?
-  public var clientKeyPEM: String?
-  /// The namespace of the pod (in-cluster) or of the kubeconfig context.
-  public var namespace: String?
-
-  public init(server: URL) { self.server = server }
-
-  /// The default service-account folder of a pod.
-  public static let serviceAccountDirectory = "/var/run/secrets/kubernetes.io/serviceaccount"
-}
 
 /// An error from the API server (a `Status`) or from getting to it. Its
 /// text never carries a credential.

@@ -1,7 +1,8 @@
 import ArgumentParser
 import Foundation
 import KopilotIO
-import KopilotKube
+import KopilotBase
+import KopilotKubeConfig
 
 @main
 struct AgentCommand: ParsableCommand {

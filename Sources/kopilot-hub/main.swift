@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KopilotKubeConfig
 import KopilotHub
 import KopilotIO
 import KopilotKube

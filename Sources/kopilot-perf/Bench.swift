@@ -1,5 +1,5 @@
 import Foundation
-import KopilotHub
+import KopilotPKI
 
 /// The four things a benchmark compares, in table order.
 enum TargetKind: String, CaseIterable, Codable {

@@ -1,4 +1,5 @@
 import Foundation
+import KopilotHub
 import KopilotIO
 import XCTest
 

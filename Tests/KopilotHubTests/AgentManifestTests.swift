@@ -1,7 +1,8 @@
 import Foundation
+@testable import KopilotHub
+import KopilotPKI
 import XCTest
 import Yams
-@testable import KopilotHub
 
 final class AgentManifestTests: XCTestCase {
   let caPEM = try! HubPKI.makeCA().certificatePEM

@@ -1,9 +1,10 @@
 import Crypto
 import Foundation
+@testable import KopilotHub
 import KopilotIO
+@testable import KopilotPKI
 import X509
 import XCTest
-@testable import KopilotHub
 
 final class StateDirectoryTests: XCTestCase {
   func mode(_ path: String) -> Int {

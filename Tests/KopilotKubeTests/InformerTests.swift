@@ -1,4 +1,6 @@
 import Foundation
+import KopilotBase
+import KopilotKubeConfig
 import Logging
 import XCTest
 
@@ -62,7 +64,7 @@ final class InformerTests: XCTestCase {
     logger.logLevel = .debug
     let i = Informer<TestCluster>(client: k, path: clustersPath, query: query, what: "clusters", logger: logger,
                                   watchTimeouts: 240...480, pageSize: pageSize,
-                                  backoff: JitteredBackoff(base: 0.05, cap: 0.4)) { seen.add($0) }
+                                  backoff: Backoff(base: 0.05, cap: 0.4)) { seen.add($0) }
     informers.append(i)
     return i
   }
@@ -213,7 +215,7 @@ final class InformerTests: XCTestCase {
     let seen = Seen()
     let inf = Informer<StrictCluster>(client: k, path: clustersPath, query: [], what: "strict", logger: Logger(label: "t"),
                                       watchTimeouts: 240...480, pageSize: 500,
-                                      backoff: JitteredBackoff(base: 0.05, cap: 0.4)) { seen.add($0) }
+                                      backoff: Backoff(base: 0.05, cap: 0.4)) { seen.add($0) }
     defer { inf.stop() }
     inf.start()
     XCTAssertTrue(inf.waitForSync(timeout: 30))
@@ -269,7 +271,7 @@ final class InformerTests: XCTestCase {
     defer { down.shutdown() }
     let inf = Informer<TestCluster>(client: down, path: clustersPath, query: [], what: "down", logger: Logger(label: "t"),
                                     watchTimeouts: 240...480, pageSize: 500,
-                                    backoff: JitteredBackoff(base: 0.05, cap: 0.4)) { _ in }
+                                    backoff: Backoff(base: 0.05, cap: 0.4)) { _ in }
     inf.start()
     XCTAssertFalse(inf.waitForSync(timeout: 0.5))
     inf.stop()

@@ -1,4 +1,5 @@
 import Foundation
+import KopilotKubeConfig
 import Logging
 import XCTest
 

@@ -1,4 +1,5 @@
 import Foundation
+import KopilotKubeConfig
 import Logging
 import XCTest
 
@@ -270,22 +271,5 @@ final class KubeClientUnitTests: XCTestCase {
     XCTAssertThrowsError(try missing.token()) { XCTAssertTrue("\($0)".contains("cannot read the token file")) }
     XCTAssertEqual(try Credentials(token: "fixed", file: nil, maxAge: 0, logger: Logger(label: "t")).token(), "fixed")
     XCTAssertNil(try Credentials(token: nil, file: nil, maxAge: 0, logger: Logger(label: "t")).token())
-  }
-
-  // MARK: Backoff
-
-  func testBackoffDoublesToTheCapWithFullJitter() {
-    var b = JitteredBackoff(base: 0.5, cap: 30)
-    var ceilings: [TimeInterval] = []
-    for _ in 0..<10 {
-      let c = b.ceiling
-      ceilings.append(c)
-      let d = b.next()
-      XCTAssertGreaterThanOrEqual(d, 0)
-      XCTAssertLessThanOrEqual(d, c)
-    }
-    XCTAssertEqual(ceilings, [0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30])
-    b.reset()
-    XCTAssertEqual(b.ceiling, 0.5)
   }
 }

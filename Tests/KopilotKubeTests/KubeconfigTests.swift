@@ -1,4 +1,5 @@
 import Foundation
+import KopilotKubeConfig
 import KopilotKube
 import XCTest
 

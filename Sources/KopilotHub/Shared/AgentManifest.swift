@@ -71,25 +71,25 @@ public enum AgentManifest {
     let connect = "wss://\(publicAddr)/connect"
 
     let labels: StringMap = ["app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "kopilot"]
-    let ns = KubeDocument(apiVersion: "v1", kind: "Namespace",
-                          metadata: ObjectMeta(name: namespace, labels: ["app.kubernetes.io/part-of": "kopilot"]),
+    let ns = ManifestDocument(apiVersion: "v1", kind: "Namespace",
+                          metadata: ManifestMeta(name: namespace, labels: ["app.kubernetes.io/part-of": "kopilot"]),
                           body: NoBody())
-    let sa = KubeDocument(apiVersion: "v1", kind: "ServiceAccount",
-                          metadata: ObjectMeta(name: name, namespace: namespace, labels: labels), body: NoBody())
-    let crb = KubeDocument(
+    let sa = ManifestDocument(apiVersion: "v1", kind: "ServiceAccount",
+                          metadata: ManifestMeta(name: name, namespace: namespace, labels: labels), body: NoBody())
+    let crb = ManifestDocument(
       apiVersion: "rbac.authorization.k8s.io/v1", kind: "ClusterRoleBinding",
-      metadata: ObjectMeta(name: "\(name)-cluster-admin", labels: labels),
+      metadata: ManifestMeta(name: "\(name)-cluster-admin", labels: labels),
       body: ClusterRoleBindingBody(
         roleRef: RoleRefModel(name: "cluster-admin"),
         subjects: [SubjectModel(kind: "ServiceAccount", name: name, namespace: namespace)]))
-    let cm = KubeDocument(apiVersion: "v1", kind: "ConfigMap",
-                          metadata: ObjectMeta(name: caConfigMap, namespace: namespace, labels: labels),
+    let cm = ManifestDocument(apiVersion: "v1", kind: "ConfigMap",
+                          metadata: ManifestMeta(name: caConfigMap, namespace: namespace, labels: labels),
                           body: DataBody(data: ["ca.crt": caPEM]))
-    let secret = KubeDocument(apiVersion: "v1", kind: "Secret",
-                              metadata: ObjectMeta(name: name, namespace: namespace, labels: labels),
+    let secret = ManifestDocument(apiVersion: "v1", kind: "Secret",
+                              metadata: ManifestMeta(name: name, namespace: namespace, labels: labels),
                               body: StringDataBody(stringData: ["connect-url": connect, "token": token]))
-    let ds = KubeDocument(apiVersion: "apps/v1", kind: "DaemonSet",
-                          metadata: ObjectMeta(name: name, namespace: namespace, labels: labels),
+    let ds = ManifestDocument(apiVersion: "apps/v1", kind: "DaemonSet",
+                          metadata: ManifestMeta(name: name, namespace: namespace, labels: labels),
                           body: daemonSet(provider: p, image: image, labels: labels))
     return try YAMLStream.serialize([
       YAMLStream.node(ns), YAMLStream.node(sa), YAMLStream.node(crb),

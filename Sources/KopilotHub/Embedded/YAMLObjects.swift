@@ -3,7 +3,7 @@ import Yams
 
 /// One Kubernetes object read from a YAML stream, with where it starts so
 /// errors can name the line.
-struct KubeObject {
+struct YAMLObject {
   var node: Node
   var line: Int?
   var apiVersion: String
@@ -18,11 +18,11 @@ struct KubeObject {
   }
 }
 
-enum KubeYAML {
+enum YAMLObjects {
   /// Reads every object of a multi-document YAML stream, the way `kubectl
   /// apply -f` takes a file: empty documents are skipped, and a `List` (or a
   /// kind in `listKinds`, such as `ClusterList`) is replaced by its `items`.
-  static func objects(in text: String, file: String, listKinds: Set<String> = []) throws -> [KubeObject] {
+  static func objects(in text: String, file: String, listKinds: Set<String> = []) throws -> [YAMLObject] {
     var roots: [Node] = []
     do {
       // The Parser itself, not compose_all: compose_all's sequence ends
@@ -32,7 +32,7 @@ enum KubeYAML {
     } catch {
       throw HubError(.syntax, "not valid YAML: \(error)", file: file)
     }
-    var out: [KubeObject] = []
+    var out: [YAMLObject] = []
     for root in roots {
       if root.null != nil { continue }  // `---` followed by nothing
       let obj = try header(of: root, file: file)
@@ -49,14 +49,14 @@ enum KubeYAML {
     return out
   }
 
-  private static func header(of node: Node, file: String) throws -> KubeObject {
+  private static func header(of node: Node, file: String) throws -> YAMLObject {
     let line = node.mark?.line
     guard let map = node.mapping else {
       throw HubError(.invalid, "expected a Kubernetes object (a mapping with apiVersion, kind and metadata)", file: file, line: line)
     }
     let kind = map["kind"]?.string ?? ""
     let meta = map["metadata"]?.mapping
-    var obj = KubeObject(
+    var obj = YAMLObject(
       node: node, line: line, apiVersion: map["apiVersion"]?.string ?? "", kind: kind,
       name: meta?["name"]?.string ?? "", namespace: meta?["namespace"]?.string)
     if kind.isEmpty { obj.kind = "object" }
@@ -68,7 +68,7 @@ enum KubeYAML {
   /// Decodes an object's node into a Codable shape, turning a DecodingError
   /// into a message that names the field (`spec.rules[0].verbs: expected a
   /// sequence`).
-  static func decode<T: Decodable>(_ type: T.Type, _ obj: KubeObject, file: String) throws -> T {
+  static func decode<T: Decodable>(_ type: T.Type, _ obj: YAMLObject, file: String) throws -> T {
     do {
       return try YAMLDecoder().decode(T.self, from: obj.node)
     } catch let e as DecodingError {

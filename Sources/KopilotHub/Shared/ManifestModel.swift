@@ -6,7 +6,7 @@ import Yams
 // out, as kubectl leaves them out; field order is the order declared, which is
 // the order `kubectl get -o yaml` prints.
 
-struct ObjectMeta: Encodable {
+struct ManifestMeta: Encodable {
   var name: String
   var namespace: String?
   var labels: StringMap?
@@ -22,17 +22,17 @@ struct StringMap: Encodable, ExpressibleByDictionaryLiteral {
   init(_ pairs: [(String, String)]) { self.pairs = pairs }
 
   func encode(to encoder: Encoder) throws {
-    var c = encoder.container(keyedBy: KubeDocument<NoBody>.Key.self)
+    var c = encoder.container(keyedBy: ManifestDocument<NoBody>.Key.self)
     for (k, v) in pairs { try c.encode(v, forKey: .init(k)) }
   }
 }
 
 /// The `apiVersion`, `kind`, `metadata` header and one body, flattened into a
 /// single mapping as Kubernetes objects are.
-struct KubeDocument<Body: Encodable>: Encodable {
+struct ManifestDocument<Body: Encodable>: Encodable {
   var apiVersion: String
   var kind: String
-  var metadata: ObjectMeta
+  var metadata: ManifestMeta
   var body: Body
 
   func encode(to encoder: Encoder) throws {

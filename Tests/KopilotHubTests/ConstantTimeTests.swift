@@ -1,4 +1,4 @@
-import KopilotIO
+import KopilotHub
 import XCTest
 
 final class ConstantTimeTests: XCTestCase {
@@ -21,5 +21,13 @@ final class ConstantTimeTests: XCTestCase {
       XCTAssertFalse(constantTimeEquals(token, forged), "\(pad) NULs appended, other order")
     }
     XCTAssertFalse(constantTimeEquals(String(repeating: "\u{0}", count: 256), ""))
+  }
+
+  func testConstantTimeEquals() {
+    XCTAssertTrue(constantTimeEquals("s3cret-token", "s3cret-token"))
+    XCTAssertFalse(constantTimeEquals("s3cret-token", "s3cret-tokeN"))
+    XCTAssertFalse(constantTimeEquals("s3cret", "s3cret-token"), "a prefix is not equal")
+    XCTAssertFalse(constantTimeEquals("", "x"))
+    XCTAssertTrue(constantTimeEquals("", ""))
   }
 }

@@ -99,7 +99,7 @@ public enum HubPKI {
     let cert = try Certificate(pemEncoded: certificatePEM)
     let key = try P256.Signing.PrivateKey(pemRepresentation: keyPEM)
     guard cert.publicKey == Certificate.PublicKey(key.publicKey) else {
-      throw HubError(.certificate, "the key does not belong to the certificate")
+      throw PKIError("the key does not belong to the certificate")
     }
     return KeyPair(certificate: cert, key: key)
   }
@@ -154,4 +154,10 @@ public enum HubPKI {
       return true
     }
   }
+}
+
+/// A certificate or key that cannot be used as asked.
+public struct PKIError: Error, CustomStringConvertible, Sendable, Equatable {
+  public var description: String
+  public init(_ description: String) { self.description = description }
 }

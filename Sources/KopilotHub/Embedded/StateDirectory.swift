@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KopilotPKI
 import X509
 
 /// The embedded mode's state folder (default `./kopilot-state`), made on
@@ -211,14 +212,14 @@ public struct StateDirectory: Sendable {
   }
 
   static func initialRBAC() throws -> String {
-    let role = KubeDocument(
-      apiVersion: RBACPolicy.apiVersion, kind: "ClusterRole", metadata: ObjectMeta(name: "kopilot-admin"),
+    let role = ManifestDocument(
+      apiVersion: RBACPolicy.apiVersion, kind: "ClusterRole", metadata: ManifestMeta(name: "kopilot-admin"),
       body: ClusterRoleBody(rules: [
         PolicyRuleModel(nonResourceURLs: ["/proxy/*"], verbs: ["*"]),
         PolicyRuleModel(nonResourceURLs: ["/metrics"], verbs: ["get"]),
       ]))
-    let binding = KubeDocument(
-      apiVersion: RBACPolicy.apiVersion, kind: "ClusterRoleBinding", metadata: ObjectMeta(name: "kopilot-admins"),
+    let binding = ManifestDocument(
+      apiVersion: RBACPolicy.apiVersion, kind: "ClusterRoleBinding", metadata: ManifestMeta(name: "kopilot-admins"),
       body: ClusterRoleBindingBody(
         roleRef: RoleRefModel(name: "kopilot-admin"),
         subjects: [SubjectModel(kind: "Group", apiGroup: RBACPolicy.apiGroup, name: adminGroup)]))

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The parts of a caller's `/proxy/{namespace}_{name}/<path>` request target.
 public struct ProxyTarget: Equatable, Sendable {
   /// `namespace_name`
@@ -84,4 +86,17 @@ public func isValidClusterID(_ id: String) -> Bool {
     }
   }
   return label(ns) && label(name)
+}
+
+/// The first value of `name` in a target's query, percent-decoded.
+public func queryValue(_ target: String, _ name: String) -> String? {
+  guard let q = target.firstIndex(of: "?") else { return nil }
+  for pair in target[target.index(after: q)...].split(separator: "&") {
+    let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+    if kv.first.map(String.init) == name {
+      let raw = kv.count > 1 ? String(kv[1]) : ""
+      return raw.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? raw
+    }
+  }
+  return nil
 }

@@ -36,8 +36,8 @@ public struct ClusterAdmin: Sendable {
       }
       var token = RandomToken.make()
       while existing.contains(where: { $0.token == token }) { token = RandomToken.make() }
-      let doc = KubeDocument(apiVersion: Cluster.apiVersion, kind: Cluster.kind,
-                             metadata: ObjectMeta(name: name, namespace: namespace), body: TokenBody(token: token))
+      let doc = ManifestDocument(apiVersion: Cluster.apiVersion, kind: Cluster.kind,
+                             metadata: ManifestMeta(name: name, namespace: namespace), body: TokenBody(token: token))
       let yaml = try Yams.serialize(nodes: [YAMLStream.node(doc)], explicitStart: true)
       var out = text
       if !out.isEmpty && !out.hasSuffix("\n") { out += "\n" }
@@ -84,8 +84,8 @@ public struct ClusterAdmin: Sendable {
 
   static func canonical(_ clusters: [Cluster]) throws -> String {
     let nodes = try clusters.map {
-      try YAMLStream.node(KubeDocument(apiVersion: Cluster.apiVersion, kind: Cluster.kind,
-                                       metadata: ObjectMeta(name: $0.name, namespace: $0.namespace),
+      try YAMLStream.node(ManifestDocument(apiVersion: Cluster.apiVersion, kind: Cluster.kind,
+                                       metadata: ManifestMeta(name: $0.name, namespace: $0.namespace),
                                        body: TokenBody(token: $0.token)))
     }
     return nodes.isEmpty ? "" : try Yams.serialize(nodes: nodes, explicitStart: true)
@@ -100,17 +100,17 @@ public struct ClusterAdmin: Sendable {
     for l in lines {
       if l == "---" || l.hasPrefix("--- ") || l.hasPrefix("---\t") { chunks.append([l]) } else { chunks[chunks.count - 1].append(l) }
     }
-    func isTarget(_ o: KubeObject) -> Bool { o.kind == Cluster.kind && o.name == name && (o.namespace ?? "default") == namespace }
+    func isTarget(_ o: YAMLObject) -> Bool { o.kind == Cluster.kind && o.name == name && (o.namespace ?? "default") == namespace }
     var out: [[String]] = []
     for chunk in chunks {
       let body = chunk.joined(separator: "\n")
       guard let root = try Yams.compose(yaml: body), root.null == nil else { out.append(chunk); continue }
-      let objs = try KubeYAML.objects(in: body, file: path, listKinds: ["ClusterList"])
+      let objs = try YAMLObjects.objects(in: body, file: path, listKinds: ["ClusterList"])
       guard objs.contains(where: isTarget) else { out.append(chunk); continue }
       if root.mapping?["items"] != nil {
         // A List: rewrite this document only, without the item.
         guard var map = root.mapping, let items = map["items"]?.sequence else { out.append(chunk); continue }
-        let kept = try items.filter { !isTarget(try KubeYAML.objects(in: Yams.serialize(node: $0), file: path)[0]) }
+        let kept = try items.filter { !isTarget(try YAMLObjects.objects(in: Yams.serialize(node: $0), file: path)[0]) }
         map["items"] = Node(Array<Node>(kept))
         let yaml = try Yams.serialize(nodes: [Node.mapping(map)], explicitStart: chunk.first?.hasPrefix("---") == true)
         out.append(yaml.split(separator: "\n", omittingEmptySubsequences: false).map(String.init))

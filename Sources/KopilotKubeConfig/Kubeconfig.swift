@@ -25,6 +25,11 @@ public struct KubeconfigError: Error, CustomStringConvertible, Equatable {
   public var file: String
   public var message: String
   public var description: String { "\(file): \(message)" }
+
+  public init(file: String, message: String) {
+    self.file = file
+    self.message = message
+  }
 }
 
 /// Reads the parts of a kubeconfig (clientcmd v1) the agent needs. Relative

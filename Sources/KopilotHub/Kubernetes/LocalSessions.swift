@@ -1,0 +1,44 @@
+import Foundation
+import KopilotKube
+import Logging
+
+/// This replica's live agent sessions per cluster, kept from the hub's
+/// session callbacks (loop thread) and read by routing and the status
+/// writer (any thread).
+public final class LocalSessions: @unchecked Sendable {
+  public struct Entry: Sendable, Equatable {
+    public var count: Int
+    /// When the oldest of the current run of sessions came up.
+    public var since: Date
+  }
+
+  private let lock = NSLock()
+  private var table: [String: Entry] = [:]
+
+  public init() {}
+
+  /// Counts a session up or down; returns the cluster's entry after it (nil: none left).
+  @discardableResult
+  public func changed(cluster: String, up: Bool, now: Date = Date()) -> Entry? {
+    lock.lock()
+    defer { lock.unlock() }
+    var e = table[cluster] ?? Entry(count: 0, since: now)
+    e.count += up ? 1 : -1
+    table[cluster] = e.count > 0 ? e : nil
+    return table[cluster]
+  }
+
+  public func entry(_ cluster: String) -> Entry? {
+    lock.lock()
+    defer { lock.unlock() }
+    return table[cluster]
+  }
+
+  public func count(_ cluster: String) -> Int { entry(cluster)?.count ?? 0 }
+
+  public func snapshot() -> [String: Entry] {
+    lock.lock()
+    defer { lock.unlock() }
+    return table
+  }
+}

@@ -1,0 +1,191 @@
+import Crypto
+import Dispatch
+import Foundation
+import KopilotIO
+import KopilotKube
+import Logging
+
+/// A map with a time to live per entry and two bounds, on entries and on
+/// bytes (each entry's `cost`): past either the entry inserted longest ago
+/// goes. Not thread-safe; its owner locks.
+struct TTLCache<Key: Hashable, Value> {
+  let capacity: Int
+  let maxBytes: Int
+  /// What an entry holds, in bytes; the cache adds `entryOverhead`.
+  let cost: (Key, Value) -> Int
+  /// Per entry besides its contents: the dictionary slot, the order row,
+  /// the string headers. A rough figure; it keeps many tiny entries from
+  /// counting as nothing.
+  static var entryOverhead: Int { 128 }
+  private var entries: [Key: (value: Value, expires: Double, seq: UInt64, bytes: Int)] = [:]
+  /// Insertion order; stale rows (the key inserted again since, or gone)
+  /// are skipped when met and swept when they outnumber the live ones.
+  private var order: [(key: Key, seq: UInt64)] = []
+  private var head = 0
+  private var seq: UInt64 = 0
+
+  /// Sum of the live entries' bytes.
+  private(set) var bytes = 0
+
+  init(capacity: Int, maxBytes: Int = .max, cost: @escaping (Key, Value) -> Int = { _, _ in 0 }) {
+    self.capacity = max(1, capacity)
+    self.maxBytes = max(0, maxBytes)
+    self.cost = cost
+  }
+
+  var count: Int { entries.count }
+
+  mutating func value(_ key: Key, now: Double) -> Value? {
+    guard let e = entries[key] else { return nil }
+    guard now < e.expires else {
+      remove(key)
+      return nil
+    }
+    return e.value
+  }
+
+  private mutating func remove(_ key: Key) {
+    if let e = entries.removeValue(forKey: key) { bytes -= e.bytes }
+  }
+
+  mutating func insert(_ key: Key, _ value: Value, expires: Double) {
+    let size = cost(key, value) + Self.entryOverhead
+    remove(key)
+    // Bigger than the whole bound: it would only push everything else out.
+    guard size <= maxBytes else { return }
+    seq += 1
+    entries[key] = (value, expires, seq, size)
+    bytes += size
+    order.append((key, seq))
+    while (entries.count > capacity || bytes > maxBytes) && head < order.count {
+      let o = order[head]
+      head += 1
+      if entries[o.key]?.seq == o.seq { remove(o.key) }
+    }
+    if order.count - head > 2 * entries.count + 64 {
+      order = entries.map { ($0.key, $0.value.seq) }.sorted { $0.seq < $1.seq }
+      head = 0
+    } else if head > 1024 && head * 2 > order.count {
+      order.removeFirst(head)
+      head = 0
+    }
+  }
+}
+
+/// A cache in front of a review, with single-flight and the deadline. The
+/// engine shared by the authenticator and the authorizer.
+final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: @unchecked Sendable {
+  private let lock = NSLock()
+  private var cache: TTLCache<Key, Value>
+  private var inFlight: [Key: Task<Value, Error>] = [:]
+  private var counters = ReviewStats()
+  private let clock: ReviewClock
+  private let limiter: ReviewLimiter
+  private let timeout: TimeInterval
+  private let ttl: @Sendable (Value) -> TimeInterval
+  /// "token review", "access review": for error messages.
+  private let what: String
+  private let logger: Logger
+
+  init(capacity: Int, maxBytes: Int = .max, cost: @escaping @Sendable (Key, Value) -> Int = { _, _ in 0 },
+       clock: @escaping ReviewClock, limiter: ReviewLimiter, timeout: TimeInterval, what: String,
+       logger: Logger, ttl: @escaping @Sendable (Value) -> TimeInterval) {
+    self.logger = logger
+    cache = TTLCache(capacity: capacity, maxBytes: maxBytes, cost: cost)
+    self.clock = clock
+    self.limiter = limiter
+    self.timeout = timeout
+    self.what = what
+    self.ttl = ttl
+  }
+
+  /// A cache sized and timed by `settings`, entries weighed by `cost`;
+  /// without a limiter given, one of its own.
+  convenience init(settings: KubeAuthSettings, cost: @escaping @Sendable (Key, Value) -> Int, clock: @escaping ReviewClock,
+                   limiter: ReviewLimiter?, what: String, logger: Logger, ttl: @escaping @Sendable (Value) -> TimeInterval) {
+    self.init(capacity: settings.maxCacheEntries, maxBytes: settings.maxCacheBytes, cost: cost, clock: clock,
+              limiter: limiter ?? ReviewLimiter(maxInFlight: settings.maxInFlight, maxQueued: settings.maxQueued),
+              timeout: settings.reviewTimeout, what: what, logger: logger, ttl: ttl)
+  }
+
+  var stats: ReviewStats {
+    lock.lock()
+    defer { lock.unlock() }
+    var s = counters
+    s.cacheEntries = cache.count
+    s.cacheBytes = cache.bytes
+    return s
+  }
+
+  /// The cached value, counting a hit; nil (and nothing counted) when the
+  /// cache cannot answer: the async path follows and counts the miss.
+  func cached(_ key: Key) -> Value? {
+    lock.lock()
+    defer { lock.unlock() }
+    guard let v = cache.value(key, now: clock()) else { return nil }
+    counters.hits += 1
+    return v
+  }
+
+  /// The cached value, or the result of the review under way for `key`,
+  /// or of a new one made with `review`.
+  func value(_ key: Key, review: @escaping @Sendable () async throws -> Value) async throws -> Value {
+    let found: Found = lock.withLock {
+      if let v = cache.value(key, now: clock()) {
+        counters.hits += 1
+        return .hit(v)
+      }
+      counters.misses += 1
+      if let t = inFlight[key] {
+        counters.coalesced += 1
+        return .wait(t)
+      }
+      counters.reviews += 1
+      // Made under the lock, so the task's own removal (which takes the
+      // lock) always comes after this insertion.
+      let t = Task { try await self.run(key, review) }
+      inFlight[key] = t
+      return .wait(t)
+    }
+    switch found {
+    case .hit(let v): return v
+    case .wait(let task): return try await task.value
+    }
+  }
+
+  private enum Found {
+    case hit(Value)
+    case wait(Task<Value, Error>)
+  }
+
+  private func run(_ key: Key, _ review: @escaping @Sendable () async throws -> Value) async throws -> Value {
+    let limiter = self.limiter
+    let result: Result<Value, KubeReviewError>
+    do {
+      let v = try await withDeadline(seconds: timeout,
+                                     onTimeout: KubeReviewError(.timeout, "the host cluster did not answer the \(what) in time")) {
+        try await limiter.acquire()
+        defer { limiter.release() }
+        return try await review()
+      }
+      result = .success(v)
+    } catch {
+      result = .failure(KubeReviewError.from(error, what: what))
+    }
+    lock.withLock {
+      inFlight[key] = nil
+      switch result {
+      case .success(let v):
+        let t = ttl(v)
+        if t > 0 { cache.insert(key, v, expires: clock() + t) }
+      case .failure(let e):
+        counters.errors += 1
+        if e.code == .timeout { counters.timeouts += 1 }
+        if e.code == .overloaded { counters.overloaded += 1 }
+      }
+    }
+    // Once per review, not once per caller waiting on it.
+    if case .failure(let e) = result { logger.warning("\(what) failed: \(e)") }
+    return try result.get()
+  }
+}
