@@ -15,9 +15,12 @@ let ubsan: [CSetting] = Context.environment["KOPILOT_UBSAN"] == "1"
   ? [.unsafeFlags(["-fsanitize=undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"])]
   : []
 
+// The test targets still compile in Swift 5 mode (see testMode's users).
+let testMode: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+
 let package = Package(
   name: "Kopilot",
-  platforms: [.macOS(.v13)],
+  platforms: [.macOS(.v15)],
   products: [
     .library(name: "KopilotCore", targets: ["KopilotCore"]),
     .executable(name: "kopilot-hub", targets: ["kopilot-hub"]),
@@ -38,6 +41,8 @@ let package = Package(
     .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+    // Start-up and graceful shutdown of the hub's and the agent's parts.
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
   ],
   targets: [
     .target(
@@ -54,7 +59,8 @@ let package = Package(
     .target(
       name: "KopilotHub",
       dependencies: [
-        "KopilotIO", "KopilotKube", "KopilotKubeConfig", "KopilotPKI",
+        "KopilotBase", "KopilotIO", "KopilotKube", "KopilotKubeConfig", "KopilotPKI",
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "Yams", package: "Yams"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
@@ -72,9 +78,10 @@ let package = Package(
     .executableTarget(
       name: "kopilot-hub",
       dependencies: [
-        "KopilotIO", "KopilotHub", "KopilotKube", "KopilotKubeConfig",
+        "KopilotHub", "KopilotKubeConfig",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ],
       path: "Sources/kopilot-hub"
     ),
@@ -115,12 +122,26 @@ let package = Package(
       ],
       path: "Sources/KopilotKube"
     ),
-    .testTarget(name: "KopilotKubeTests", dependencies: ["KopilotKube", "KopilotKubeConfig", "KopilotBase"], path: "Tests/KopilotKubeTests"),
-    .testTarget(name: "KopilotBaseTests", dependencies: ["KopilotBase"], path: "Tests/KopilotBaseTests"),
+    .testTarget(name: "KopilotKubeTests", dependencies: ["KopilotKube", "KopilotKubeConfig", "KopilotBase"], path: "Tests/KopilotKubeTests", swiftSettings: testMode),
+    .testTarget(name: "KopilotBaseTests", dependencies: ["KopilotBase"], path: "Tests/KopilotBaseTests", swiftSettings: testMode),
     .executableTarget(
       name: "kopilot-agent",
-      dependencies: ["KopilotIO", "KopilotBase", "KopilotKubeConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: [
+        "KopilotAgent", "KopilotIO", "KopilotKubeConfig",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
       path: "Sources/kopilot-agent"
+    ),
+    // The agent's sessions and their lifecycle: no NIO, no HTTP client.
+    .target(
+      name: "KopilotAgent",
+      dependencies: [
+        "KopilotBase", "KopilotIO",
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
+      path: "Sources/KopilotAgent"
     ),
     .executableTarget(
       name: "kopilot-perf",
@@ -136,12 +157,14 @@ let package = Package(
     .testTarget(
       name: "KopilotCoreTests",
       dependencies: ["KopilotCore", "KopilotIO", "KopilotTestSupport"],
-      path: "Tests/KopilotCoreTests"
+      path: "Tests/KopilotCoreTests",
+      swiftSettings: testMode
     ),
     .testTarget(
       name: "KopilotIOTests",
       dependencies: ["KopilotIO"],
-      path: "Tests/KopilotIOTests"
+      path: "Tests/KopilotIOTests",
+      swiftSettings: testMode
     ),
     .testTarget(
       name: "KopilotHubTests",
@@ -151,14 +174,16 @@ let package = Package(
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "Crypto", package: "swift-crypto"),
       ],
-      path: "Tests/KopilotHubTests"
+      path: "Tests/KopilotHubTests",
+      swiftSettings: testMode
     ),
     .testTarget(
       name: "EndToEndTests",
       dependencies: ["KopilotIO", "KopilotHub"],
       path: "Tests/EndToEndTests",
-      exclude: ["upstream.py", "badpeer.py", "memhog.py", "recorder.py"]
+      exclude: ["upstream.py", "badpeer.py", "memhog.py", "recorder.py"],
+      swiftSettings: testMode
     ),
   ],
-  swiftLanguageModes: [.v5]
+  swiftLanguageModes: [.v6]
 )

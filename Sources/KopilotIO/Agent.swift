@@ -1,10 +1,13 @@
 import Foundation
 import KopilotCore
+import Synchronization
 
 /// One agent session to the hub, with requests forwarded to the member's API
 /// server. Reconnection is the owner's (kopilot-agent uses `KopilotBase.Backoff`).
 public final class AgentSession: @unchecked Sendable {
-  public struct Config {
+  // Safe: the C handle is used under `handle`'s lock only; `onState` is set
+  // before connect() and read on the loop thread.
+  public struct Config: Sendable {
     /// wss://HOST:PORT/connect. A `token` in its query (the old way,
     /// wss://HOST/connect?token=T) is taken out of the URL and sent as
     /// `hubToken` instead.
@@ -36,8 +39,15 @@ public final class AgentSession: @unchecked Sendable {
     }
   }
 
-  private let lock = NSLock()
-  private var handle: OpaquePointer?
+  /// Calls on the handle are serialized with `close`, so a reconnect timer
+  /// that fires while the agent is being closed finds no handle.
+  private let handle = Mutex<CHandle?>(nil)
+
+  /// The C agent, carried into the lock (a C pointer is not Sendable).
+  private struct CHandle: @unchecked Sendable {
+    // Safe: every call on it is made under `handle`'s lock.
+    let pointer: OpaquePointer
+  }
   /// Called on the loop thread: (up, status).
   public var onState: ((Bool, Int32) -> Void)?
 
@@ -94,9 +104,10 @@ public final class AgentSession: @unchecked Sendable {
       }
     }
     guard rc == 0, let h else {
-      throw CoreError(code: rc, context: "creating the agent", detail: String(cString: err))
+      throw CoreError(code: rc, context: "creating the agent", detail: CoreError.message(err))
     }
-    handle = h
+    let made = CHandle(pointer: h)
+    handle.withLock { $0 = made }
   }
 
   /// The request target the agent sends for `url` and the token its query
@@ -123,12 +134,8 @@ public final class AgentSession: @unchecked Sendable {
     return (path, token.flatMap { $0.isEmpty ? nil : $0 })
   }
 
-  /// Calls on a handle are serialized with `close`, so a reconnect timer
-  /// that fires while the agent is being closed finds no handle.
   private func withHandle(_ body: (OpaquePointer) -> Void) {
-    lock.lock()
-    defer { lock.unlock() }
-    if let h = handle { body(h) }
+    handle.withLock { h in if let h { body(h.pointer) } }
   }
 
   public func connect() { withHandle { _ = kp_agent_connect($0) } }
@@ -137,11 +144,11 @@ public final class AgentSession: @unchecked Sendable {
   /// flight finished or `graceMs` passed.
   public func shutdown(graceMs: UInt64 = 30_000) { withHandle { _ = kp_agent_shutdown($0, graceMs) } }
   public func close() {
-    lock.lock()
-    let h = handle
-    handle = nil
-    lock.unlock()
-    if let h { kp_agent_free(h) }
+    let h = handle.withLock { h in
+      defer { h = nil }
+      return h
+    }
+    if let h { kp_agent_free(h.pointer) }
   }
   deinit { close() }
 }

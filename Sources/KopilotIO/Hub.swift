@@ -1,5 +1,6 @@
 import Foundation
 import KopilotCore
+import Synchronization
 
 /// A caller's request head, as the hub's router sees it.
 public struct HubRequest: Sendable {
@@ -65,7 +66,11 @@ public enum HubAnswer: Sendable {
 /// `router` on its loop thread for every caller request head, and does what
 /// the answer says. The router must be quick (it runs on the loop).
 public final class Hub: @unchecked Sendable {
-  public struct Config {
+  // Safe: `handle`, `port`, `peerPort`, `onSession` and `onProxied` are set
+  // while the hub is made, before its loops call back, and `handle` again
+  // by stop(); the C hub serializes the rest on its loop threads, and late
+  // answers meet stop() under `stopped`.
+  public struct Config: Sendable {
     public var bindHost = "0.0.0.0"
     public var port = 8443
     public var certFile: String
@@ -102,10 +107,9 @@ public final class Hub: @unchecked Sendable {
   private let loops: [Loop]
   private var handle: OpaquePointer?
   private let router: (HubRequest, HubResponder) -> HubAnswer?
-  /// Held while a late answer is handed to the core, and by stop(): an
-  /// answer never reaches a hub that is being freed.
-  fileprivate let answerLock = NSLock()
-  fileprivate var stopped = false
+  /// Whether stop() began. Held while a late answer is handed to the core,
+  /// and by stop(): an answer never reaches a hub that is being freed.
+  fileprivate let stopped = Mutex(false)
   public private(set) var port: Int = 0
   /// The peer listener's port; 0 when there is none.
   public private(set) var peerPort: Int = 0
@@ -207,7 +211,7 @@ public final class Hub: @unchecked Sendable {
       }
     }
     guard rc == 0, let h else {
-      throw CoreError(code: rc, context: "starting the hub", detail: String(cString: err))
+      throw CoreError(code: rc, context: "starting the hub", detail: CoreError.message(err))
     }
     handle = h
     port = Int(kp_hub_port(h))
@@ -238,9 +242,7 @@ public final class Hub: @unchecked Sendable {
 
   /// Stops serving: closes the listener, every caller and every session.
   public func stop() {
-    answerLock.lock()
-    stopped = true
-    answerLock.unlock()
+    stopped.withLock { $0 = true }
     if let h = handle { kp_hub_free(h) }
     handle = nil
   }
@@ -253,14 +255,14 @@ public final class Hub: @unchecked Sendable {
   /// when a file is missing or the pair does not match.
   public func reloadTLS(certFile: String, keyFile: String, peerCertFile: String? = nil, peerKeyFile: String? = nil,
                         peerCAFile: String? = nil) throws {
-    answerLock.lock()
-    defer { answerLock.unlock() }
-    guard !stopped, let h = handle else { return }
-    var err = [CChar](repeating: 0, count: 512)
-    let peer = [peerCertFile, peerKeyFile, peerCAFile].map { $0.flatMap { strdup($0) } }
-    defer { peer.forEach { free($0) } }
-    let rc = kp_hub_reload_tls(h, certFile, keyFile, peer[0], peer[1], peer[2], &err, err.count)
-    guard rc == 0 else { throw CoreError(code: rc, context: "reloading the certificates", detail: String(cString: err)) }
+    try stopped.withLock { stopped in
+      guard !stopped, let h = handle else { return }
+      var err = [CChar](repeating: 0, count: 512)
+      let peer = [peerCertFile, peerKeyFile, peerCAFile].map { $0.flatMap { strdup($0) } }
+      defer { peer.forEach { free($0) } }
+      let rc = kp_hub_reload_tls(h, certFile, keyFile, peer[0], peer[1], peer[2], &err, err.count)
+      guard rc == 0 else { throw CoreError(code: rc, context: "reloading the certificates", detail: CoreError.message(err)) }
+    }
   }
 
   /// Closes every session of a cluster (removed, or its token changed).
@@ -313,10 +315,12 @@ public final class Hub: @unchecked Sendable {
 /// Answers one request later, from any thread, exactly once. A responder
 /// dropped unanswered answers 500, so no caller waits for ever on a bug.
 public final class HubResponder: @unchecked Sendable {
+  // Safe: `request` is the core's handle for this request, which stays
+  // valid until it is answered once (`answered`), and `hub` is weak and
+  // only read.
   private weak var hub: Hub?
   private let request: OpaquePointer
-  private let lock = NSLock()
-  private var done = false
+  private let answered = Mutex(false)
 
   fileprivate init(hub: Hub, request: OpaquePointer) {
     self.hub = hub
@@ -325,26 +329,24 @@ public final class HubResponder: @unchecked Sendable {
 
   /// Marks the request answered by the router's return value.
   fileprivate func claim() {
-    lock.lock()
-    done = true
-    lock.unlock()
+    answered.withLock { $0 = true }
   }
 
   /// The answer. A second call is ignored; so is an answer after the hub
   /// stopped (the core closed the caller's connection already).
   public func answer(_ a: HubAnswer) {
-    lock.lock()
-    let first = !done
-    done = true
-    lock.unlock()
+    let first = answered.withLock { answered in
+      defer { answered = true }
+      return !answered
+    }
     guard first, let hub else { return }
-    hub.answerLock.lock()
-    defer { hub.answerLock.unlock() }
-    if !hub.stopped { Hub.deliver(a, to: request) }
+    hub.stopped.withLock { stopped in
+      if !stopped { Hub.deliver(a, to: request) }
+    }
   }
 
   deinit {
-    if !done { answer(.status(500, "InternalError", "the hub dropped this request without an answer")) }
+    if !answered.withLock({ $0 }) { answer(.status(500, "InternalError", "the hub dropped this request without an answer")) }
   }
 }
 

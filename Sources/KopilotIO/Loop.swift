@@ -2,6 +2,8 @@ import KopilotCore
 
 /// A libuv loop on its own thread (the C core's `kp_loop_t`).
 public final class Loop: @unchecked Sendable {
+  // Safe: the handle never changes, and the C loop takes work from other
+  // threads only through kp_loop_post, which is thread-safe.
   public let handle: OpaquePointer
 
   public init() throws {
@@ -29,6 +31,11 @@ public struct CoreError: Error, CustomStringConvertible {
     self.code = code
     self.context = context
     self.detail = detail
+  }
+
+  /// The NUL-terminated message a C call wrote into `buffer`.
+  public static func message(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
   }
 
   public var description: String {

@@ -1,20 +1,5 @@
 import Foundation
 
-/// Blocks until SIGINT or SIGTERM arrives.
-public func waitForTermination() {
-  let sem = DispatchSemaphore(value: 0)
-  var sources: [DispatchSourceSignal] = []
-  for sig in [SIGINT, SIGTERM] {
-    signal(sig, SIG_IGN)  // the dispatch source sees it instead
-    let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-    src.setEventHandler { sem.signal() }
-    src.resume()
-    sources.append(src)
-  }
-  sem.wait()
-  withExtendedLifetime(sources) {}
-}
-
 /// One log line on stderr, with a UTC timestamp (RFC 3339, seconds).
 /// Cheap and thread-safe: an agent with thousands of sessions logs from
 /// its event loop (an ISO8601DateFormatter per line cost 0.1 ms).

@@ -23,6 +23,10 @@ import Logging
 /// delivered nothing counts as a failure (client-go's "very short watch"),
 /// so a server that closes watches at once is not hammered.
 public final class Informer<Object: KubeObject>: @unchecked Sendable {
+  // Safe: the fields after `state` are used under that condition, those
+  // after `delivery` under that lock, and `backoff` by the informer's one
+  // task only. A condition (wait for the first list, for the task's end)
+  // and a recursive lock (a handler may call stop) are what Mutex is not.
   public enum Event: Sendable {
     case synced([Object])
     case added(Object)

@@ -6,11 +6,12 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import Synchronization
 
 /// A client of one API server: JSON requests, watches, and the reviews.
 /// Safe from any thread; requests run concurrently (HTTP/1.1, a pool of
 /// keep-alive connections on NIO's shared event loops).
-public final class KubeClient: ReviewClient, @unchecked Sendable {
+public final class KubeClient: ReviewClient, Sendable {
   public let config: KubeClientConfig
   let requestTimeout: TimeInterval
   let logger: Logger
@@ -219,8 +220,7 @@ public final class KubeClient: ReviewClient, @unchecked Sendable {
   /// watch silent for 30 s longer than that is given up as a `Timeout` (a
   /// server that vanished without a FIN).
   public func watch(path: String, query: [(String, String)] = []) -> AsyncThrowingStream<WatchEvent, Error> {
-    var q = query
-    if !q.contains(where: { $0.0 == "watch" }) { q.append(("watch", "1")) }
+    let q = query.contains(where: { $0.0 == "watch" }) ? query : query + [("watch", "1")]
     let idle = q.last(where: { $0.0 == "timeoutSeconds" }).flatMap { TimeInterval($0.1) }.map { $0 + 30 }
     return AsyncThrowingStream { cont in
       let task = Task {
@@ -378,15 +378,17 @@ public final class KubeClient: ReviewClient, @unchecked Sendable {
 /// The bearer token: a fixed one, or the contents of a file read again when
 /// the copy in hand is older than `maxAge` (projected service-account tokens
 /// are rewritten by the kubelet well before they expire).
-final class Credentials: @unchecked Sendable {
-  private let lock = NSLock()
+final class Credentials: Sendable {
   private let fixed: String?
   private let file: String?
   private let maxAge: TimeInterval
   private let logger: Logger
-  private var cached: String?
-  private var readAt: UInt64 = 0
-  private var failing = false
+  private struct State {
+    var cached: String?
+    var readAt: UInt64 = 0
+    var failing = false
+  }
+  private let state = Mutex(State())
 
   init(token: String?, file: String?, maxAge: TimeInterval, logger: Logger) {
     fixed = token?.isEmpty == false ? token : nil
@@ -395,38 +397,36 @@ final class Credentials: @unchecked Sendable {
     self.logger = logger
     // A kubeconfig's tokenFile comes already read: use that until it ages.
     if self.file != nil, let t = fixed {
-      cached = t
-      readAt = DispatchTime.now().uptimeNanoseconds
+      state.withLock { $0 = State(cached: t, readAt: DispatchTime.now().uptimeNanoseconds) }
     }
   }
 
   func token() throws -> String? {
     guard let file else { return fixed }
-    lock.lock()
-    defer { lock.unlock() }
-    let now = DispatchTime.now().uptimeNanoseconds
-    if let c = cached, Double(now - readAt) / 1e9 < maxAge { return c }
-    let text = (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
-    if let t = text, !t.isEmpty {
-      if failing { logger.info("kube: the token file \(file) is readable again") }
-      failing = false
-      cached = t
-      readAt = now
-      return t
+    // One reader at a time: a burst of requests reads the file once.
+    return try state.withLock { s in
+      let now = DispatchTime.now().uptimeNanoseconds
+      if let c = s.cached, Double(now - s.readAt) / 1e9 < maxAge { return c }
+      let text = (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+      if let t = text, !t.isEmpty {
+        if s.failing { logger.info("kube: the token file \(file) is readable again") }
+        s.failing = false
+        s.cached = t
+        s.readAt = now
+        return t
+      }
+      // Unreadable now (mid-rotation, or gone): keep the last token, if any,
+      // and try again at the next request.
+      if !s.failing { logger.warning("kube: cannot read the token file \(file)\(s.cached == nil ? "" : "; using the last token read")") }
+      s.failing = true
+      if let c = s.cached { return c }
+      throw KubeAPIError(code: 0, reason: "Unavailable", message: "cannot read the token file \(file)")
     }
-    // Unreadable now (mid-rotation, or gone): keep the last token, if any,
-    // and try again at the next request.
-    if !failing { logger.warning("kube: cannot read the token file \(file)\(cached == nil ? "" : "; using the last token read")") }
-    failing = true
-    if let c = cached { return c }
-    throw KubeAPIError(code: 0, reason: "Unavailable", message: "cannot read the token file \(file)")
   }
 
   /// The tokens in hand, to keep out of error text.
   var secrets: [String] {
-    lock.lock()
-    defer { lock.unlock() }
-    return [fixed, cached].compactMap { $0 }
+    [fixed, state.withLock { $0.cached }].compactMap { $0 }
   }
 }
 

@@ -1,252 +1,35 @@
 import ArgumentParser
-import Foundation
-import KopilotIO
-import KopilotBase
-import KopilotKubeConfig
+import KopilotAgent
+import Logging
+import ServiceLifecycle
 
-@main
-struct AgentCommand: ParsableCommand {
+struct AgentCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "kopilot-agent",
     abstract: "Dial out to a kopilot hub and serve its requests from this cluster's API server.",
     discussion: """
       The cluster's agent token comes from --hub-token-file, HUB_TOKEN_FILE or HUB_TOKEN (or, the \
       old way, from the --connect URL's ?token=) and goes to the hub as Authorization: Bearer on \
-      /connect, never in the URL, which proxies and access logs keep. Nothing logs it.
+      /connect, never in the URL, which proxies and access logs keep. Nothing logs it. On SIGTERM \
+      or SIGINT every session sends GoAway and requests in flight get --grace-period to finish.
       """)
 
-  @Option(name: .customLong("connect"), help: "The hub's agent URL, wss://HUB/connect. Env: CONNECT_URL. The old form wss://HUB/connect?token=T still works: the token is taken out of the URL and sent in the Authorization header like the others.")
-  var connectFlag: String?
-  var connect: String? { connectFlag ?? ProcessInfo.processInfo.environment["CONNECT_URL"] }
+  @OptionGroup var options: AgentOptions
 
-  @Option(name: .customLong("hub-token-file"), help: "A file holding the cluster's agent token (what `kopilot-hub clusters add` printed), sent to the hub as Authorization: Bearer on /connect, never in the URL. Env: HUB_TOKEN_FILE, or the token itself in HUB_TOKEN.")
-  var hubTokenFile: String?
-
-  /// The agent token, from --hub-token-file, HUB_TOKEN_FILE, HUB_TOKEN or
-  /// the --connect URL's query, in that order; the first two read now.
-  func hubToken() throws -> String? {
-    let env = ProcessInfo.processInfo.environment
-    var given: String?
-    if let f = hubTokenFile ?? env["HUB_TOKEN_FILE"].flatMap({ $0.isEmpty ? nil : $0 }) {
-      guard let s = try? String(contentsOfFile: f, encoding: .utf8) else {
-        throw ValidationError("cannot read the hub token file \(f)")
-      }
-      given = s.trimmingCharacters(in: .whitespacesAndNewlines)
-    } else if let t = env["HUB_TOKEN"], !t.isEmpty {
-      given = t.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-    let inURL = connect.flatMap(URL.init(string:)).flatMap { AgentSession.connectTarget($0).token }
-    if let given, let inURL, given != inURL {
-      throw ValidationError("two different agent tokens: one in the --connect URL, one in the hub token file or HUB_TOKEN; give one")
-    }
-    guard let token = given ?? inURL, !token.isEmpty else { return nil }
-    // Sent in a header line: printable ASCII without spaces, as the hub's
-    // clusters.yaml takes them.
-    guard token.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7e }) else {
-      throw ValidationError("the agent token holds a space or a character outside printable ASCII")
-    }
-    return token
-  }
-
-  @Option(help: "The member API server URL. Default: from KUBERNETES_SERVICE_HOST/PORT, else https://kubernetes.default.svc.")
-  var apiserver: String?
-
-  @Option(name: .customLong("token-file"), help: "Bearer token for the API server, re-read when it changes.")
-  var tokenFile: String = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-  @Option(name: .customLong("ca-file"), help: "PEM CA bundle that signs the API server's certificate.")
-  var caFile: String = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
-
-  @Option(help: "Run outside a cluster: the API server, its CA and the credentials (token, tokenFile or client certificate) come from this kubeconfig's current context. Env: KUBECONFIG.")
-  var kubeconfig: String?
-
-  @Option(help: "The kubeconfig context to use instead of its current-context.")
-  var context: String?
-
-  @Option(name: .customLong("hub-ca"), help: "PEM CA bundle for the hub (default: the system's trust store).")
-  var hubCA: String?
-
-  @Flag(name: .customLong("insecure-skip-tls-verify"), help: "Do not verify the hub's certificate (unsafe; explicit opt-in).")
-  var insecure = false
-
-  @Option(help: "Parallel sessions to the hub; the hub spreads requests over them. Two are plenty in a cluster; the benchmark (kopilot-perf) opens thousands from one process.")
-  var sessions: Int = 2
-
-  @Option(help: "Event loops (threads) the sessions are spread over, each with its own connections to the API server. Default: the CPUs this process may use (its affinity mask and cgroup CPU quota), at most one per session. Env: LOOPS.")
-  var loops: Int?
-
-  private var loopsWanted: Int? {
-    loops ?? ProcessInfo.processInfo.environment["LOOPS"].flatMap { Int($0) }
-  }
-
-  @Option(help: "Seconds between keepalive pings to the hub; a ping unanswered that long ends the session.")
-  var keepalive: Double = 30
-
-  @Option(name: .customLong("grace-period"), help: "Seconds that requests in flight get to finish after SIGTERM.")
-  var gracePeriod: Double = 30
-
-  @Option(help: "How mux frames travel after the WebSocket upgrade: framed (kopilot.v2) or raw (the original agent's way).")
-  var wire: String = "framed"
-
-  @Option(name: .customLong("upstream-idle-conns"), help: "Idle keep-alive connections to the API server each session keeps for the next requests.")
-  var upstreamIdleConns: Int = 256
-
-  @Option(name: .customLong("upstream-idle-timeout"), help: "Seconds an idle connection to the API server is kept before it is closed.")
-  var upstreamIdleTimeout: Double = 60
-
-  func validate() throws {
-    guard let c = connect, let u = URL(string: c), u.scheme == "wss" || u.scheme == "https" else {
-      throw ValidationError("--connect wss://HUB/connect is required (and the token: --hub-token-file or HUB_TOKEN)")
-    }
-    guard try hubToken() != nil else {
-      throw ValidationError("the cluster's agent token is missing: --hub-token-file FILE, HUB_TOKEN, or the old --connect wss://HUB/connect?token=T")
-    }
-    guard wire == "framed" || wire == "raw" else { throw ValidationError("--wire is framed or raw") }
-    guard (1...10_000).contains(sessions) else { throw ValidationError("--sessions is 1 to 10000") }
-    if let l = loopsWanted, !(1...1024).contains(l) { throw ValidationError("--loops is 1 to 1024") }
-    guard (1...4096).contains(upstreamIdleConns) else { throw ValidationError("--upstream-idle-conns is 1 to 4096") }
-    guard upstreamIdleTimeout > 0 else { throw ValidationError("--upstream-idle-timeout must be positive") }
-  }
-
-  func run() throws {
-    let env = ProcessInfo.processInfo.environment
-    var cfg: AgentSession.Config
-    var tokens: TokenFile?
-    var fixedToken: String?
-    if let kc = kubeconfig ?? env["KUBECONFIG"].flatMap({ $0.isEmpty ? nil : $0 }) {
-      let t: KubeconfigTarget
-      do { t = try Kubeconfig.load(path: kc, context: context) } catch { throw ValidationError("\(error)") }
-      cfg = AgentSession.Config(hubURL: URL(string: connect!)!, apiserver: t.server)
-      cfg.apiserverCAPEM = t.caPEM
-      cfg.apiserverInsecure = t.insecureSkipTLSVerify
-      cfg.clientCertPEM = t.clientCertPEM
-      cfg.clientKeyPEM = t.clientKeyPEM
-      if let f = t.tokenFile { tokens = TokenFile(path: f) } else { fixedToken = t.token }
-      logLine("using kubeconfig \(kc): API server \(t.server.absoluteString)")
-    } else {
-      let upstream: String
-      if let a = apiserver {
-        upstream = a
-      } else if let h = env["KUBERNETES_SERVICE_HOST"] {
-        let host = h.contains(":") ? "[\(h)]" : h
-        upstream = "https://\(host):\(env["KUBERNETES_SERVICE_PORT"] ?? "443")"
-      } else {
-        upstream = "https://kubernetes.default.svc"
-      }
-      guard let upURL = URL(string: upstream), upURL.scheme == "https" else {
-        throw ValidationError("--apiserver must be an https:// URL")
-      }
-      cfg = AgentSession.Config(hubURL: URL(string: connect!)!, apiserver: upURL)
-      cfg.apiserverCAFile = FileManager.default.fileExists(atPath: caFile) ? caFile : nil
-      tokens = TokenFile(path: tokenFile)
-    }
-    cfg.hubToken = try hubToken()
-    cfg.hubCAFile = hubCA
-    cfg.hubInsecure = insecure
-    cfg.framed = wire == "framed"
-    cfg.keepaliveMs = UInt64(max(0.1, keepalive) * 1000)
-    cfg.upstreamMaxIdle = UInt32(upstreamIdleConns)
-    cfg.upstreamIdleMs = UInt64(max(0.001, upstreamIdleTimeout) * 1000)
-    // Session i runs on loop i mod N: each loop owns its sessions and their
-    // upstream connections, so one busy member cluster uses every loop.
-    let loopCount = min(loopsWanted ?? Loop.availableCPUs, sessions)
-    let eventLoops = try (0..<loopCount).map { _ in try Loop() }
-    let firstToken = fixedToken ?? tokens?.readIfChanged()
-    let supervisors = try (1...sessions).map { i in
-      try SessionSupervisor(index: i, of: sessions, session: AgentSession(loop: eventLoops[(i - 1) % loopCount], config: cfg))
-    }
-    logLine("\(sessions) session(s) on \(loopCount) loop(s)")
-    for s in supervisors {
-      if let t = firstToken { s.session.setToken(t) }
-      s.start()
-    }
-    // Kubernetes rotates projected tokens: look for a new one now and then.
-    let timer = DispatchSource.makeTimerSource(queue: .global())
-    timer.schedule(deadline: .now() + 10, repeating: 10)
-    timer.setEventHandler {
-      if let t = tokens?.readIfChanged() { for s in supervisors { s.session.setToken(t) } }
-    }
-    timer.resume()
-    waitForTermination()
-    timer.cancel()
-    logLine("stopping: GoAway sent; requests in flight get \(gracePeriod)s")
-    for s in supervisors { s.stop(graceMs: UInt64(gracePeriod * 1000)) }
-    for s in supervisors { s.waitStopped(timeout: gracePeriod + 1) }
-    for s in supervisors { s.session.close() }
-    // The loops outlive every session on them (Swift may release a local
-    // after its last use, and a loop's deinit joins its thread).
-    withExtendedLifetime(eventLoops) { logLine("stopped") }
+  func run() async throws {
+    let agent = AgentService(configuration: try options.configuration())
+    // The agent logs its own lines (KopilotIO's logLine); the group's
+    // logger only speaks when something goes wrong.
+    var log = Logger(label: "kopilot.agent")
+    log.logLevel = .warning
+    let group = ServiceGroup(services: [agent], gracefulShutdownSignals: [.sigterm, .sigint], logger: log)
+    try await group.run()
   }
 }
 
-/// Keeps one session to the hub up: reconnects with backoff and full jitter,
-/// and logs each change of state once rather than every retry.
-final class SessionSupervisor: @unchecked Sendable {
-  let session: AgentSession
-  private let label: String
-  private let lock = NSLock()
-  private var backoff = Backoff()
-  private var up = false
-  private var reportedDown = false
-  private var stopping = false
-  private let stopped = DispatchSemaphore(value: 0)
-
-  init(index: Int, of total: Int, session: AgentSession) {
-    self.session = session
-    self.label = total > 1 ? "session \(index)/\(total): " : ""
-    session.onState = { [unowned self] up, status in self.changed(up: up, status: status) }
-  }
-
-  func start() { session.connect() }
-
-  private func changed(up isUp: Bool, status: Int32) {
-    lock.lock()
-    defer { lock.unlock() }
-    if stopping {
-      if !isUp { stopped.signal() }
-      return
-    }
-    if isUp {
-      backoff.reset()
-      if !up { logLine("\(label)connected to the hub") }
-      up = true
-      reportedDown = false
-      return
-    }
-    if up {
-      logLine("\(label)session to the hub ended (\(CoreError(code: status, context: "session"))); reconnecting")
-    } else if !reportedDown {
-      logLine("\(label)cannot reach the hub (\(CoreError(code: status, context: "connect"))); retrying with backoff")
-    }
-    up = false
-    reportedDown = true
-    let delay = backoff.next()
-    DispatchQueue.global().asyncAfter(deadline: .now() + delay) { [session] in session.connect() }
-  }
-
-  func stop(graceMs: UInt64) {
-    lock.lock()
-    stopping = true
-    lock.unlock()
-    session.shutdown(graceMs: graceMs)
-  }
-
-  func waitStopped(timeout: Double) { _ = stopped.wait(timeout: .now() + timeout) }
-}
-
-
-/// A token file watched by modification time and content.
-final class TokenFile: @unchecked Sendable {
-  let path: String
-  private var last: String?
-  init(path: String) { self.path = path }
-  func readIfChanged() -> String? {
-    guard let s = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
-    let t = s.trimmingCharacters(in: .whitespacesAndNewlines)
-    if t == last { return nil }
-    last = t
-    return t
-  }
-}
-
-
+// main.swift is top-level code (the executable has several files), so the
+// command starts here rather than through @main. Called on the type as a
+// generic AsyncParsableCommand, `main()` is the async entry point; on the
+// concrete type it would be ParsableCommand's synchronous one.
+func start<Command: AsyncParsableCommand>(_: Command.Type) async { await Command.main() }
+await start(AgentCommand.self)

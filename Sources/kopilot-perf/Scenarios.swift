@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// How big and how long each scenario is: the full run, or `--quick`.
 struct Settings {
@@ -31,12 +32,11 @@ enum Scenario: String, CaseIterable {
   case bulk, cpu, requests, streams, slow, idle, storm, scale
 }
 
-/// What went wrong in work spread over threads; `lock` guards `items`.
-final class Failures: @unchecked Sendable {
-  private let lock = NSLock()
-  private var items: [String] = []
-  func add(_ s: String) { lock.lock(); items.append(s); lock.unlock() }
-  var list: [String] { lock.lock(); defer { lock.unlock() }; return items }
+/// What went wrong in work spread over threads.
+final class Failures: Sendable {
+  private let items = Mutex<[String]>([])
+  func add(_ s: String) { items.withLock { $0.append(s) } }
+  var list: [String] { items.withLock { $0 } }
 }
 
 /// Runs the scenarios against running targets and records what they measured.
@@ -162,10 +162,10 @@ struct Runner {
     let h0 = t.hubCPU, a0 = t.agentCPU, start = Date()
     let failures = Failures()
     let curl = bench.tools.curl, args = ["-sS", "--http1.1", "--cacert", bench.caFile] + auth
+    let url = "\(t.base)/blob?bytes=\(each)"
     DispatchQueue.concurrentPerform(iterations: cores) { _ in
       do {
-        let r = try runCommand(curl, args + ["-o", "/dev/null", "-w", "%{http_code} %{size_download}",
-                                             "\(t.base)/blob?bytes=\(each)"])
+        let r = try runCommand(curl, args + ["-o", "/dev/null", "-w", "%{http_code} %{size_download}", url])
         if r.out != "200 \(each)" { failures.add("\(r.out) \(r.err)") }
       } catch { failures.add("\(error)") }
     }

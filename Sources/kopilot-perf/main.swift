@@ -298,6 +298,7 @@ func probe(_ t: Target, tools: Tools, caFile: String) throws {
 
 /// SIGINT and SIGTERM stop every child before the harness exits.
 final class Cleanup: @unchecked Sendable {
+  // Safe: armed once, from the main thread, before any signal can arrive.
   static let shared = Cleanup()
   private var sources: [DispatchSourceSignal] = []
 

@@ -1,6 +1,7 @@
 import Foundation
 import KopilotIO
 import Logging
+import Synchronization
 import Yams
 
 /// clusters.yaml: the Cluster objects a user would `kubectl apply` to a host
@@ -84,10 +85,9 @@ public enum ClusterFile {
 }
 
 /// The embedded registry: clusters.yaml, reloaded when it changes.
-public final class EmbeddedClusterRegistry: ClusterRegistry, @unchecked Sendable {
+public final class EmbeddedClusterRegistry: ClusterRegistry, Sendable {
   private let file: ReloadingFile<ClusterTable>
-  private let lock = NSLock()
-  private var handlers: [@Sendable ([ClusterChange]) -> Void] = []
+  private let handlers = Mutex<[@Sendable ([ClusterChange]) -> Void]>([])
 
   /// Loads `path` now (throws when it is missing or invalid) and, when
   /// `pollInterval` is not nil, watches it; a broken edit keeps the last good
@@ -102,10 +102,7 @@ public final class EmbeddedClusterRegistry: ClusterRegistry, @unchecked Sendable
       let changes = ClusterChange.diff(old: old.clusters, new: new.clusters)
       guard !changes.isEmpty else { return }
       logger.info("clusters changed: \(changes.map(\.description).joined(separator: ", "))")
-      self.lock.lock()
-      let hs = self.handlers
-      self.lock.unlock()
-      for h in hs { h(changes) }
+      for h in self.handlers.withLock({ $0 }) { h(changes) }
     }
   }
 
@@ -114,9 +111,7 @@ public final class EmbeddedClusterRegistry: ClusterRegistry, @unchecked Sendable
   public func clusters() -> [Cluster] { file.current.clusters }
 
   public func onChange(_ handler: @escaping @Sendable ([ClusterChange]) -> Void) {
-    lock.lock()
-    handlers.append(handler)
-    lock.unlock()
+    handlers.withLock { $0.append(handler) }
   }
 
   /// Why the last reload was refused, nil when the file in force is the one

@@ -207,7 +207,7 @@ public enum RBACFile {
 }
 
 /// The embedded authorizer: rbac.yaml, reloaded when it changes.
-public final class RBACAuthorizer: Authorizer, @unchecked Sendable {
+public final class RBACAuthorizer: Authorizer, Sendable {
   private let file: ReloadingFile<RBACPolicy>
 
   /// Loads `path` now (throws when it is missing or invalid) and, when

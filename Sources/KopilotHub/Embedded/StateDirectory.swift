@@ -33,6 +33,9 @@ public struct StatePaths: Sendable, Equatable {
   public var clusters: String
   public var tokens: String
   public var rbac: String
+  /// Live sessions per cluster, written by the running hub for
+  /// `kopilot-hub clusters list`; not a secret, never read by the hub.
+  public var sessions: String
 
   public static let defaultDirectory = "kopilot-state"
 
@@ -47,6 +50,7 @@ public struct StatePaths: Sendable, Equatable {
     clusters = p("clusters.yaml")
     tokens = p("tokens.csv")
     rbac = p("rbac.yaml")
+    sessions = p("sessions.json")
   }
 
   /// The files that hold secrets: private keys, agent tokens, caller tokens.

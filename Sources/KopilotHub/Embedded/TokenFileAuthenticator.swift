@@ -121,7 +121,7 @@ public struct TokenTable: Sendable, Equatable {
 }
 
 /// The embedded authenticator: tokens.csv, reloaded when it changes.
-public final class TokenFileAuthenticator: Authenticator, @unchecked Sendable {
+public final class TokenFileAuthenticator: Authenticator, Sendable {
   private let file: ReloadingFile<TokenTable>
 
   /// Loads `path` now (throws when it is missing or invalid) and, when

@@ -1,6 +1,7 @@
 import Foundation
 import KopilotKube
 import Logging
+import Synchronization
 
 /// The Cluster's `status`, which every replica keeps its own entry of:
 /// `hubs` lists the replicas holding agent sessions of the cluster (and
@@ -55,17 +56,19 @@ public enum ClusterStatusEdit {
 /// optimistic concurrency (PUT /status with the resourceVersion read; a 409
 /// from another replica's write reads again), and retried with backoff when
 /// the host API fails.
-public final class ClusterStatusWriter: @unchecked Sendable {
+public final class ClusterStatusWriter: Sendable {
   let client: KubeClient
   let replica: String
   let address: String
   let local: LocalSessions
   let peers: PeerTable
   let logger: Logger
-  private let lock = NSLock()
-  private var dirty: Set<String> = []
-  private var worker: Task<Void, Never>?
-  private var stopped = false
+  private struct State {
+    var dirty: Set<String> = []
+    var worker: Task<Void, Never>?
+    var stopped = false
+  }
+  private let state = Mutex(State())
 
   public init(client: KubeClient, replica: String, address: String, local: LocalSessions, peers: PeerTable,
               logger: Logger = Logger(label: "kopilot.hub.status")) {
@@ -79,12 +82,12 @@ public final class ClusterStatusWriter: @unchecked Sendable {
 
   /// The cluster's entry needs writing (any thread, cheap).
   public func touch(_ clusterID: String) {
-    lock.lock()
-    defer { lock.unlock() }
-    guard !stopped else { return }
-    dirty.insert(clusterID)
-    if worker == nil {
-      worker = Task { [weak self] in await self?.drain() }
+    state.withLock { s in
+      guard !s.stopped else { return }
+      s.dirty.insert(clusterID)
+      if s.worker == nil {
+        s.worker = Task { [weak self] in await self?.drain() }
+      }
     }
   }
 
@@ -103,21 +106,19 @@ public final class ClusterStatusWriter: @unchecked Sendable {
 
   /// The clusters to write now; nil ends the worker (nothing left, or stopped).
   private func takeBatch() -> Set<String>? {
-    lock.lock()
-    defer { lock.unlock() }
-    let batch = dirty
-    dirty.removeAll()
-    if batch.isEmpty || stopped {
-      worker = nil
-      return nil
+    state.withLock { s in
+      let batch = s.dirty
+      s.dirty.removeAll()
+      if batch.isEmpty || s.stopped {
+        s.worker = nil
+        return nil
+      }
+      return batch
     }
-    return batch
   }
 
   private func markDirty(_ id: String) {
-    lock.lock()
-    dirty.insert(id)
-    lock.unlock()
+    state.withLock { _ = $0.dirty.insert(id) }
   }
 
   static func path(_ clusterID: String) -> String? {
@@ -157,10 +158,10 @@ public final class ClusterStatusWriter: @unchecked Sendable {
 
   /// At shutdown: this replica's entries removed, within `deadline` seconds.
   public func withdraw(clusters: [String], deadline: TimeInterval = 3) {
-    lock.lock()
-    stopped = true
-    worker?.cancel()
-    lock.unlock()
+    state.withLock { s in
+      s.stopped = true
+      s.worker?.cancel()
+    }
     let done = DispatchSemaphore(value: 0)
     Task {
       await withTaskGroup(of: Void.self) { g in

@@ -11,10 +11,10 @@ import Logging
 /// cached", then `authenticate(bearerToken:)` off it. A token no one holds
 /// is `AuthenticationError(.invalidToken)` (401); a review that could not be
 /// made is `KubeReviewError` (`.answer`: 503 or 504).
-public final class KubeAuthenticator: Authenticator, @unchecked Sendable {
+public final class KubeAuthenticator: Authenticator, Sendable {
   public let settings: KubeAuthSettings
   private let client: any ReviewClient
-  private let cache: ReviewCache<SHA256Digest, UserInfo?>
+  private let cache: ReviewCache<TokenKey, UserInfo?>
   private let logger: Logger
 
   /// - limiter: the bound on TokenReviews in flight; nil: one of its own,
@@ -65,7 +65,12 @@ public final class KubeAuthenticator: Authenticator, @unchecked Sendable {
   public var stats: ReviewStats { cache.stats }
 
   /// The cache key: the token itself is kept nowhere.
-  static func key(_ token: String) -> SHA256Digest { SHA256.hash(data: Data(token.utf8)) }
+  /// A token's SHA-256: the cache never holds a token itself.
+  struct TokenKey: Hashable, Sendable {
+    let digest: [UInt8]
+  }
+
+  static func key(_ token: String) -> TokenKey { TokenKey(digest: Array(SHA256.hash(data: Data(token.utf8)))) }
 }
 
 extension KubeAuthenticator {

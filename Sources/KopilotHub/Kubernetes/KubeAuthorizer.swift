@@ -14,7 +14,7 @@ import Logging
 /// `allowed == false` and a `forbiddenMessage` carrying the host's reason
 /// (403); a review that could not be made throws `KubeReviewError`
 /// (`.answer`: 503 or 504).
-public final class KubeAuthorizer: Authorizer, @unchecked Sendable {
+public final class KubeAuthorizer: Authorizer, Sendable {
   public let settings: KubeAuthSettings
   private let client: any ReviewClient
   private let cache: ReviewCache<Key, AuthorizationDecision>

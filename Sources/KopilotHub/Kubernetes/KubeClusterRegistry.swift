@@ -2,6 +2,7 @@ import Foundation
 import KopilotIO
 import KopilotKube
 import Logging
+import Synchronization
 
 // The Kubernetes mode's cluster registry: Cluster objects
 // (kopilot.smartx.com/v1alpha1) watched on the host cluster's API server,
@@ -109,18 +110,21 @@ public protocol ClusterEventSource: AnyObject, Sendable {
 extension Informer: ClusterEventSource {}
 
 /// The Kubernetes mode's registry: Cluster objects in every namespace of
-/// the host cluster, through an informer. Lookups are lock-protected reads
-/// of an immutable table, cheap enough for the loop thread.
-public final class KubeClusterRegistry: ClusterRegistry, @unchecked Sendable {
+/// the host cluster, through an informer. Lookups are reads of an immutable
+/// table under a Mutex, cheap enough for the loop thread.
+public final class KubeClusterRegistry: ClusterRegistry, Sendable {
   /// The collection watched: every namespace.
   public static let collectionPath = "/apis/kopilot.smartx.com/v1alpha1/clusters"
 
   public typealias EventHandler = @Sendable (Informer<ClusterObject>.Event) -> Void
 
-  private let lock = NSLock()
-  private var state = KubeClusterState()
-  private var handlers: [@Sendable ([ClusterChange]) -> Void] = []
-  private var source: (any ClusterEventSource)?
+  private struct Guarded {
+    var state = KubeClusterState()
+    var handlers: [@Sendable ([ClusterChange]) -> Void] = []
+  }
+  private let guarded = Mutex(Guarded())
+  // Safe: written once, in init, before `self` is shared; only read after.
+  private nonisolated(unsafe) var source: (any ClusterEventSource)?
   private let logger: Logger
 
   /// - makeSource: builds the event source, handing it the function to call
@@ -151,10 +155,10 @@ public final class KubeClusterRegistry: ClusterRegistry, @unchecked Sendable {
   /// Applies one event: the new table is in force before the change
   /// handlers run (on the caller's task, after the lock is released).
   public func apply(_ event: Informer<ClusterObject>.Event) {
-    lock.lock()
-    let outcome = state.apply(event)
-    let hs = outcome.changes.isEmpty ? [] : handlers
-    lock.unlock()
+    let (outcome, hs) = guarded.withLock { g in
+      let outcome = g.state.apply(event)
+      return (outcome, outcome.changes.isEmpty ? [] : g.handlers)
+    }
     for w in outcome.warnings { logger.warning("\(w)") }
     guard !outcome.changes.isEmpty else { return }
     logger.info("clusters changed: \(outcome.changes.map(\.description).joined(separator: ", "))")
@@ -172,14 +176,11 @@ public final class KubeClusterRegistry: ClusterRegistry, @unchecked Sendable {
   public func objects() -> [ClusterObject] { read { $0.objects.values.sorted { $0.id < $1.id } } }
 
   public func onChange(_ handler: @escaping @Sendable ([ClusterChange]) -> Void) {
-    lock.lock()
-    handlers.append(handler)
-    lock.unlock()
+    guarded.withLock { $0.handlers.append(handler) }
   }
 
   private func read<T>(_ body: (KubeClusterState) -> T) -> T {
-    lock.lock()
-    defer { lock.unlock() }
+    let state = guarded.withLock { $0.state }
     return body(state)
   }
 }

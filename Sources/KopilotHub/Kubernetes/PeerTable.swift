@@ -1,6 +1,7 @@
 import Foundation
 import KopilotKube
 import Logging
+import Synchronization
 
 /// An EndpointSlice (discovery.k8s.io/v1), the parts that name hub replicas.
 public struct EndpointSliceObject: KubeObject, Equatable {
@@ -39,13 +40,15 @@ public struct PeerEndpoint: Sendable, Hashable {
 
 /// The hub replicas behind the Service, from its EndpointSlices: pod name
 /// to peer address.
-public final class PeerTable: @unchecked Sendable {
+public final class PeerTable: Sendable {
   /// The Service port that carries peer traffic.
   public let portName: String
-  private let lock = NSLock()
-  private var slices: [String: EndpointSliceObject] = [:]
-  private var byName: [String: PeerEndpoint] = [:]
-  private var synced = false
+  private struct State {
+    var slices: [String: EndpointSliceObject] = [:]
+    var byName: [String: PeerEndpoint] = [:]
+    var synced = false
+  }
+  private let state = Mutex(State())
 
   public init(portName: String = "peer") { self.portName = portName }
 
@@ -53,26 +56,24 @@ public final class PeerTable: @unchecked Sendable {
   /// (their entries in Cluster statuses are stale now).
   @discardableResult
   public func apply(_ event: Informer<EndpointSliceObject>.Event) -> Set<String> {
-    lock.lock()
-    defer { lock.unlock() }
-    let before = synced ? Set(byName.keys) : []
-    switch event {
-    case .synced(let all):
-      slices = Dictionary(all.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
-      synced = true
-    case .added(let s), .modified(let s): slices[s.key] = s
-    case .deleted(let s): slices[s.key] = nil
+    state.withLock { t in
+      let before = t.synced ? Set(t.byName.keys) : []
+      switch event {
+      case .synced(let all):
+        t.slices = Dictionary(all.map { ($0.key, $0) }, uniquingKeysWith: { _, b in b })
+        t.synced = true
+      case .added(let s), .modified(let s): t.slices[s.key] = s
+      case .deleted(let s): t.slices[s.key] = nil
+      }
+      t.byName = PeerTable.index(t.slices.values, portName: portName)
+      return before.subtracting(t.byName.keys)
     }
-    byName = PeerTable.index(slices.values, portName: portName)
-    return before.subtracting(byName.keys)
   }
 
   /// Whether `name` should tidy up after replicas that went away: the
   /// first by name of the ready ones, so one replica does it, not all.
   public func isJanitor(_ name: String) -> Bool {
-    lock.lock()
-    defer { lock.unlock() }
-    return byName.values.filter(\.ready).map(\.name).min() == name
+    state.withLock { $0.byName.values.filter(\.ready).map(\.name).min() } == name
   }
 
   static func index<S: Sequence>(_ slices: S, portName: String) -> [String: PeerEndpoint] where S.Element == EndpointSliceObject {
@@ -93,16 +94,12 @@ public final class PeerTable: @unchecked Sendable {
   }
 
   public func peer(named name: String) -> PeerEndpoint? {
-    lock.lock()
-    defer { lock.unlock() }
-    return byName[name]
+    state.withLock { $0.byName[name] }
   }
 
   /// Every replica the slices name, ready or not; nil before the first list
   /// (then nothing can be called stale).
   public func knownNames() -> Set<String>? {
-    lock.lock()
-    defer { lock.unlock() }
-    return synced ? Set(byName.keys) : nil
+    state.withLock { $0.synced ? Set($0.byName.keys) : nil }
   }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import KopilotKube
 import Logging
+import Synchronization
 
 /// A ConfigMap, its data only.
 public struct ConfigMapObject: KubeObject, Equatable {
@@ -10,19 +11,14 @@ public struct ConfigMapObject: KubeObject, Equatable {
 
 /// `public_addr` of ConfigMap `kopilot-hub`, as the seed's install flow has
 /// the user create it after the hub: read live, so no restart is needed.
-public final class PublicAddress: @unchecked Sendable {
+public final class PublicAddress: Sendable {
   public static let configMapName = "kopilot-hub"
   public static let key = "public_addr"
-  private let lock = NSLock()
-  private var current: String?
+  private let current = Mutex<String?>(nil)
 
   public init() {}
 
-  public var value: String? {
-    lock.lock()
-    defer { lock.unlock() }
-    return current
-  }
+  public var value: String? { current.withLock { $0 } }
 
   public func apply(_ event: Informer<ConfigMapObject>.Event, log: Logger) {
     var next: String?? = .none
@@ -36,10 +32,10 @@ public final class PublicAddress: @unchecked Sendable {
     guard case .some(let raw) = next else { return }
     let v = raw?.trimmingCharacters(in: .whitespacesAndNewlines)
     let value = v?.isEmpty == false ? v : nil
-    lock.lock()
-    let changed = value != current
-    current = value
-    lock.unlock()
+    let changed = current.withLock { current in
+      defer { current = value }
+      return value != current
+    }
     if changed {
       if let value {
         log.notice("public address: \(value) (ConfigMap \(Self.configMapName), key \(Self.key))")

@@ -1,17 +1,15 @@
 import Foundation
-import KopilotKube
-import Logging
+import Synchronization
 
 /// A replica among several: here when a session of the cluster is here;
 /// else a ready replica the Cluster's status says holds one; else nowhere.
-public final class ReplicaPlacement: ClusterPlacement, @unchecked Sendable {
+public final class ReplicaPlacement: ClusterPlacement, Sendable {
   let selfName: String
   let local: LocalSessions
   let peers: PeerTable
   /// The replicas the cluster's status lists with sessions, by pod name.
   let holders: @Sendable (String) -> [String]
-  private let lock = NSLock()
-  private var turn = 0
+  private let turn = Mutex(0)
 
   public init(selfName: String, local: LocalSessions, peers: PeerTable, holders: @escaping @Sendable (String) -> [String]) {
     self.selfName = selfName
@@ -28,10 +26,10 @@ public final class ReplicaPlacement: ClusterPlacement, @unchecked Sendable {
       let shown = clusterID.replacingOccurrences(of: "_", with: "/")
       return .nowhere("no hub replica holds a session of cluster \(shown): is its agent running and connected?")
     }
-    lock.lock()
-    turn &+= 1
-    let pick = candidates[turn % candidates.count]
-    lock.unlock()
-    return .peer(pick)
+    let n = turn.withLock { t in
+      t &+= 1
+      return t
+    }
+    return .peer(candidates[Int(UInt(bitPattern: n) % UInt(candidates.count))])
   }
 }

@@ -4,6 +4,7 @@ import Foundation
 import KopilotIO
 import KopilotKube
 import Logging
+import Synchronization
 
 /// A map with a time to live per entry and two bounds, on entries and on
 /// bytes (each entry's `cost`): past either the entry inserted longest ago
@@ -74,11 +75,13 @@ struct TTLCache<Key: Hashable, Value> {
 
 /// A cache in front of a review, with single-flight and the deadline. The
 /// engine shared by the authenticator and the authorizer.
-final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: @unchecked Sendable {
-  private let lock = NSLock()
-  private var cache: TTLCache<Key, Value>
-  private var inFlight: [Key: Task<Value, Error>] = [:]
-  private var counters = ReviewStats()
+final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+  private struct State {
+    var cache: TTLCache<Key, Value>
+    var inFlight: [Key: Task<Value, Error>] = [:]
+    var counters = ReviewStats()
+  }
+  private let state: Mutex<State>
   private let clock: ReviewClock
   private let limiter: ReviewLimiter
   private let timeout: TimeInterval
@@ -91,7 +94,7 @@ final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: @unchecked S
        clock: @escaping ReviewClock, limiter: ReviewLimiter, timeout: TimeInterval, what: String,
        logger: Logger, ttl: @escaping @Sendable (Value) -> TimeInterval) {
     self.logger = logger
-    cache = TTLCache(capacity: capacity, maxBytes: maxBytes, cost: cost)
+    state = Mutex(State(cache: TTLCache(capacity: capacity, maxBytes: maxBytes, cost: cost)))
     self.clock = clock
     self.limiter = limiter
     self.timeout = timeout
@@ -109,42 +112,44 @@ final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: @unchecked S
   }
 
   var stats: ReviewStats {
-    lock.lock()
-    defer { lock.unlock() }
-    var s = counters
-    s.cacheEntries = cache.count
-    s.cacheBytes = cache.bytes
-    return s
+    state.withLock { st in
+      var s = st.counters
+      s.cacheEntries = st.cache.count
+      s.cacheBytes = st.cache.bytes
+      return s
+    }
   }
 
   /// The cached value, counting a hit; nil (and nothing counted) when the
   /// cache cannot answer: the async path follows and counts the miss.
   func cached(_ key: Key) -> Value? {
-    lock.lock()
-    defer { lock.unlock() }
-    guard let v = cache.value(key, now: clock()) else { return nil }
-    counters.hits += 1
-    return v
+    let now = clock()
+    return state.withLock { s in
+      guard let v = s.cache.value(key, now: now) else { return nil }
+      s.counters.hits += 1
+      return v
+    }
   }
 
   /// The cached value, or the result of the review under way for `key`,
   /// or of a new one made with `review`.
   func value(_ key: Key, review: @escaping @Sendable () async throws -> Value) async throws -> Value {
-    let found: Found = lock.withLock {
-      if let v = cache.value(key, now: clock()) {
-        counters.hits += 1
+    let now = clock()
+    let found: Found = state.withLock { s in
+      if let v = s.cache.value(key, now: now) {
+        s.counters.hits += 1
         return .hit(v)
       }
-      counters.misses += 1
-      if let t = inFlight[key] {
-        counters.coalesced += 1
+      s.counters.misses += 1
+      if let t = s.inFlight[key] {
+        s.counters.coalesced += 1
         return .wait(t)
       }
-      counters.reviews += 1
+      s.counters.reviews += 1
       // Made under the lock, so the task's own removal (which takes the
       // lock) always comes after this insertion.
       let t = Task { try await self.run(key, review) }
-      inFlight[key] = t
+      s.inFlight[key] = t
       return .wait(t)
     }
     switch found {
@@ -172,16 +177,17 @@ final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: @unchecked S
     } catch {
       result = .failure(KubeReviewError.from(error, what: what))
     }
-    lock.withLock {
-      inFlight[key] = nil
+    let now = clock()
+    state.withLock { s in
+      s.inFlight[key] = nil
       switch result {
       case .success(let v):
         let t = ttl(v)
-        if t > 0 { cache.insert(key, v, expires: clock() + t) }
+        if t > 0 { s.cache.insert(key, v, expires: now + t) }
       case .failure(let e):
-        counters.errors += 1
-        if e.code == .timeout { counters.timeouts += 1 }
-        if e.code == .overloaded { counters.overloaded += 1 }
+        s.counters.errors += 1
+        if e.code == .timeout { s.counters.timeouts += 1 }
+        if e.code == .overloaded { s.counters.overloaded += 1 }
       }
     }
     // Once per review, not once per caller waiting on it.

@@ -4,6 +4,7 @@ import Foundation
 import KopilotIO
 import KopilotKube
 import Logging
+import Synchronization
 
 // The Kubernetes mode's callers: a TokenReview says who holds a bearer
 // token, a SubjectAccessReview on the non-resource URL /proxy/... says what
@@ -144,41 +145,38 @@ func withDeadline<T: Sendable>(seconds: TimeInterval, onTimeout: Error,
   }
 }
 
-private final class ResumeOnce<T>: @unchecked Sendable {
-  private let lock = NSLock()
-  private var continuation: CheckedContinuation<T, Error>?
-  func set(_ c: CheckedContinuation<T, Error>) {
-    lock.lock()
-    continuation = c
-    lock.unlock()
-  }
+private final class ResumeOnce<T: Sendable>: Sendable {
+  private let continuation = Mutex<CheckedContinuation<T, Error>?>(nil)
+  func set(_ c: CheckedContinuation<T, Error>) { continuation.withLock { $0 = c } }
   /// Whether this call resumed it (only the first does).
   func resume(_ r: Result<T, Error>) -> Bool {
-    lock.lock()
-    let c = continuation
-    continuation = nil
-    lock.unlock()
+    let c = continuation.withLock { c in
+      defer { c = nil }
+      return c
+    }
     c?.resume(with: r)
     return c != nil
   }
 }
 
-private final class TaskBox: @unchecked Sendable {
-  private let lock = NSLock()
-  private var task: Task<Void, Never>?
-  private var cancelled = false
+private final class TaskBox: Sendable {
+  private struct State {
+    var task: Task<Void, Never>?
+    var cancelled = false
+  }
+  private let state = Mutex(State())
   func set(_ t: Task<Void, Never>) {
-    lock.lock()
-    task = t
-    let c = cancelled
-    lock.unlock()
-    if c { t.cancel() }
+    let cancelled = state.withLock { s in
+      s.task = t
+      return s.cancelled
+    }
+    if cancelled { t.cancel() }
   }
   func cancel() {
-    lock.lock()
-    cancelled = true
-    let t = task
-    lock.unlock()
+    let t = state.withLock { s in
+      s.cancelled = true
+      return s.task
+    }
     t?.cancel()
   }
 }

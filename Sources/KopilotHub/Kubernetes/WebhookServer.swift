@@ -1,6 +1,7 @@
 import Foundation
 import KopilotIO
 import Logging
+import Synchronization
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -14,7 +15,7 @@ import NIOSSL
 ///
 /// The certificate files are read again when they change (cert-manager
 /// renews them in place), for the next connection.
-public final class WebhookServer: @unchecked Sendable {
+public final class WebhookServer: Sendable {
   public static let mutatePath = "/webhooks/mutate-cluster"
   public static let validatePath = "/webhooks/validate-cluster"
   /// An AdmissionReview of a Cluster is a few KiB; the API server's own
@@ -59,20 +60,21 @@ public final class WebhookServer: @unchecked Sendable {
 }
 
 /// A server TLS context rebuilt when the certificate or key file changes.
-final class ReloadingTLS: @unchecked Sendable {
+final class ReloadingTLS: Sendable {
   let certFile: String
   let keyFile: String
   let logger: Logger
-  private let lock = NSLock()
-  private var context: NIOSSLContext
-  private var stamp: [Date?]
+  private struct State {
+    var context: NIOSSLContext
+    var stamp: [Date?]
+  }
+  private let state: Mutex<State>
 
   init(certFile: String, keyFile: String, logger: Logger) throws {
     self.certFile = certFile
     self.keyFile = keyFile
     self.logger = logger
-    stamp = ReloadingTLS.stamps(certFile, keyFile)
-    context = try ReloadingTLS.make(certFile, keyFile)
+    state = Mutex(State(context: try ReloadingTLS.make(certFile, keyFile), stamp: ReloadingTLS.stamps(certFile, keyFile)))
   }
 
   static func stamps(_ files: String...) -> [Date?] {
@@ -90,19 +92,19 @@ final class ReloadingTLS: @unchecked Sendable {
   /// The context for a new connection; a changed pair is loaded first (a
   /// broken pair keeps the last good one, logged).
   func current() -> NIOSSLContext {
-    lock.lock()
-    defer { lock.unlock() }
     let now = ReloadingTLS.stamps(certFile, keyFile)
-    if now != stamp {
-      stamp = now
-      do {
-        context = try ReloadingTLS.make(certFile, keyFile)
-        logger.notice("webhook certificate reloaded from \(certFile)")
-      } catch {
-        logger.error("webhook certificate not reloaded (keeping the last good one): \(error)")
+    return state.withLock { s in
+      if now != s.stamp {
+        s.stamp = now
+        do {
+          s.context = try ReloadingTLS.make(certFile, keyFile)
+          logger.notice("webhook certificate reloaded from \(certFile)")
+        } catch {
+          logger.error("webhook certificate not reloaded (keeping the last good one): \(error)")
+        }
       }
+      return s.context
     }
-    return context
   }
 }
 
@@ -178,7 +180,8 @@ final class AdmissionHandler: ChannelInboundHandler, RemovableChannelHandler {
     if !keepAlive { headers.add(name: "Connection", value: "close") }
     context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
     context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
-    context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+    // On the channel's loop: the context stays there.
+    context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
       if !keepAlive { context.close(promise: nil) }
     }
   }

@@ -40,6 +40,8 @@ public enum AgentManifest {
   public static let name = "kopilot-agent"
   public static let caConfigMap = "kopilot-hub-ca"
   public static let knownProviders = ["", "minikube", "kind"]
+  /// The image manifests name unless told otherwise.
+  public static let defaultImage = "ghcr.io/kopilot/kopilot-agent:latest"
   static let caMountPath = "/etc/kopilot/hub-ca"
 
   /// - Parameters:

@@ -7,6 +7,8 @@ import Logging
 /// volume changes by swapping a symlink, which leaves the old files' times
 /// alone.
 public final class CertificateWatcher: @unchecked Sendable {
+  // Safe: `last` is used by the timer's serial queue only (check()); the
+  // rest never changes after init.
   private let files: [String]
   private let onChange: @Sendable () -> Void
   private let timer: DispatchSourceTimer

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Logging
+import Synchronization
 
 /// Polls one file and calls back when its content changes.
 ///
@@ -10,7 +11,7 @@ import Logging
 /// original. mtime + size alone miss a same-size rewrite within the clock's
 /// granularity, so the content's SHA-256 is part of the fingerprint; the files
 /// are small, so reading them each second is cheap.
-public final class FileWatcher: @unchecked Sendable {
+public final class FileWatcher: Sendable {
   /// What one poll saw. `missing` when the file cannot be read.
   public struct Fingerprint: Equatable, Sendable {
     public var modified: TimeInterval?
@@ -23,9 +24,11 @@ public final class FileWatcher: @unchecked Sendable {
   public let interval: TimeInterval
   private let onChange: @Sendable (Data?) -> Void
   private let queue: DispatchQueue
-  private var timer: DispatchSourceTimer?
-  private var last: Fingerprint?
-  private let lock = NSLock()
+  private struct State {
+    var timer: DispatchSourceTimer?
+    var last: Fingerprint?
+  }
+  private let state: Mutex<State>
 
   /// - Parameters:
   ///   - interval: seconds between polls (tests inject a small one).
@@ -37,12 +40,12 @@ public final class FileWatcher: @unchecked Sendable {
               onChange: @escaping @Sendable (Data?) -> Void) {
     self.path = path
     self.interval = interval
-    self.last = initial
+    self.state = Mutex(State(last: initial))
     self.onChange = onChange
     self.queue = DispatchQueue(label: "kopilot.filewatcher")
   }
 
-  deinit { timer?.cancel() }
+  deinit { state.withLock { $0.timer?.cancel() } }
 
   /// Reads the file once and fingerprints what was read.
   public static func read(_ path: String) -> (Fingerprint, Data?) {
@@ -54,23 +57,23 @@ public final class FileWatcher: @unchecked Sendable {
 
   /// Starts polling every `interval` seconds. Idempotent.
   public func start() {
-    lock.lock()
-    defer { lock.unlock() }
-    guard timer == nil else { return }
-    let t = DispatchSource.makeTimerSource(queue: queue)
-    let ns = max(1, Int(interval * 1e9))
-    // 10% leeway lets the system batch wake-ups; a second's poll is no deadline.
-    t.schedule(deadline: .now() + .nanoseconds(ns), repeating: .nanoseconds(ns), leeway: .nanoseconds(ns / 10))
-    t.setEventHandler { [weak self] in self?.poll() }
-    timer = t
-    t.resume()
+    state.withLock { s in
+      guard s.timer == nil else { return }
+      let t = DispatchSource.makeTimerSource(queue: queue)
+      let ns = max(1, Int(interval * 1e9))
+      // 10% leeway lets the system batch wake-ups; a second's poll is no deadline.
+      t.schedule(deadline: .now() + .nanoseconds(ns), repeating: .nanoseconds(ns), leeway: .nanoseconds(ns / 10))
+      t.setEventHandler { [weak self] in self?.poll() }
+      s.timer = t
+      t.resume()
+    }
   }
 
   public func stop() {
-    lock.lock()
-    defer { lock.unlock() }
-    timer?.cancel()
-    timer = nil
+    state.withLock { s in
+      s.timer?.cancel()
+      s.timer = nil
+    }
   }
 
   /// One poll, on the caller's thread; returns whether it reported a change.
@@ -78,10 +81,10 @@ public final class FileWatcher: @unchecked Sendable {
   @discardableResult
   public func poll() -> Bool {
     let (fp, data) = FileWatcher.read(path)
-    lock.lock()
-    let changed = fp != last
-    last = fp
-    lock.unlock()
+    let changed = state.withLock { s in
+      defer { s.last = fp }
+      return fp != s.last
+    }
     if changed { onChange(data) }
     return changed
   }
@@ -91,16 +94,18 @@ public final class FileWatcher: @unchecked Sendable {
 /// edit (or a deleted file) keeps the last good value and logs why; the next
 /// good edit applies. What the registry, the authenticator and the authorizer
 /// share.
-final class ReloadingFile<Value: Sendable>: @unchecked Sendable {
+final class ReloadingFile<Value: Sendable>: Sendable {
   let path: String
   private let parse: @Sendable (Data) throws -> Value
   private let logger: Logger
   private let what: String
-  private let lock = NSLock()
-  private var value: Value
-  private var error: HubError?
-  private var handlers: [@Sendable (Value, Value) -> Void] = []
-  private var watcher: FileWatcher?
+  private struct State {
+    var value: Value
+    var error: HubError?
+    var handlers: [@Sendable (Value, Value) -> Void] = []
+  }
+  private let state: Mutex<State>
+  private let watcher = Mutex<FileWatcher?>(nil)
 
   /// Loads the file now and throws if it is missing or broken: at start-up a
   /// bad file must stop the hub, not leave it serving nothing.
@@ -112,39 +117,29 @@ final class ReloadingFile<Value: Sendable>: @unchecked Sendable {
     self.what = what
     let (fp, data) = FileWatcher.read(path)
     guard let data else { throw HubError(.io, "cannot read the file", file: path) }
-    self.value = try parse(data)
+    self.state = Mutex(State(value: try parse(data)))
     if let pollInterval {
       let w = FileWatcher(path: path, interval: pollInterval, initial: fp) { [weak self] data in
         self?.apply(data)
       }
-      watcher = w
+      watcher.withLock { $0 = w }
       w.start()
     }
   }
 
-  deinit { watcher?.stop() }
+  deinit { stop() }
 
-  var current: Value {
-    lock.lock()
-    defer { lock.unlock() }
-    return value
-  }
+  var current: Value { state.withLock { $0.value } }
 
   /// The error of the last reload attempt, nil once a good version applied.
-  var lastError: HubError? {
-    lock.lock()
-    defer { lock.unlock() }
-    return error
-  }
+  var lastError: HubError? { state.withLock { $0.error } }
 
   /// Called after each applied reload with the old and the new value.
   func onReload(_ handler: @escaping @Sendable (Value, Value) -> Void) {
-    lock.lock()
-    handlers.append(handler)
-    lock.unlock()
+    state.withLock { $0.handlers.append(handler) }
   }
 
-  func stop() { watcher?.stop() }
+  func stop() { watcher.withLock { $0 }?.stop() }
 
   private func apply(_ data: Data?) {
     let parsed: Value
@@ -153,18 +148,17 @@ final class ReloadingFile<Value: Sendable>: @unchecked Sendable {
       parsed = try parse(data)
     } catch {
       let e = error as? HubError ?? HubError(.io, "\(error)", file: path)
-      lock.lock()
-      self.error = e
-      lock.unlock()
+      state.withLock { $0.error = e }
       logger.error("not reloading \(what): \(e); the last good version stays in force")
       return
     }
-    lock.lock()
-    let old = value
-    value = parsed
-    error = nil
-    let hs = handlers
-    lock.unlock()
+    let (old, hs) = state.withLock { s in
+      defer {
+        s.value = parsed
+        s.error = nil
+      }
+      return (s.value, s.handlers)
+    }
     logger.info("reloaded \(what) from \(path)")
     for h in hs { h(old, parsed) }
   }

@@ -45,7 +45,7 @@ enum Files {
     guard fd >= 0 else {
       throw HubError(.io, "cannot create a temporary file: \(String(cString: strerror(errno)))", file: path)
     }
-    let tmp = String(cString: template)
+    let tmp = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     // mkstemp made it 0600, so a secret is never readable by others, not
     // even for a moment; a wider mode is set while the file is still empty.
     var ok = fchmod(fd, mode) == 0

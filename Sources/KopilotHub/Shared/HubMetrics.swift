@@ -1,6 +1,7 @@
 import Foundation
 import KopilotIO
 import Prometheus
+import Synchronization
 
 /// The hub's metrics, served at /metrics in the Prometheus text format.
 /// Everything is counted from events the hub already has (sessions coming
@@ -12,18 +13,23 @@ import Prometheus
 /// must not be able to make one per request. And a request is counted out
 /// of `requests_in_flight` on the label it was counted in on, even when the
 /// registry changed in between (see `proxyStarted`).
-public final class HubMetrics: @unchecked Sendable {
+public final class HubMetrics: Sendable {
   public let registry = PrometheusCollectorRegistry()
-  private let lock = NSLock()
   /// Whether an ID names a registered cluster (the registry's).
   private let isCluster: @Sendable (String) -> Bool
-  private var sessions: [String: Gauge] = [:]
-  private var inFlight: [String: Gauge] = [:]
-  /// Requests in flight by the key the core will report when they end,
-  /// with the label they were counted under.
-  private var pending: [String: (label: String, count: Int)] = [:]
-  private var bytes: [String: (up: Counter, down: Counter)] = [:]
-  private var codes: [Int: Counter] = [:]
+  /// The metrics made so far, by label, and the requests in flight.
+  private struct State {
+    var sessions: [String: Gauge] = [:]
+    var inFlight: [String: Gauge] = [:]
+    /// Requests in flight by the key the core will report when they end,
+    /// with the label they were counted under.
+    var pending: [String: (label: String, count: Int)] = [:]
+    var bytes: [String: (up: Counter, down: Counter)] = [:]
+    var codes: [Int: Counter] = [:]
+    var reviewGauges: [String: Gauge] = [:]
+    var beforeRender: (@Sendable (HubMetrics) -> Void)?
+  }
+  private let state = Mutex(State())
   private let decisions: (allowed: Counter, denied: Counter, unauthenticated: Counter)
   private let latency: DurationHistogram
 
@@ -51,7 +57,7 @@ public final class HubMetrics: @unchecked Sendable {
   /// so a session's down meets its up on one label even after the cluster
   /// was removed.
   public func sessionChanged(cluster: String, up: Bool) {
-    gauge(&sessions, cluster, "kopilot_hub_agent_sessions", "Live agent sessions per cluster.")
+    gauge(\.sessions, cluster, "kopilot_hub_agent_sessions", "Live agent sessions per cluster.")
       .increment(by: up ? 1 : -1)
   }
 
@@ -62,17 +68,16 @@ public final class HubMetrics: @unchecked Sendable {
   /// stays with the key until its last request in flight ends, so a cluster
   /// registered or removed meanwhile moves nothing between labels.
   public func proxyStarted(cluster key: String) {
-    lock.lock()
-    let label: String
-    if let p = pending[key] {
-      label = p.label
-      pending[key] = (label, p.count + 1)
-    } else {
-      label = labelLocked(key)
-      pending[key] = (label, 1)
+    let label = state.withLock { s in
+      if let p = s.pending[key] {
+        s.pending[key] = (p.label, p.count + 1)
+        return p.label
+      }
+      let label = self.label(key)
+      s.pending[key] = (label, 1)
+      return label
     }
-    lock.unlock()
-    gauge(&inFlight, label, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
+    gauge(\.inFlight, label, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
       .increment()
   }
 
@@ -84,21 +89,17 @@ public final class HubMetrics: @unchecked Sendable {
 
   /// The same, field by field; `cluster` is the key it was started under.
   public func proxyEnded(cluster key: String, status: Int, bytesUp: UInt64, bytesDown: UInt64, durationMicros: UInt64) {
-    lock.lock()
-    let label: String
-    var counted = false
-    if let p = pending[key] {
-      label = p.label
-      counted = true
-      pending[key] = p.count > 1 ? (label, p.count - 1) : nil
-    } else {
+    let (label, counted) = state.withLock { s in
+      if let p = s.pending[key] {
+        s.pending[key] = p.count > 1 ? (p.label, p.count - 1) : nil
+        return (p.label, true)
+      }
       // Never counted in (a core event without a start): nothing to take
       // out of the gauge.
-      label = labelLocked(key)
+      return (self.label(key), false)
     }
-    lock.unlock()
     if counted {
-      gauge(&inFlight, label, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
+      gauge(\.inFlight, label, "kopilot_hub_requests_in_flight", "Proxied requests (open tunnel streams) per cluster.")
         .decrement()
     }
     let b = byteCounters(label)
@@ -111,13 +112,12 @@ public final class HubMetrics: @unchecked Sendable {
   /// Any answer to a caller, proxied or local; status 0 is a tunnel that
   /// broke before the response began.
   public func answered(status: Int) {
-    lock.lock()
-    let c = codes[status] ?? {
+    let c = state.withLock { s in
+      if let c = s.codes[status] { return c }
       let made = registry.makeCounter(descriptor: metric("kopilot_hub_requests_total", "Caller requests by response status (0: the tunnel broke first)."), labels: [("code", String(status))])
-      codes[status] = made
+      s.codes[status] = made
       return made
-    }()
-    lock.unlock()
+    }
     c.increment()
   }
 
@@ -126,14 +126,15 @@ public final class HubMetrics: @unchecked Sendable {
 
   /// Called before each scrape: values read from elsewhere (the review
   /// caches' counters) are copied in.
-  public var beforeRender: (@Sendable (HubMetrics) -> Void)?
+  public var beforeRender: (@Sendable (HubMetrics) -> Void)? {
+    get { state.withLock { $0.beforeRender } }
+    set { state.withLock { $0.beforeRender = newValue } }
+  }
 
   public func render() -> String {
     beforeRender?(self)
     return registry.emitToString()
   }
-
-  private var reviewGauges: [String: Gauge] = [:]
 
   /// The host-cluster review caches of the Kubernetes mode: `kind` is
   /// "token" or "access"; the values are running totals and a size.
@@ -141,14 +142,14 @@ public final class HubMetrics: @unchecked Sendable {
     let values: [(String, Int)] = [("hits", s.hits), ("misses", s.misses), ("coalesced", s.coalesced),
                                    ("reviews", s.reviews), ("errors", s.errors), ("timeouts", s.timeouts),
                                    ("overloaded", s.overloaded)]
-    lock.lock()
-    defer { lock.unlock() }
     func gauge(_ name: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
       let key = name + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
-      if let g = reviewGauges[key] { return g }
-      let g = registry.makeGauge(descriptor: metric(name, help), labels: labels)
-      reviewGauges[key] = g
-      return g
+      return state.withLock { s in
+        if let g = s.reviewGauges[key] { return g }
+        let g = registry.makeGauge(descriptor: metric(name, help), labels: labels)
+        s.reviewGauges[key] = g
+        return g
+      }
     }
     for (outcome, v) in values {
       gauge("kopilot_hub_reviews", "Host-cluster reviews by kind and outcome since start (hits and misses are cache lookups).",
@@ -159,31 +160,32 @@ public final class HubMetrics: @unchecked Sendable {
       .set(Double(s.cacheBytes))
   }
 
-  /// The label for a cluster ID; the lock is held.
-  private func labelLocked(_ id: String) -> String { isCluster(id) ? id : Self.unknownCluster }
+  /// The label for a cluster ID.
+  private func label(_ id: String) -> String { isCluster(id) ? id : Self.unknownCluster }
 
   /// The longest cluster ID: a DNS-1123 label (63), '_', a DNS-1123
   /// subdomain (253). hub.c sizes its field to hold it.
   public static let maxClusterIDBytes = 63 + 1 + 253
 
-  private func gauge(_ table: inout [String: Gauge], _ cluster: String, _ name: String, _ help: String) -> Gauge {
-    lock.lock()
-    defer { lock.unlock() }
-    if let g = table[cluster] { return g }
-    let g = registry.makeGauge(descriptor: metric(name, help), labels: [("cluster", cluster)])
-    table[cluster] = g
-    return g
+  private func gauge(_ table: WritableKeyPath<State, [String: Gauge]>, _ cluster: String, _ name: String,
+                     _ help: String) -> Gauge {
+    state.withLock { s in
+      if let g = s[keyPath: table][cluster] { return g }
+      let g = registry.makeGauge(descriptor: metric(name, help), labels: [("cluster", cluster)])
+      s[keyPath: table][cluster] = g
+      return g
+    }
   }
 
   private func byteCounters(_ cluster: String) -> (up: Counter, down: Counter) {
-    lock.lock()
-    defer { lock.unlock() }
-    if let b = bytes[cluster] { return b }
-    let help = "Bytes relayed through the tunnel, heads included: up to the member, down to callers."
-    let b = (registry.makeCounter(descriptor: metric("kopilot_hub_bytes_total", help), labels: [("cluster", cluster), ("direction", "up")]),
-             registry.makeCounter(descriptor: metric("kopilot_hub_bytes_total", help), labels: [("cluster", cluster), ("direction", "down")]))
-    bytes[cluster] = b
-    return b
+    state.withLock { s in
+      if let b = s.bytes[cluster] { return b }
+      let help = "Bytes relayed through the tunnel, heads included: up to the member, down to callers."
+      let b = (registry.makeCounter(descriptor: metric("kopilot_hub_bytes_total", help), labels: [("cluster", cluster), ("direction", "up")]),
+               registry.makeCounter(descriptor: metric("kopilot_hub_bytes_total", help), labels: [("cluster", cluster), ("direction", "down")]))
+      s.bytes[cluster] = b
+      return b
+    }
   }
 }
 
