@@ -15,9 +15,6 @@ let ubsan: [CSetting] = Context.environment["KOPILOT_UBSAN"] == "1"
   ? [.unsafeFlags(["-fsanitize=undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"])]
   : []
 
-// The test targets still compile in Swift 5 mode (see testMode's users).
-let testMode: [SwiftSetting] = [.swiftLanguageMode(.v5)]
-
 let package = Package(
   name: "Kopilot",
   platforms: [.macOS(.v15)],
@@ -122,8 +119,8 @@ let package = Package(
       ],
       path: "Sources/KopilotKube"
     ),
-    .testTarget(name: "KopilotKubeTests", dependencies: ["KopilotKube", "KopilotKubeConfig", "KopilotBase"], path: "Tests/KopilotKubeTests", swiftSettings: testMode),
-    .testTarget(name: "KopilotBaseTests", dependencies: ["KopilotBase"], path: "Tests/KopilotBaseTests", swiftSettings: testMode),
+    .testTarget(name: "KopilotKubeTests", dependencies: ["KopilotKube", "KopilotKubeConfig", "KopilotBase"], path: "Tests/KopilotKubeTests"),
+    .testTarget(name: "KopilotBaseTests", dependencies: ["KopilotBase"], path: "Tests/KopilotBaseTests"),
     .executableTarget(
       name: "kopilot-agent",
       dependencies: [
@@ -157,32 +154,34 @@ let package = Package(
     .testTarget(
       name: "KopilotCoreTests",
       dependencies: ["KopilotCore", "KopilotIO", "KopilotTestSupport"],
-      path: "Tests/KopilotCoreTests",
-      swiftSettings: testMode
+      path: "Tests/KopilotCoreTests"
     ),
     .testTarget(
       name: "KopilotIOTests",
       dependencies: ["KopilotIO"],
-      path: "Tests/KopilotIOTests",
-      swiftSettings: testMode
+      path: "Tests/KopilotIOTests"
     ),
     .testTarget(
       name: "KopilotHubTests",
       dependencies: [
         "KopilotHub", "KopilotPKI",
         .product(name: "Yams", package: "Yams"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "Crypto", package: "swift-crypto"),
       ],
-      path: "Tests/KopilotHubTests",
-      swiftSettings: testMode
+      path: "Tests/KopilotHubTests"
     ),
     .testTarget(
       name: "EndToEndTests",
-      dependencies: ["KopilotIO", "KopilotHub"],
+      dependencies: [
+        "KopilotIO", "KopilotHub", "KopilotAgent",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
       path: "Tests/EndToEndTests",
-      exclude: ["upstream.py", "badpeer.py", "memhog.py", "recorder.py"],
-      swiftSettings: testMode
+      exclude: ["upstream.py", "badpeer.py", "memhog.py", "recorder.py"]
     ),
   ],
   swiftLanguageModes: [.v6]

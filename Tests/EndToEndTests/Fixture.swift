@@ -98,7 +98,8 @@ final class TestCerts {
   var cert: String { dir.appendingPathComponent("server.crt").path }
   var key: String { dir.appendingPathComponent("server.key").path }
 
-  private static var made: TestCerts?
+  // Read and written only while lock is held.
+  nonisolated(unsafe) private static var made: TestCerts?
   private static let lock = NSLock()
 
   static func shared() throws -> TestCerts {
@@ -188,8 +189,9 @@ final class ManagedProcess {
 /// golang-github-* libraries); skips with the reason when go is absent, and
 /// fails when go is here but the build breaks.
 enum GoBuild {
-  private static var built: [String: String] = [:]
-  private static var failed: [String: String] = [:]
+  // Both are read and written only while lock is held.
+  nonisolated(unsafe) private static var built: [String: String] = [:]
+  nonisolated(unsafe) private static var failed: [String: String] = [:]
   private static let lock = NSLock()
 
   static func binary(_ package: String, name: String) throws -> String {

@@ -16,7 +16,8 @@ final class PeerCerts {
   func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
   var ca: String { path("peer-ca.crt") }
 
-  private static var made: PeerCerts?
+  // Read and written only while lock is held.
+  nonisolated(unsafe) private static var made: PeerCerts?
   private static let lock = NSLock()
 
   static func shared() throws -> PeerCerts {

@@ -417,7 +417,7 @@ enum SmugglingCorpus {
 
   /// Where the name goes in Connection: alone, first, last, in the middle
   /// with spaces, on a second Connection line, between empty elements.
-  static let positions: [(String, (String) -> [String])] = [
+  static let positions: [(String, @Sendable (String) -> [String])] = [
     ("alone", { ["Connection: \($0)"] }),
     ("first, then close", { ["Connection: \($0), close"] }),
     ("after keep-alive", { ["Connection: keep-alive, \($0)"] }),

@@ -20,7 +20,8 @@ final class LoopTests: XCTestCase {
   func testPostsRunOnTheLoopThreadInOrderPerPoster() throws {
     var l: OpaquePointer?
     XCTAssertEqual(kp_loop_new(&l), 0)
-    let loop = try XCTUnwrap(l)
+    // kp_loop_post may be called from any thread.
+    nonisolated(unsafe) let loop = try XCTUnwrap(l)
     let rec = Recorder()
     rec.loop = loop
     let perThread = 2000

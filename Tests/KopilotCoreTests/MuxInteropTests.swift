@@ -14,8 +14,9 @@ import XCTest
 /// payloads that the other side echoes; the Go peer checks its echoes by
 /// SHA-256 and exits 0, we check ours the same way.
 final class MuxInteropTests: XCTestCase {
-  private static var peerPath: String?
-  private static var buildError: String?
+  // XCTest runs this class's tests one at a time, on one thread.
+  nonisolated(unsafe) private static var peerPath: String?
+  nonisolated(unsafe) private static var buildError: String?
   private static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .deletingLastPathComponent().deletingLastPathComponent()
 

@@ -24,7 +24,8 @@ private struct PKI {
   func pem(_ name: String) -> String { try! String(contentsOfFile: path(name), encoding: .utf8) }
 }
 
-private var pki: PKI!
+// Made once, before the first test reads it; XCTest runs one test at a time.
+nonisolated(unsafe) private var pki: PKI!
 
 private func openssl(_ args: [String], in dir: URL) throws {
   let p = Process()
@@ -708,9 +709,10 @@ final class TLSTests: XCTestCase {
   func testEnginesOnTwoThreads() {
     // One shared pair of contexts, one connection per thread: the
     // contexts are shared read-only, the engines are not shared.
-    let cc = Opts.client().make(), sc = Opts.server().make()
+    // The contexts are read-only; each thread writes only its own slot of ok.
+    nonisolated(unsafe) let cc = Opts.client().make(), sc = Opts.server().make()
     defer { kp_tls_ctx_free(cc); kp_tls_ctx_free(sc) }
-    let ok = UnsafeMutablePointer<Int>.allocate(capacity: 2)
+    nonisolated(unsafe) let ok = UnsafeMutablePointer<Int>.allocate(capacity: 2)
     ok.initialize(repeating: 0, count: 2)
     defer { ok.deallocate() }
     DispatchQueue.concurrentPerform(iterations: 2) { i in

@@ -243,9 +243,10 @@ final class KubeAuthTests: XCTestCase {
     let authn = makeAuthn(fake, ManualClock())
     let results = Collector<String>()
     var tasks: [Task<Void, Never>] = []
+    let token = aliceToken
     for _ in 0..<20 {
       tasks.append(Task {
-        let name = (try? await authn.authenticate(bearerToken: self.aliceToken).name) ?? "error"
+        let name = (try? await authn.authenticate(bearerToken: token).name) ?? "error"
         results.add(name)
       })
     }
@@ -355,7 +356,8 @@ final class KubeAuthTests: XCTestCase {
     s.maxQueued = 0
     s.reviewTimeout = 600
     let (authn, authz) = KubeAuthenticator.pair(client: fake, settings: s, clock: ManualClock().clock)
-    let t = Task { try? await authn.authenticate(bearerToken: self.aliceToken) }
+    let token = aliceToken
+    let t = Task { try? await authn.authenticate(bearerToken: token) }
     let a = Task { try? await authz.authorize(AuthorizationRequest(user: UserInfo(name: "alice"), method: "GET", path: "/proxy/a_b/")) }
     // One of each at the host at once: each kind has its own place.
     XCTAssertTrue(waitUntil(timeout: 30) { fake.waitingAtGate == 2 })

@@ -65,8 +65,9 @@ private let scratch: URL = {
 }()
 
 private let onceLock = NSLock()
-private var builtFakeHost: String?
-private var madeCerts: KubeTestCerts?
+// Both are read and written only while onceLock is held.
+nonisolated(unsafe) private var builtFakeHost: String?
+nonisolated(unsafe) private var madeCerts: KubeTestCerts?
 
 func fakeHostBinary() throws -> String {
   onceLock.lock()

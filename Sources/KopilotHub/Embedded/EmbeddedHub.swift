@@ -18,6 +18,8 @@ public struct EmbeddedHub: Service {
     public var agentImage = AgentManifest.defaultImage
     /// Why this mode (the first log line says it).
     public var reason = "the default outside a cluster"
+    /// Called once the hub listens, with its port (port 0 picks a free one).
+    public var onListening: (@Sendable (_ port: Int) -> Void)?
 
     public init(paths: StatePaths) { self.paths = paths }
   }
@@ -31,13 +33,12 @@ public struct EmbeddedHub: Service {
   }
 
   public func run() async throws {
-    let parts = try await onOwnThread("kopilot-hub start") { try start() }
-    try await ServiceGroup(services: parts, logger: logger).run()
+    try await runHub(logger: logger) { try start($0) }
   }
 
-  /// Prepares the state folder, loads the policy, starts listening and
-  /// returns the running parts in start order.
-  func start() throws -> [any Service] {
+  /// Prepares the state folder, loads the policy and starts listening,
+  /// adding each running part to `parts`.
+  func start(_ parts: StartedParts) throws {
     let c = configuration, log = logger, paths = c.paths
     log.notice("mode: embedded (\(c.reason)); state folder \(paths.directory)")
 
@@ -58,24 +59,23 @@ public struct EmbeddedHub: Service {
     let box = RouterBox()
     let cfg = c.core.hubConfig(cert: paths.hubCert, key: paths.hubKey)
     let hub = try Hub(loops: c.core.startLoops(), config: cfg, deferringRouter: { box.route($0, $1) })
+    let sessions = SessionFile(path: paths.sessions)
+    parts.add("hub") {
+      log.notice("kopilot-hub stopping")
+      hub.stop()
+      sessions.clear()
+    }
     let host = cfg.bindHost == "0.0.0.0" || cfg.bindHost == "::" ? "127.0.0.1" : cfg.bindHost
     let publicAddr = c.publicAddr ?? "\(host):\(hub.port)"
     let metrics = HubMetrics(isCluster: { registry.cluster(id: $0) != nil })
     box.router = HubRouter(registry: registry, authenticator: authenticator, authorizer: authorizer,
                            publicAddr: publicAddr, agentImage: c.agentImage, caPEM: caPEM,
                            logger: log, metrics: metrics)
-    let sessions = SessionFile(path: paths.sessions)
     hub.observe(metrics, accessLog: c.core.accessLog, log) { sessions.note(cluster: $0, up: $1) }
     hub.closeSessions(on: registry, log)
     let certificates = hub.reloadingCertificates(cfg, every: c.core.tlsReloadInterval, log)
+    parts.add("certificate reloader") { certificates.stop() }
     log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) loops=\(hub.loopCount) clusters=\(registry.clusters().count) public-addr=\(publicAddr)")
-    return [
-      HubPart("hub") {
-        log.notice("kopilot-hub stopping")
-        hub.stop()
-        sessions.clear()
-      },
-      HubPart("certificate reloader") { certificates.stop() },
-    ]
+    c.onListening?(hub.port)
   }
 }

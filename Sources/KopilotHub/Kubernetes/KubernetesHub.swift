@@ -79,20 +79,18 @@ public struct KubernetesHub: Service {
   }
 
   public func run() async throws {
-    let parts = try await onOwnThread("kopilot-hub start") { try start() }
-    try await ServiceGroup(services: parts, logger: logger).run()
+    try await runHub(logger: logger) { try start($0) }
   }
 
   /// Starts the informers and the core, waits (30 s at most) for the first
-  /// list of Clusters, and returns the running parts in start order.
-  func start() throws -> [any Service] {
+  /// list of Clusters, adding each running part to `parts`.
+  func start(_ parts: StartedParts) throws {
     let c = configuration, log = logger, replica = c.replica
     log.notice("mode: kubernetes (\(c.reason)); API server \(c.client.server.absoluteString), namespace \(c.namespace), replica \(replica)")
     let caPEM = try String(contentsOfFile: c.caFile, encoding: .utf8)
-    var parts: [any Service] = []
 
     let api = try KubeClient(config: c.client, logger: Logger(label: "kopilot.hub.kube"))
-    parts.append(HubPart("host API client") { api.shutdown() })
+    parts.add("host API client") { api.shutdown() }
     let registry = KubeClusterRegistry(client: api)
     let (authn, authz) = KubeAuthenticator.pair(client: api, settings: c.reviews)
 
@@ -111,12 +109,12 @@ public struct KubernetesHub: Service {
       logger: Logger(label: "kopilot.hub.config")) { publicAddress.apply($0, log: log) }
     if c.publicAddr == nil {
       configMaps.start()
-      parts.append(HubPart("configmap informer") { configMaps.stop() })
+      parts.add("configmap informer") { configMaps.stop() }
     }
     slices.start()
-    parts.append(HubPart("endpointslice informer") { slices.stop() })
+    parts.add("endpointslice informer") { slices.stop() }
     registry.start()
-    parts.append(HubPart("cluster registry") { registry.stop() })
+    parts.add("cluster registry") { registry.stop() }
 
     let local = LocalSessions()
     let status = ClusterStatusWriter(client: api, replica: replica, address: c.address, local: local, peers: peers)
@@ -132,10 +130,10 @@ public struct KubernetesHub: Service {
       log.warning("no --peer-cert/--peer-key/--peer-ca (PEER_CERT, PEER_KEY, PEER_CA): this replica neither takes nor forwards requests for other replicas")
     }
     let hub = try Hub(loops: c.core.startLoops(), config: cfg, deferringRouter: { box.route($0, $1) })
-    parts.append(HubPart("hub") {
+    parts.add("hub") {
       log.notice("kopilot-hub stopping")
       hub.stop()
-    })
+    }
     let metrics = HubMetrics(isCluster: { registry.cluster(id: $0) != nil })
     metrics.beforeRender = { m in
       m.reviews(kind: "token", authn.stats)
@@ -169,7 +167,7 @@ public struct KubernetesHub: Service {
     if let w = c.webhook {
       let webhook = try WebhookServer(host: w.host, port: w.port, certFile: c.tlsCert, keyFile: c.tlsKey)
       webhookPort = webhook.port
-      parts.append(HubPart("admission webhook") { webhook.stop() })
+      parts.add("admission webhook") { webhook.stop() }
     }
     if !registry.waitForSync(timeout: 30) {
       log.warning("the Clusters are not listed yet (the host API is slow or refuses): /readyz says not ready until they are")
@@ -179,10 +177,9 @@ public struct KubernetesHub: Service {
       status.touch(cluster.id)
     }
     // At shutdown peers stop sending here before the sessions close.
-    parts.append(HubPart("cluster status writer") { status.withdraw(clusters: Array(local.snapshot().keys)) })
+    parts.add("cluster status writer") { status.withdraw(clusters: Array(local.snapshot().keys)) }
     log.notice("kopilot-hub listening on \(cfg.bindHost):\(hub.port) loops=\(hub.loopCount) peer-port=\(hub.peerPort) webhook-port=\(webhookPort) clusters=\(registry.clusters().count) public-addr=\(c.publicAddr ?? "(ConfigMap kopilot-hub)")")
     let certificates = hub.reloadingCertificates(cfg, every: c.core.tlsReloadInterval, log)
-    parts.append(HubPart("certificate reloader") { certificates.stop() })
-    return parts
+    parts.add("certificate reloader") { certificates.stop() }
   }
 }
