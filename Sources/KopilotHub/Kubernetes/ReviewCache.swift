@@ -78,7 +78,7 @@ struct TTLCache<Key: Hashable, Value> {
 final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
   private struct State {
     var cache: TTLCache<Key, Value>
-    var inFlight: [Key: Task<Value, Error>] = [:]
+    var inFlight: [Key: Task<Result<Value, KubeReviewError>, Never>] = [:]
     var counters = ReviewStats()
   }
   private let state: Mutex<State>
@@ -146,37 +146,48 @@ final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         return .wait(t)
       }
       s.counters.reviews += 1
-      // Made under the lock, so the task's own removal (which takes the
-      // lock) always comes after this insertion.
-      let t = Task { try await self.run(key, review) }
+      // A task of its own, so a caller that goes away cancels the review
+      // for nobody else. It touches no state: the caller that started it
+      // records the outcome, so the review never waits on this lock.
+      let t = Task { await self.review(review) }
       s.inFlight[key] = t
-      return .wait(t)
+      return .lead(t)
     }
     switch found {
     case .hit(let v): return v
-    case .wait(let task): return try await task.value
+    case .wait(let task): return try await task.value.get()
+    case .lead(let task):
+      let result = await task.value
+      record(key, result)
+      return try result.get()
     }
   }
+
+  private typealias Review = Task<Result<Value, KubeReviewError>, Never>
 
   private enum Found {
     case hit(Value)
-    case wait(Task<Value, Error>)
+    case wait(Review)
+    case lead(Review)
   }
 
-  private func run(_ key: Key, _ review: @escaping @Sendable () async throws -> Value) async throws -> Value {
+  private func review(_ review: @escaping @Sendable () async throws -> Value) async -> Result<Value, KubeReviewError> {
     let limiter = self.limiter
-    let result: Result<Value, KubeReviewError>
     do {
-      let v = try await withDeadline(seconds: timeout,
-                                     onTimeout: KubeReviewError(.timeout, "the host cluster did not answer the \(what) in time")) {
+      return .success(try await withDeadline(seconds: timeout,
+                                             onTimeout: KubeReviewError(.timeout, "the host cluster did not answer the \(what) in time")) {
         try await limiter.acquire()
         defer { limiter.release() }
         return try await review()
-      }
-      result = .success(v)
+      })
     } catch {
-      result = .failure(KubeReviewError.from(error, what: what))
+      return .failure(KubeReviewError.from(error, what: what))
     }
+  }
+
+  /// A review ended: cache what it found, count what went wrong, and let
+  /// the next miss start a new one.
+  private func record(_ key: Key, _ result: Result<Value, KubeReviewError>) {
     let now = clock()
     state.withLock { s in
       s.inFlight[key] = nil
@@ -192,6 +203,5 @@ final class ReviewCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     }
     // Once per review, not once per caller waiting on it.
     if case .failure(let e) = result { logger.warning("\(what) failed: \(e)") }
-    return try result.get()
   }
 }
