@@ -15,6 +15,10 @@ let ubsan: [CSetting] = Context.environment["KOPILOT_UBSAN"] == "1"
   ? [.unsafeFlags(["-fsanitize=undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"])]
   : []
 
+// Tests/run.sh sets this for its ThreadSanitizer pass: KopilotBase then
+// declares a pthread-backed `Mutex` that TSan can see (KopilotBase/TSanMutex.swift).
+let tsan: [SwiftSetting] = Context.environment["KOPILOT_TSAN"] == "1" ? [.define("KOPILOT_TSAN")] : []
+
 let package = Package(
   name: "Kopilot",
   platforms: [.macOS(.v15)],
@@ -50,7 +54,7 @@ let package = Package(
       // so the C target names its libraries itself.
       linkerSettings: [.linkedLibrary("uv"), .linkedLibrary("ssl"), .linkedLibrary("crypto"), .linkedLibrary("pthread")]
     ),
-    .target(name: "KopilotIO", dependencies: ["KopilotCore"], path: "Sources/KopilotIO"),
+    .target(name: "KopilotIO", dependencies: ["KopilotCore", "KopilotBase"], path: "Sources/KopilotIO"),
     // The hub's control plane in embedded mode: state folder and certificates,
     // cluster registry, caller authentication and RBAC, agent manifests.
     .target(
@@ -84,7 +88,7 @@ let package = Package(
     ),
     // The one backoff (agents to their hub, informers to their API server);
     // Foundation only.
-    .target(name: "KopilotBase", path: "Sources/KopilotBase"),
+    .target(name: "KopilotBase", path: "Sources/KopilotBase", swiftSettings: tsan),
     // Where an API server is and how to trust it: kubeconfig and in-cluster
     // configuration, with Yams and Foundation only, so the agent links
     // neither NIO nor AsyncHTTPClient.

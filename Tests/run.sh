@@ -73,6 +73,9 @@ UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
 
 # TSan exits 66 at the end of a run that reported anything, which fails the
 # pass. Tests/tsan.supp exists for runtime-library noise only (see there).
+# KOPILOT_TSAN=1 swaps Synchronization's Mutex, whose contended hand-over
+# happens in the kernel where TSan cannot see it, for a pthread one with the
+# same calls (Sources/KopilotBase/TSanMutex.swift).
 # The pass runs the suites whose threads live in the test process: the unit
 # suites and the end-to-end suites that run a hub, an agent or their
 # Services in process. The other end-to-end suites drive hubs and agents in
@@ -80,7 +83,7 @@ UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
 # process; ASan and UBSan abort a child on their first finding, which those
 # suites do see.
 step "swift test, ThreadSanitizer"
-TSAN_OPTIONS="suppressions=$root/Tests/tsan.supp:second_deadlock_stack=1" \
+KOPILOT_TSAN=1 TSAN_OPTIONS="suppressions=$root/Tests/tsan.supp:second_deadlock_stack=1" \
   swift test --scratch-path .build-tsan --sanitize=thread \
   --filter 'KopilotCoreTests|KopilotIOTests|KopilotBaseTests|KopilotHubTests|KopilotKubeTests|EndToEndTests\.(LoopsTests|PeerForwardTests|AgentTokenTests|ServiceShutdownTests)'
 

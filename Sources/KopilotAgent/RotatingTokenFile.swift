@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import KopilotBase
 
 /// The API server token's file (a projected service-account token, which
 /// the kubelet rotates), read again now and then.

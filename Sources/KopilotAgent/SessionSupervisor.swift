@@ -1,7 +1,6 @@
 import Foundation
 import KopilotBase
 import KopilotIO
-import Synchronization
 
 /// Keeps one session to the hub up: reconnects with backoff and full jitter,
 /// and logs each change of state once rather than every retry.

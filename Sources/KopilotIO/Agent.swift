@@ -1,6 +1,6 @@
 import Foundation
+import KopilotBase
 import KopilotCore
-import Synchronization
 
 /// One agent session to the hub, with requests forwarded to the member's API
 /// server. Reconnection is the owner's (kopilot-agent uses `KopilotBase.Backoff`).

@@ -1,6 +1,6 @@
 import Foundation
+import KopilotBase
 import KopilotCore
-import Synchronization
 
 /// A caller's request head, as the hub's router sees it.
 public struct HubRequest: Sendable {

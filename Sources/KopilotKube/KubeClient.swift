@@ -1,12 +1,12 @@
 import AsyncHTTPClient
 import Foundation
+import KopilotBase
 import KopilotKubeConfig
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOSSL
-import Synchronization
 
 /// A client of one API server: JSON requests, watches, and the reviews.
 /// Safe from any thread; requests run concurrently (HTTP/1.1, a pool of

@@ -1,7 +1,7 @@
 import Foundation
+import KopilotBase
 import KopilotIO
 import Logging
-import Synchronization
 import Yams
 
 /// clusters.yaml: the Cluster objects a user would `kubectl apply` to a host

@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import KopilotBase
 
 /// Live sessions per cluster, written by the running hub for `clusters list`
 /// (a separate process). Rewritten whole, atomically, on every change.

@@ -1,7 +1,7 @@
 import Foundation
+import KopilotBase
 import KopilotKube
 import Logging
-import Synchronization
 
 /// The Cluster's `status`, which every replica keeps its own entry of:
 /// `hubs` lists the replicas holding agent sessions of the cluster (and

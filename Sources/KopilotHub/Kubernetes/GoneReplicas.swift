@@ -1,4 +1,4 @@
-import Synchronization
+import KopilotBase
 
 /// Replicas the EndpointSlices stopped listing, handed to `handler` once it
 /// is set (the informer starts before the status writer exists).

@@ -1,8 +1,8 @@
 import Foundation
+import KopilotBase
 import KopilotIO
 import KopilotKube
 import Logging
-import Synchronization
 
 // The Kubernetes mode's cluster registry: Cluster objects
 // (kopilot.smartx.com/v1alpha1) watched on the host cluster's API server,

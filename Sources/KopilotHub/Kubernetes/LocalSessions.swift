@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import KopilotBase
 
 /// This replica's live agent sessions per cluster, kept from the hub's
 /// session callbacks (loop thread) and read by routing and the status

@@ -1,7 +1,7 @@
 import Foundation
+import KopilotBase
 import KopilotKube
 import Logging
-import Synchronization
 
 /// An EndpointSlice (discovery.k8s.io/v1), the parts that name hub replicas.
 public struct EndpointSliceObject: KubeObject, Equatable {

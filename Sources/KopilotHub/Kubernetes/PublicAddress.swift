@@ -1,7 +1,7 @@
 import Foundation
+import KopilotBase
 import KopilotKube
 import Logging
-import Synchronization
 
 /// A ConfigMap, its data only.
 public struct ConfigMapObject: KubeObject, Equatable {

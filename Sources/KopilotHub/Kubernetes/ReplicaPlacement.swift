@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import KopilotBase
 
 /// A replica among several: here when a session of the cluster is here;
 /// else a ready replica the Cluster's status says holds one; else nowhere.

@@ -1,10 +1,10 @@
 import Crypto
 import Dispatch
 import Foundation
+import KopilotBase
 import KopilotIO
 import KopilotKube
 import Logging
-import Synchronization
 
 /// A map with a time to live per entry and two bounds, on entries and on
 /// bytes (each entry's `cost`): past either the entry inserted longest ago

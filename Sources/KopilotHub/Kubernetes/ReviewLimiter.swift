@@ -1,4 +1,4 @@
-import Synchronization
+import KopilotBase
 
 /// Bounds the reviews sent to the host at once: up to `maxInFlight` run,
 /// up to `maxQueued` wait in order, any more fail at once with

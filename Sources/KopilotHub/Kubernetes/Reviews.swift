@@ -1,10 +1,10 @@
 import Crypto
 import Dispatch
 import Foundation
+import KopilotBase
 import KopilotIO
 import KopilotKube
 import Logging
-import Synchronization
 
 // The Kubernetes mode's callers: a TokenReview says who holds a bearer
 // token, a SubjectAccessReview on the non-resource URL /proxy/... says what

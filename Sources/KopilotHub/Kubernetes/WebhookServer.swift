@@ -1,7 +1,7 @@
 import Foundation
+import KopilotBase
 import KopilotIO
 import Logging
-import Synchronization
 import NIOCore
 import NIOHTTP1
 import NIOPosix

@@ -1,7 +1,7 @@
 import Crypto
 import Foundation
+import KopilotBase
 import Logging
-import Synchronization
 
 /// Polls one file and calls back when its content changes.
 ///

@@ -1,7 +1,7 @@
 import Foundation
+import KopilotBase
 import KopilotIO
 import Logging
-import Synchronization
 
 /// What both modes set on the C core's hub: where it listens, its loops,
 /// its stream windows, timeouts and memory budget.

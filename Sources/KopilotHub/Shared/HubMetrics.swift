@@ -1,7 +1,7 @@
 import Foundation
+import KopilotBase
 import KopilotIO
 import Prometheus
-import Synchronization
 
 /// The hub's metrics, served at /metrics in the Prometheus text format.
 /// Everything is counted from events the hub already has (sessions coming
