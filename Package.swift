@@ -168,7 +168,7 @@ let package = Package(
     .testTarget(
       name: "KopilotHubTests",
       dependencies: [
-        "KopilotHub", "KopilotPKI",
+        "KopilotHub", "KopilotPKI", "KopilotCore",
         .product(name: "Yams", package: "Yams"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -496,6 +496,46 @@ int kp_http_connection_names_protected(const kp_http_head_t *head,
   return 0;
 }
 
+/* The fields a hub may add for a member (kp_http_check_hub_fields):
+ * kube-apiserver's impersonation headers and its Audit-ID. Anything that
+ * frames or routes the request (Content-Length, Transfer-Encoding, Host,
+ * Connection) is deliberately not among them. */
+static int kp__is_hub_field(const char *name, size_t len) {
+  return kp__strieq(name, len, "impersonate-user") ||
+         kp__strieq(name, len, "impersonate-group") ||
+         kp__strieq(name, len, "impersonate-uid") ||
+         (len > 18 && kp__has_prefix_ci(name, len, "impersonate-extra-")) ||
+         kp__strieq(name, len, "audit-id");
+}
+
+int kp_http_check_hub_fields(const char *fields, size_t len) {
+  size_t pos = 0;
+  if (fields == NULL) return len == 0 ? 0 : KP_EINVAL;
+  while (pos < len) {
+    size_t name = pos, name_len, v, v_end;
+    while (pos < len && kp__is_tchar((uint8_t)fields[pos])) pos++;
+    name_len = pos - name;
+    if (name_len == 0 || pos + 1 >= len || fields[pos] != ':' ||
+        fields[pos + 1] != ' ' ||
+        !kp__is_hub_field(fields + name, name_len))
+      return KP_EINVAL;
+    v = pos += 2;
+    while (pos < len && fields[pos] != '\r') {
+      if (!kp__is_field_char((uint8_t)fields[pos])) return KP_EINVAL;
+      pos++;
+    }
+    v_end = pos;
+    /* RFC 9110 5.5: no whitespace at either end of a value (a reader would
+     * trim it, and then the value checked here is not the one it uses). */
+    if (v_end > v && (kp__is_ows((uint8_t)fields[v]) ||
+                      kp__is_ows((uint8_t)fields[v_end - 1])))
+      return KP_EINVAL;
+    if (pos + 1 >= len || fields[pos + 1] != '\n') return KP_EINVAL;
+    pos += 2;
+  }
+  return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Bodies                                                              */
 /* ------------------------------------------------------------------ */

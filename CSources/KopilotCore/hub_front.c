@@ -29,6 +29,7 @@ void kp__hub_front_free(hub_front_t *f) {
   free(f->fwd);
   free(f->moved_cluster);
   free(f->moved_target);
+  free(f->moved_fields);
   free(f);
 }
 
@@ -89,13 +90,15 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
      * caller"): the owner was asked there, and is not asked again. */
     int kind = f->moved_kind;
     char *cluster = f->moved_cluster, *target = f->moved_target;
+    char *fields = f->moved_fields;
     f->moved_kind = 0;
-    f->moved_cluster = f->moved_target = NULL;
+    f->moved_cluster = f->moved_target = f->moved_fields = NULL;
     f->pinned = 1;
-    if (kind == MOVE_PROXY) kp__hub_do_proxy(f, cluster, target);
+    if (kind == MOVE_PROXY) kp__hub_do_proxy(f, cluster, target, fields);
     else kp__hub_do_accept_agent(f, cluster);
     free(cluster);
     free(target);
+    free(fields);
     return;
   }
   q->owed = 1;
@@ -249,7 +252,7 @@ typedef struct answer {
   int kind; /* 0 proxy, 1 respond, 2 agent, 3 forward (target = hop,
               * status = port) */
   int status;
-  char *cluster, *target, *ctype, *body, *host;
+  char *cluster, *target, *ctype, *body, *host, *fields;
   size_t body_len;
 } answer_t;
 
@@ -259,6 +262,7 @@ static void answer_free(answer_t *a) {
   free(a->ctype);
   free(a->body);
   free(a->host);
+  free(a->fields);
   free(a);
 }
 
@@ -285,7 +289,7 @@ void kp__hub_proxied_local(hub_req_t *q, const char *key, int status) {
 static void answer_apply(hub_req_t *q, int kind, int status,
                          const char *cluster, const char *target,
                          const char *ctype, const char *body, size_t len,
-                         const char *host) {
+                         const char *host, const char *fields) {
   hub_front_t *f = q->f;
   q->owed = 0;
   if (f == NULL || f->relay == NULL) {
@@ -293,7 +297,7 @@ static void answer_apply(hub_req_t *q, int kind, int status,
     if (f == NULL) free(q);
     return;
   }
-  if (kind == 0) kp__hub_do_proxy(f, cluster, target);
+  if (kind == 0) kp__hub_do_proxy(f, cluster, target, fields);
   else if (kind == 2) kp__hub_do_accept_agent(f, cluster);
   else if (kind == 3) kp__hub_do_forward(f, cluster, host, status, target);
   else respond_json(f, status, kp__http_reason(status),
@@ -303,7 +307,7 @@ static void answer_apply(hub_req_t *q, int kind, int status,
 static void answer_run(void *arg) {
   answer_t *a = arg;
   answer_apply(a->q, a->kind, a->status, a->cluster, a->target, a->ctype,
-               a->body, a->body_len, a->host);
+               a->body, a->body_len, a->host, a->fields);
   answer_free(a);
 }
 
@@ -325,7 +329,7 @@ static void answer_lost_run(void *arg) {
 static int post_answer(hub_req_t *q, int kind, int status,
                        const char *cluster, const char *target,
                        const char *ctype, const char *body, size_t len,
-                       const char *host) {
+                       const char *host, const char *fields) {
   answer_t *a = calloc(1, sizeof(*a));
   int rc;
   if (a != NULL) {
@@ -336,6 +340,7 @@ static int post_answer(hub_req_t *q, int kind, int status,
         (target && (a->target = strdup(target)) == NULL) ||
         (ctype && (a->ctype = strdup(ctype)) == NULL) ||
         (host && (a->host = strdup(host)) == NULL) ||
+        (fields && (a->fields = strdup(fields)) == NULL) ||
         (len && (a->body = malloc(len)) == NULL)) {
       answer_free(a);
       a = NULL;
@@ -368,30 +373,33 @@ void kp__hub_head_too_big(hub_front_t *f, const char *key) {
   kp__hub_proxied_local(q, key, 431);
 }
 
-void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
+void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target,
+                      const char *fields) {
   kp_hub_t *hub = f->hub;
   hub_cluster_t *c = kp__hub_cluster_find(hub, cluster, 0);
   kp__sess_t *s, *tried = NULL;
   const kp_http_head_t *head;
-  char extra[256], msg[384];
+  char *extra, msg[384];
   /* A caller's credentials and any identity it claims never reach a
-   * member: the only identity a member may see is one the hub set. */
+   * member: the only identity a member may see is one the hub set
+   * (`fields`), and the only audit ID the hub's own. */
   static const char *const drop[] = {"authorization", "x-forwarded-for",
                                      "x-forwarded-proto",
-                                     "kopilot-forwarded-by",
+                                     "kopilot-forwarded-by", "audit-id",
                                      KP_HTTP_DROP_IDENTITY, NULL};
   /* From a peer replica, X-Forwarded-For names the caller already (the
    * peer is authenticated; its own address says nothing). */
   static const char *const drop_peer[] = {"authorization",
-                                          "kopilot-forwarded-by",
+                                          "kopilot-forwarded-by", "audit-id",
                                           KP_HTTP_DROP_IDENTITY, NULL};
   uint8_t *req;
-  size_t req_len, attempts = 0;
+  size_t req_len, attempts = 0, fields_len = fields ? strlen(fields) : 0;
   int n, keep_xff, rc;
   f->forwarding = 0;
   if (!f->pinned && (c == NULL || kp__hub_pick_session(c, NULL) == NULL)) {
     kp_hub_t *to = kp__hub_other_loop(hub, cluster, 0);
-    if (to != NULL && kp__hub_move_front(f, to, MOVE_PROXY, cluster, target) == 0)
+    if (to != NULL &&
+        kp__hub_move_front(f, to, MOVE_PROXY, cluster, target, fields) == 0)
       return;
   }
   if ((head = kp__relay_current_head(f->relay)) == NULL) {
@@ -400,15 +408,25 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
     return;
   }
   keep_xff = f->via_peer && kp_http_find_header(head, "x-forwarded-for") != NULL;
+  /* The forwarding fields (at most ~110 bytes: the peer is an address),
+   * then the hub's own. */
+  if ((extra = malloc(128 + fields_len)) == NULL) {
+    kp__hub_proxied_local(f->req, cluster, 0);
+    kp__relay_abort(f->relay, KP_ENOMEM);
+    return;
+  }
   if (keep_xff)
     n = 0;
   else
-    n = snprintf(extra, sizeof(extra),
+    n = snprintf(extra, 128,
                  "X-Forwarded-For: %.*s\r\nX-Forwarded-Proto: https\r\n",
                  (int)(strrchr(f->conn->peer, ':') - f->conn->peer), f->conn->peer);
+  if (n < 0 || n >= 128) n = 0;
+  if (fields_len) memcpy(extra + n, fields, fields_len);
   req = kp_http_build_request(head, target, strlen(target),
-                               keep_xff ? drop_peer : drop, extra, (size_t)n,
-                               &req_len);
+                               keep_xff ? drop_peer : drop, extra,
+                               (size_t)n + fields_len, &req_len);
+  free(extra);
   if (req == NULL) {
     kp__hub_proxied_local(f->req, cluster, 0);
     kp__relay_abort(f->relay, KP_ENOMEM);
@@ -448,7 +466,8 @@ void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target) {
    * came from another loop already: it does not go round). */
   if (!f->pinned) {
     kp_hub_t *to = kp__hub_other_loop(hub, cluster, 0);
-    if (to != NULL && kp__hub_move_front(f, to, MOVE_PROXY, cluster, target) == 0)
+    if (to != NULL &&
+        kp__hub_move_front(f, to, MOVE_PROXY, cluster, target, fields) == 0)
       return;
   }
   snprintf(msg, sizeof(msg), "no agent of cluster %s is connected", cluster);
@@ -481,7 +500,7 @@ void kp__hub_do_accept_agent(hub_front_t *f, const char *cluster) {
   int rc;
   if (!f->pinned) {
     kp_hub_t *to = kp__hub_other_loop(hub, cluster, 1);
-    if (to != NULL && kp__hub_move_front(f, to, MOVE_AGENT, cluster, NULL) == 0)
+    if (to != NULL && kp__hub_move_front(f, to, MOVE_AGENT, cluster, NULL, NULL) == 0)
       return;
   }
   head = kp__relay_current_head(f->relay);
@@ -550,12 +569,21 @@ void kp__hub_do_accept_agent(hub_front_t *f, const char *cluster) {
  * copied and posted (post_answer). */
 #define ON_LOOP(q) kp_loop_is_current((q)->hub->loop)
 
+int kp_hub_request_proxy_as(kp_hub_request_t *req, const char *cluster,
+                            const char *target, const char *fields) {
+  hub_req_t *q = (hub_req_t *)req;
+  if (fields != NULL && *fields == 0) fields = NULL;
+  if (fields != NULL && kp_http_check_hub_fields(fields, strlen(fields)) != 0)
+    return KP_EINVAL;
+  if (!ON_LOOP(q))
+    return post_answer(q, 0, 0, cluster, target, NULL, NULL, 0, NULL, fields);
+  answer_apply(q, 0, 0, cluster, target, NULL, NULL, 0, NULL, fields);
+  return 0;
+}
+
 int kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
                          const char *target) {
-  hub_req_t *q = (hub_req_t *)req;
-  if (!ON_LOOP(q)) return post_answer(q, 0, 0, cluster, target, NULL, NULL, 0, NULL);
-  answer_apply(q, 0, 0, cluster, target, NULL, NULL, 0, NULL);
-  return 0;
+  return kp_hub_request_proxy_as(req, cluster, target, NULL);
 }
 
 int kp_hub_request_respond(kp_hub_request_t *req, int status,
@@ -564,15 +592,16 @@ int kp_hub_request_respond(kp_hub_request_t *req, int status,
   hub_req_t *q = (hub_req_t *)req;
   if (!ON_LOOP(q))
     return post_answer(q, 1, status, NULL, NULL, content_type, body, body_len,
-                       NULL);
-  answer_apply(q, 1, status, NULL, NULL, content_type, body, body_len, NULL);
+                       NULL, NULL);
+  answer_apply(q, 1, status, NULL, NULL, content_type, body, body_len, NULL,
+               NULL);
   return 0;
 }
 
 int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
   hub_req_t *q = (hub_req_t *)req;
-  if (!ON_LOOP(q)) return post_answer(q, 2, 0, cluster, NULL, NULL, NULL, 0, NULL);
-  answer_apply(q, 2, 0, cluster, NULL, NULL, NULL, 0, NULL);
+  if (!ON_LOOP(q)) return post_answer(q, 2, 0, cluster, NULL, NULL, NULL, 0, NULL, NULL);
+  answer_apply(q, 2, 0, cluster, NULL, NULL, NULL, 0, NULL, NULL);
   return 0;
 }
 
@@ -582,8 +611,8 @@ int kp_hub_request_forward(kp_hub_request_t *req, const char *cluster,
   cluster = cluster ? cluster : "";
   host = host ? host : "";
   hop = hop ? hop : "";
-  if (!ON_LOOP(q)) return post_answer(q, 3, port, cluster, hop, NULL, NULL, 0, host);
-  answer_apply(q, 3, port, cluster, hop, NULL, NULL, 0, host);
+  if (!ON_LOOP(q)) return post_answer(q, 3, port, cluster, hop, NULL, NULL, 0, host, NULL);
+  answer_apply(q, 3, port, cluster, hop, NULL, NULL, 0, host, NULL);
   return 0;
 }
 

@@ -176,6 +176,7 @@ typedef struct hub_front {
   unsigned arriving : 1, freed_late : 1;
   int moved_kind; /* 0 none, MOVE_PROXY, MOVE_AGENT */
   char *moved_cluster, *moved_target;
+  char *moved_fields; /* the hub's fields for the member, or NULL */
   uint64_t moved_started_ns; /* when its head was complete, there */
   /* Waiting for its queued writes to drain before moving to move_to. */
   kp_hub_t *move_to;
@@ -197,7 +198,8 @@ kp__sess_t *kp__hub_pick_session(hub_cluster_t *c, kp__sess_t *skip);
 
 /* ---- moving a caller to another loop (hub_move.c) */
 int kp__hub_move_front(hub_front_t *f, kp_hub_t *to, int kind,
-                       const char *cluster, const char *target);
+                       const char *cluster, const char *target,
+                       const char *fields);
 void kp__hub_move_when_drained(hub_front_t *f);
 
 /* ---- listening and handshakes (hub_listen.c) */
@@ -213,7 +215,8 @@ void kp__hub_status_json(hub_front_t *f, int status, const char *reason,
                          const char *msg);
 void kp__hub_proxied_local(hub_req_t *q, const char *key, int status);
 void kp__hub_report_unrun(kp_hub_t *hub, const char *key, uint64_t started_ns);
-void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target);
+void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target,
+                      const char *fields);
 /* Refuses a request whose rebuilt head the next hop could not read (431,
  * kp__http_head_fits), reported on `key`. */
 void kp__hub_head_too_big(hub_front_t *f, const char *key);

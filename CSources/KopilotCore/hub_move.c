@@ -24,7 +24,7 @@ typedef struct hub_move {
   uint8_t *bytes;        /* the head and what followed it */
   size_t head_len, len;
   int kind, via_peer;
-  char *cluster, *target;
+  char *cluster, *target, *fields;
   uint64_t started_ns;
 } hub_move_t;
 
@@ -42,6 +42,7 @@ static void move_free(hub_move_t *m) {
   free(m->bytes);
   free(m->cluster);
   free(m->target);
+  free(m->fields);
   free(m);
 }
 
@@ -75,7 +76,8 @@ static void move_arrive(void *arg) {
   f->moved_kind = m->kind;
   f->moved_cluster = m->cluster;
   f->moved_target = m->target;
-  m->cluster = m->target = NULL;
+  f->moved_fields = m->fields;
+  m->cluster = m->target = m->fields = NULL;
   ep.ops = &kp__conn_ep_ops;
   ep.h = f->conn;
   if (kp__relay_new(&f->relay, ep, &kp__hub_front_router, &rc, f) != 0) {
@@ -94,11 +96,12 @@ static void move_arrive(void *arg) {
 }
 
 /* Moves f's conn and its current request to `to` with the decision (kind,
- * cluster, target). Returns 0 when the request is no longer this loop's
- * (moved, waiting to move, or lost and reported), else an error and f is
- * untouched: serve it here. */
+ * cluster, target, the hub's fields for the member). Returns 0 when the
+ * request is no longer this loop's (moved, waiting to move, or lost and
+ * reported), else an error and f is untouched: serve it here. */
 int kp__hub_move_front(hub_front_t *f, kp_hub_t *to, int kind,
-                       const char *cluster, const char *target) {
+                       const char *cluster, const char *target,
+                       const char *fields) {
   kp_hub_t *hub = f->hub;
   kp__conn_t *conn = f->conn;
   hub_move_t *m;
@@ -108,9 +111,11 @@ int kp__hub_move_front(hub_front_t *f, kp_hub_t *to, int kind,
      * are out. Anything else (EOF, closing) is served here. */
     if (conn->closing || conn->eof || conn->shut || f->move_to) return KP_EINVAL;
     if ((f->moved_cluster = strdup(cluster)) == NULL) return KP_ENOMEM;
-    if (target && (f->moved_target = strdup(target)) == NULL) {
+    if ((target && (f->moved_target = strdup(target)) == NULL) ||
+        (fields && (f->moved_fields = strdup(fields)) == NULL)) {
       free(f->moved_cluster);
-      f->moved_cluster = NULL;
+      free(f->moved_target);
+      f->moved_cluster = f->moved_target = NULL;
       return KP_ENOMEM;
     }
     f->moved_kind = kind;
@@ -120,7 +125,8 @@ int kp__hub_move_front(hub_front_t *f, kp_hub_t *to, int kind,
   }
   if ((m = calloc(1, sizeof(*m))) == NULL ||
       (m->cluster = strdup(cluster)) == NULL ||
-      (target && (m->target = strdup(target)) == NULL)) {
+      (target && (m->target = strdup(target)) == NULL) ||
+      (fields && (m->fields = strdup(fields)) == NULL)) {
     if (m) move_free(m);
     return KP_ENOMEM;
   }
@@ -157,16 +163,18 @@ void kp__hub_move_when_drained(hub_front_t *f) {
   kp_hub_t *to = f->move_to;
   int kind = f->moved_kind;
   char *cluster = f->moved_cluster, *target = f->moved_target;
+  char *fields = f->moved_fields;
   if (to == NULL || !kp__conn_movable(f->conn)) return;
   f->move_to = NULL;
   f->moved_kind = 0;
-  f->moved_cluster = f->moved_target = NULL;
-  if (kp__hub_move_front(f, to, kind, cluster, target) != 0) {
+  f->moved_cluster = f->moved_target = f->moved_fields = NULL;
+  if (kp__hub_move_front(f, to, kind, cluster, target, fields) != 0) {
     /* Could not go after all: served here. */
     f->pinned = 1;
-    if (kind == MOVE_PROXY) kp__hub_do_proxy(f, cluster, target);
+    if (kind == MOVE_PROXY) kp__hub_do_proxy(f, cluster, target, fields);
     else kp__hub_do_accept_agent(f, cluster);
   }
   free(cluster);
   free(target);
+  free(fields);
 }

@@ -42,8 +42,12 @@ public struct HubRequest: Sendable {
 
 /// What to do with a request.
 public enum HubAnswer: Sendable {
-  /// Forward to a live session of the cluster, with this request target.
-  case proxy(cluster: String, target: String)
+  /// Forward to a live session of the cluster, with this request target
+  /// and `fields` added to the head the member gets: whole "Name: value\r\n"
+  /// lines of the identity the hub authenticated (Impersonate-*) and its
+  /// Audit-ID, nothing else (kp_http_check_hub_fields; a list it refuses
+  /// answers 500).
+  case proxy(cluster: String, target: String, fields: String = "")
   /// Answer here.
   case respond(status: Int, contentType: String, body: String)
   /// Upgrade to an agent session of the cluster.
@@ -298,8 +302,17 @@ public final class Hub: @unchecked Sendable {
   @discardableResult
   fileprivate static func deliver(_ answer: HubAnswer, to req: OpaquePointer) -> Int32 {
     switch answer {
-    case .proxy(let cluster, let target):
-      return cluster.withCString { c in target.withCString { t in kp_hub_request_proxy(req, c, t) } }
+    case .proxy(let cluster, let target, let fields):
+      let rc = cluster.withCString { c in
+        target.withCString { t in fields.withCString { kp_hub_request_proxy_as(req, c, t, $0) } }
+      }
+      // Refused fields: answered nothing. A router bug, never a caller's
+      // doing (the router checks what it puts there): a 500, and the
+      // request never leaves the hub.
+      if rc == Int32(KP_EINVAL.rawValue) {
+        return deliver(.status(500, "InternalError", "the hub could not carry the caller's identity to the member"), to: req)
+      }
+      return rc
     case .acceptAgent(let cluster):
       return cluster.withCString { kp_hub_request_accept_agent(req, $0) }
     case .respond(let status, let type, var body):

@@ -82,6 +82,18 @@ struct ServeOptions: ParsableArguments {
   @Option(name: .customLong("tls-reload-interval"), help: "Seconds between checks of the certificate files; changed files (a renewal) are loaded for new connections.")
   var tlsReloadInterval: Double = 30
 
+  @Option(help: "How member clusters see callers, for Clusters without an `identity` field: impersonate (Kubernetes impersonation as <prefix><user> in groups --callers-group and <prefix><group>; host system: groups never pass), passthrough (the caller's own names, for a fleet with one identity provider; system: users refused, system: groups dropped) or agent (every caller acts as the agent's ServiceAccount, as the original kopilot does). Env: IDENTITY.")
+  var identity: String?
+
+  @Option(name: .customLong("identity-prefix"), help: "What impersonate puts before every user and group name. Env: IDENTITY_PREFIX.")
+  var identityPrefix: String?
+
+  @Option(name: .customLong("callers-group"), help: "The group every tunnel caller has on a member (impersonate and passthrough), for one member binding that covers them all. Env: CALLERS_GROUP.")
+  var callersGroup: String?
+
+  @Option(name: .customLong("passthrough-system-group"), help: "A system: group that passthrough carries anyway (repeat the flag for more; none by default).")
+  var passthroughSystemGroups: [String] = []
+
   @OptionGroup(title: "Kubernetes mode") var kube: KubeOptions
 
   func validate() throws {
@@ -98,6 +110,7 @@ struct ServeOptions: ParsableArguments {
     if let m = mode ?? state.env("KOPILOT_MODE"), HubMode(rawValue: m) == nil {
       throw ValidationError("--mode must be embedded or kubernetes, not \"\(m)\"")
     }
+    _ = try identityMapping
     if !(0.1...86400).contains(tlsReloadInterval) { throw ValidationError("--tls-reload-interval is 0.1 to 86400 seconds") }
     try kube.validate()
   }
@@ -125,7 +138,36 @@ struct ServeOptions: ParsableArguments {
       if let mib = memoryBudgetMiB ?? Int(state.env("MEMORY_BUDGET_MIB") ?? "") { c.memoryBudget = UInt64(mib) << 20 }
       c.accessLog = accessLog
       c.tlsReloadInterval = tlsReloadInterval
+      c.identity = try identityMapping
       return c
+    }
+  }
+
+  var identityMapping: IdentityMapping {
+    get throws {
+      var m = IdentityMapping()
+      if let s = identity ?? state.env("IDENTITY") {
+        guard let mode = IdentityMode(parsing: s) else {
+          throw ValidationError("--identity must be impersonate, passthrough or agent, not \"\(s)\"")
+        }
+        m.defaultMode = mode
+      }
+      if let p = identityPrefix ?? state.env("IDENTITY_PREFIX") { m.prefix = p }
+      if let g = callersGroup ?? state.env("CALLERS_GROUP") { m.callersGroup = g }
+      // A prefix or group in system: would hand callers the member's own
+      // system identities; an empty prefix would make impersonate a
+      // passthrough without its checks.
+      guard !m.prefix.isEmpty, !m.prefix.hasPrefix("system:"), IdentityMapping.fitsField(m.prefix) else {
+        throw ValidationError("--identity-prefix must be non-empty, printable, and not start with system:")
+      }
+      guard !m.callersGroup.isEmpty, !m.callersGroup.hasPrefix("system:"), IdentityMapping.fitsField(m.callersGroup) else {
+        throw ValidationError("--callers-group must be non-empty, printable, and not start with system:")
+      }
+      for g in passthroughSystemGroups where !g.hasPrefix("system:") {
+        throw ValidationError("--passthrough-system-group takes system: groups (others pass anyway), not \"\(g)\"")
+      }
+      m.passthroughSystemGroups = Set(passthroughSystemGroups)
+      return m
     }
   }
 

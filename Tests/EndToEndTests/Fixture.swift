@@ -281,7 +281,7 @@ final class E2EWorld {
   var stateDir: URL { dir.appendingPathComponent("state") }
 
   func startHub(port: Int = 0, extraArgs: [String] = [], name: String = "hub", cert: String? = nil,
-                key: String? = nil) throws {
+                key: String? = nil, callerGroups: [String] = ["kopilot:admins"]) throws {
     try FileManager.default.createDirectory(at: stateDir, withIntermediateDirectories: true)
     try """
       apiVersion: kopilot.smartx.com/v1alpha1
@@ -297,7 +297,7 @@ final class E2EWorld {
       """.write(to: stateDir.appendingPathComponent("clusters.yaml"), atomically: true, encoding: .utf8)
     // The caller is in the group the hub's first-start rbac.yaml lets use
     // every verb on /proxy/*.
-    try "\(Tokens.caller),e2e-caller,e2e-caller-uid,\"kopilot:admins\"\n"
+    try "\(Tokens.caller),e2e-caller,e2e-caller-uid,\"\(callerGroups.joined(separator: ","))\"\n"
       .write(to: stateDir.appendingPathComponent("tokens.csv"), atomically: true, encoding: .utf8)
     hub = try start(name, try Paths.binary("kopilot-hub"), [
       "--state-dir", stateDir.path,

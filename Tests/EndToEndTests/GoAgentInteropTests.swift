@@ -57,5 +57,14 @@ final class GoAgentInteropTests: E2ETestCase {
     XCTAssertEqual(r.status, 0, "curl: \(r.stderr)")
     XCTAssertFalse(r.text.contains(Tokens.caller), r.text)
     XCTAssertTrue(r.text.contains("Bearer \(Tokens.apiserver)"), r.text)
+    // The original agent's reverse proxy passes the hub's identity and
+    // audit fields through with its own token, as ours does: both kinds of
+    // agent impersonate the caller.
+    let pairs = ((try? JSONSerialization.jsonObject(with: Data(r.text.utf8))) as? [[String]] ?? []).map { ($0[0].lowercased(), $0[1]) }
+    // (Go writes header fields sorted by name, so compare them sorted.)
+    XCTAssertEqual(pairs.filter { $0.0.hasPrefix("impersonate-") }.map { "\($0.0): \($0.1)" }.sorted(),
+                   ["impersonate-group: kopilot:callers", "impersonate-group: kopilot:kopilot:admins",
+                    "impersonate-uid: e2e-caller-uid", "impersonate-user: kopilot:e2e-caller"], r.text)
+    XCTAssertEqual(pairs.filter { $0.0 == "audit-id" }.count, 1, r.text)
   }
 }

@@ -14,6 +14,12 @@ class KubectlTestCase: E2ETestCase {
   /// The agent finds the API server through a kubeconfig (as outside a
   /// cluster) instead of --apiserver/--token-file/--ca-file.
   var agentUsesKubeconfig: Bool { false }
+  /// More flags for the fake member API server and for the hub.
+  var fakeArgs: [String] { [] }
+  var hubArgs: [String] { [] }
+  /// The caller's groups on the host (tokens.csv); kopilot:admins may use
+  /// every /proxy/ path.
+  var callerGroups: [String] { ["kopilot:admins"] }
   var kubectl = ""
   var fakePort = 0
   var kubeconfig: URL { world.dir.appendingPathComponent("kubeconfig") }
@@ -31,7 +37,7 @@ class KubectlTestCase: E2ETestCase {
     try startWorld { w in
       let api = try w.start("fakeapi", fake, [
         "--cert", w.certs.cert, "--key", w.certs.key, "--token", Tokens.apiserver, "-v",
-      ])
+      ] + fakeArgs)
       fakePort = Int(try api.waitFor("PORT ").split(separator: " ").last ?? "") ?? 0
       try startTunnel(w)
     }
@@ -40,7 +46,7 @@ class KubectlTestCase: E2ETestCase {
   /// Starts the hub side and an agent to the fake member, and writes
   /// `kubeconfig` for the caller. Here: one hub in the embedded mode.
   func startTunnel(_ w: E2EWorld) throws {
-    try w.startHub()
+    try w.startHub(extraArgs: hubArgs, callerGroups: callerGroups)
     var upstream = ["--apiserver", "https://127.0.0.1:\(fakePort)", "--token-file", w.tokenFile.path,
                     "--ca-file", w.certs.ca]
     if agentUsesKubeconfig {

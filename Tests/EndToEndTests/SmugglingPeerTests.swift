@@ -59,6 +59,13 @@ final class SmugglingTestsAcrossReplicas: E2ETestCase {
         }
       }
       harness = SmugglingHarness(world: w, hubPort: a.port, memberA: memberA, memberB: memberB)
+      // bob and alice of HostTokens, as the serving replica maps them
+      // (alice's host group team-a goes on, prefixed).
+      harness.identities = [
+        ["impersonate-user: kopilot:bob", "impersonate-group: kopilot:callers", "impersonate-uid: uid-bob"],
+        ["impersonate-user: kopilot:alice", "impersonate-group: kopilot:callers", "impersonate-group: kopilot:team-a",
+         "impersonate-uid: uid-alice"],
+      ]
     }
   }
 

@@ -146,6 +146,17 @@ final class SmugglingHarness {
   /// What the agent puts in Authorization: the only credential a member
   /// may ever see.
   let agentAuthorization = "Bearer \(Tokens.apiserver)"
+  /// What the hub's default mapping (impersonate) sends for the corpus's
+  /// callers (tokens.csv of the smuggling worlds: no groups), lower-cased
+  /// names in wire order.
+  /// The audit ID the corpus's callers try to impose.
+  static let callersAuditID = "00000000-0000-4000-8000-00000000abcd"
+  static let corpusIdentities: [[String]] = ["smuggler", "upgrader"].map {
+    ["impersonate-user: kopilot:\($0)", "impersonate-group: kopilot:callers", "impersonate-uid: \($0)-uid"]
+  }
+  /// The identities this world's corpus callers map to (the Kubernetes
+  /// mode's world has other callers).
+  var identities = SmugglingHarness.corpusIdentities
   private var serial = 0
 
   init(world: E2EWorld, hubPort: Int, memberA: RecordingUpstream, memberB: RecordingUpstream) {
@@ -235,9 +246,16 @@ final class SmugglingHarness {
       if auth != [agentAuthorization] {
         v.oracle.append("the member saw Authorization \(auth), not only the agent's, in \(e["method"] ?? "") \(e["target"] ?? "")")
       }
-      let identity = hs.filter { $0.0.hasPrefix("impersonate-") || $0.0.hasPrefix("x-remote-") }
-      if !identity.isEmpty {
-        v.oracle.append("identity headers reached the member: \(identity.map { "\($0.0): \($0.1)" })")
+      // The only identity a member sees is the one the hub set for a
+      // caller of the corpus (the admin's never: it only sets up), line for
+      // line; and each request carries one audit ID of the hub's.
+      let identity = hs.filter { $0.0.hasPrefix("impersonate-") || $0.0.hasPrefix("x-remote-") }.map { "\($0.0): \($0.1)" }
+      if !identities.contains(identity) {
+        v.oracle.append("identity headers at the member are not one the hub sets for a corpus caller: \(identity)")
+      }
+      let audit = hs.filter { $0.0 == "audit-id" }.map(\.1)
+      if audit.count != 1 || UUID(uuidString: audit[0]) == nil || audit[0] == Self.callersAuditID {
+        v.oracle.append("the member saw Audit-ID \(audit), not one hub-made UUID")
       }
     }
 
@@ -486,6 +504,8 @@ enum SmugglingCorpus {
       ("X-Remote-User", ["X-Remote-User: system:admin"]),
       ("x-remote-group", ["x-remote-group: system:masters"]),
       ("X-REMOTE-EXTRA-*", ["X-REMOTE-EXTRA-Scopes: cluster-admin"]),
+      ("Audit-ID", ["Audit-ID: \(SmugglingHarness.callersAuditID)"]),
+      ("audit-id twice", ["audit-id: \(SmugglingHarness.callersAuditID)", "AUDIT-ID: x"]),
       ("all of them in mixed case", ["iMpErSoNaTe-UsEr: system:admin", "Impersonate-Group: system:masters",
                                      "Impersonate-Uid: 0", "Impersonate-Extra-X: y", "x-ReMoTe-UsEr: system:admin",
                                      "X-Remote-Group: system:masters", "X-Remote-Extra-X: y"]),
@@ -649,8 +669,10 @@ enum SmugglingCorpus {
     // that it could read past what the next hop reads (128 fields): that
     // is a 431 here, never a head the agent refuses or misreads.
     func fill(_ n: Int) -> [String] { (0..<n).map { "X-Fill-\($0): v" } }
-    // 125 fields take 128 with the three a forwarding replica adds.
-    for (fillers, served) in [(126, false), (123, true)] {
+    // With the hub's own (X-Forwarded-For, -Proto, Impersonate-User,
+    // -Group, -Uid, Audit-ID) and the peer's Kopilot-Forwarded-By, 119
+    // fillers take the head to 128 fields.
+    for (fillers, served) in [(126, false), (119, true)] {
       let tag = "head-\(rows.count)"
       var d = allowed(tag)
       if !served {

@@ -27,6 +27,9 @@ import (
 // config holds everything the flags decide; handlers read it, never write it.
 type config struct {
 	token           string
+	tokenUser       userInfo // who --token is
+	policy          *policy  // nil: AlwaysAllow
+	audit           *auditLog
 	compactedBefore int64 // watches asking for a resourceVersion below this get 410 Expired
 	logLines        int   // 0: "logs -f" streams until the client goes away
 	verbose         bool
@@ -42,6 +45,9 @@ func main() {
 		logLines  = flag.Int("log-lines", 0, "with follow=true, end the log stream after this many lines (0: never)")
 		bigDigest = flag.Bool("print-big-digest", false, "print the SHA-256 digests of the big configmap (data value and raw JSON body) and exit")
 		verbose   = flag.Bool("v", false, "log every request on stderr")
+		tokenUser = flag.String("token-user", "system:serviceaccount:kopilot:kopilot-agent", "the user --token authenticates as")
+		policyF   = flag.String("policy", "", "JSON rules to authorize by, impersonation included (see authz.go); none: AlwaysAllow")
+		auditF    = flag.String("audit-log", "", "append one audit.k8s.io/v1 Event (level Metadata, stage ResponseComplete) per request to this file")
 	)
 	flag.Parse()
 
@@ -53,6 +59,25 @@ func main() {
 		log.Fatal("fakeapi: --cert, --key and --token are required")
 	}
 	cfg := &config{token: *token, compactedBefore: *compacted, logLines: *logLines, verbose: *verbose}
+	cfg.tokenUser = userInfo{Username: *tokenUser, Groups: []string{"system:authenticated"}}
+	if strings.HasPrefix(*tokenUser, "system:serviceaccount:") {
+		ns := strings.SplitN(strings.TrimPrefix(*tokenUser, "system:serviceaccount:"), ":", 2)[0]
+		cfg.tokenUser.Groups = []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"}
+	}
+	if *policyF != "" {
+		p, err := loadPolicy(*policyF)
+		if err != nil {
+			log.Fatalf("fakeapi: --policy: %v", err)
+		}
+		cfg.policy = p
+	}
+	if *auditF != "" {
+		f, err := os.OpenFile(*auditF, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			log.Fatalf("fakeapi: --audit-log: %v", err)
+		}
+		cfg.audit = &auditLog{f: f}
+	}
 
 	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
 	if err != nil {
@@ -105,7 +130,35 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusUnauthorized, "Unauthorized", "Unauthorized", nil)
 		return
 	}
-	s.route(w, r)
+	// Audit: the request's ID (adopted from Audit-ID), echoed as Audit-Id.
+	id := auditID(r)
+	w.Header().Set("Audit-Id", id)
+	cw := &codeWriter{ResponseWriter: w}
+	real := s.cfg.tokenUser
+	ev := &auditEvent{Kind: "Event", APIVersion: "audit.k8s.io/v1", Level: "Metadata", AuditID: id,
+		Stage: "ResponseComplete", RequestURI: r.URL.RequestURI(), User: real}
+	defer func() {
+		ev.ResponseStatus.Code = cw.code
+		s.cfg.audit.write(ev)
+	}()
+	u, ok := s.impersonate(cw, r, &real)
+	if !ok {
+		ev.Verb = "impersonate"
+		return
+	}
+	if u != &real {
+		ev.ImpersonatedUser = u
+	}
+	a := requestAttributes(r, u)
+	ev.Verb = a.verb
+	if !s.authorize(a) {
+		writeForbidden(cw, a)
+		return
+	}
+	if s.serveAuthAPIs(cw, r, strings.TrimSuffix(r.URL.Path, "/"), u) {
+		return
+	}
+	s.route(cw, r)
 }
 
 // authorized accepts exactly "Bearer <token>"; the scheme is

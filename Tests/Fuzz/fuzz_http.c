@@ -11,6 +11,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define CHECK(cond)  \
   do {               \
@@ -170,6 +171,34 @@ static void one_head(const uint8_t *data, size_t size, int is_request,
   check_body(&body, data + r, size - (size_t)r, step);
 }
 
+/* kp_http_check_hub_fields: whatever it accepts, appended to a head, is
+ * read back by the parser as exactly that many more fields, each one an
+ * identity field or Audit-ID: accepted lines can never frame or route. */
+static void hub_fields(const uint8_t *data, size_t size) {
+  static const char start[] = "GET / HTTP/1.1\r\nHost: h\r\n";
+  size_t k, lines = 0, n = sizeof(start) - 1;
+  kp_http_head_t h;
+  uint8_t *buf;
+  int r;
+  if (kp_http_check_hub_fields((const char *)data, size) != 0) return;
+  for (k = 0; k < size; k++) lines += data[k] == '\n';
+  if ((buf = malloc(n + size + 2)) == NULL) return;
+  memcpy(buf, start, n);
+  memcpy(buf + n, data, size);
+  memcpy(buf + n + size, "\r\n", 2);
+  r = kp_http_parse_request(buf, n + size + 2, 1 << 20, &h);
+  if (lines + 1 <= KP_HTTP_MAX_HEADERS) {
+    CHECK(r == (int)(n + size + 2));
+    CHECK(h.num_headers == lines + 1);
+    for (k = 1; k < h.num_headers; k++)
+      CHECK(kp_http_is_identity_header(h.headers[k].name, h.headers[k].name_len) ||
+            (h.headers[k].name_len == 8 &&
+             strncasecmp(h.headers[k].name, "audit-id", 8) == 0));
+    CHECK(h.content_length == -1 && !(h.flags & KP_HTTP_F_CHUNKED));
+  }
+  free(buf);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   kp_http_head_t synthetic;
   kp_http_body_t body;
@@ -188,5 +217,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   kp_http_body_init(&body, &synthetic, 1, 0);
   CHECK(body.mode == KP_HTTP_BODY_CHUNKED && !body.done);
   check_body(&body, data, size, step);
+  hub_fields(data, size);
   return 0;
 }

@@ -431,6 +431,58 @@ final class HTTPTests: XCTestCase {
     }
   }
 
+  /// kp_http_check_hub_fields: the only fields the policy layer may add to
+  /// a member's head. Each row is read at the end of a guard page, so a
+  /// check that reads past the list crashes.
+  func testHubFieldsAreOnlyIdentityAndAuditLines() {
+    let good: [(String, String)] = [
+      ("", "no fields"),
+      ("Impersonate-User: kopilot:alice\r\n", "a user"),
+      ("impersonate-user: a\r\nImpersonate-Group: kopilot:callers\r\nImpersonate-Group: g\r\n", "groups, any case"),
+      ("Impersonate-Uid: 42\r\nImpersonate-Extra-authentication.kubernetes.io%2Fpod-name: p\r\n", "uid and escaped extra"),
+      ("Impersonate-Extra-scopes: \r\n", "an empty value"),
+      ("Audit-ID: 5b2c7a1e-0d4f-4c1a-9a57-1f1e2d3c4b5a\r\n", "an audit ID"),
+      ("Impersonate-User: caf\u{e9} \u{1F600}\r\n", "UTF-8 in a value (obs-text)"),
+    ]
+    let bad: [(String, String)] = [
+      ("Content-Length: 0\r\n", "framing field"),
+      ("Transfer-Encoding: chunked\r\n", "framing field"),
+      ("Host: evil\r\n", "routing field"),
+      ("Authorization: Bearer x\r\n", "credentials"),
+      ("X-Remote-User: admin\r\n", "another identity scheme"),
+      ("Impersonate-Extra-: x\r\n", "extra without a key"),
+      ("Impersonate-Userx: a\r\n", "a longer name"),
+      ("Impersonate-User: a\r\nContent-Length: 5\r\n", "a good line, then a framing one"),
+      ("Impersonate-User: a\r\nX: b\r\n", "a good line, then another"),
+      ("Impersonate-User: a\nHost: b\r\n", "bare LF inside a value"),
+      ("Impersonate-User: a\rHost: b\r\n", "bare CR inside a value"),
+      ("Impersonate-User: a\u{0}b\r\n", "NUL in a value"),
+      ("Impersonate-User: a\u{7f}\r\n", "DEL in a value"),
+      ("Impersonate-User: a\r\n\r\n", "a blank line (the end of the head)"),
+      ("Impersonate-User: a", "no CRLF"),
+      ("Impersonate-User: a\r", "CR without LF"),
+      ("Impersonate-User:a\r\n", "no space after the colon"),
+      ("Impersonate-User:  a\r\n", "two spaces: leading whitespace in the value"),
+      ("Impersonate-User: a \r\n", "trailing whitespace"),
+      ("Impersonate-User : a\r\n", "space before the colon"),
+      (" Impersonate-User: a\r\n", "obs-fold style leading space"),
+      ("Impersonate-User: a\r\n Impersonate-Group: b\r\n", "a continuation line"),
+      ("Imperson\u{e9}te-User: a\r\n", "non-token byte in the name"),
+    ]
+    for (text, note) in good {
+      let b = Array(text.utf8)
+      let r = guarded(b) { p, n in p.withMemoryRebound(to: CChar.self, capacity: n) { kp_http_check_hub_fields($0, n) } }
+      XCTAssertEqual(r, 0, note)
+    }
+    for (text, note) in bad {
+      let b = Array(text.utf8)
+      let r = guarded(b) { p, n in p.withMemoryRebound(to: CChar.self, capacity: n) { kp_http_check_hub_fields($0, n) } }
+      XCTAssertEqual(r, Int32(KP_EINVAL.rawValue), note)
+    }
+    XCTAssertEqual(kp_http_check_hub_fields(nil, 0), 0)
+    XCTAssertEqual(kp_http_check_hub_fields(nil, 1), Int32(KP_EINVAL.rawValue))
+  }
+
   func testMalformedHeadPrefixesNeverSucceed() {
     // A growing prefix of a bad head may say "need more" but must never
     // parse, nor fail with a different error.

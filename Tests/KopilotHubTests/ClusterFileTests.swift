@@ -53,6 +53,20 @@ final class ClusterFileTests: XCTestCase {
 
   /// One row per bad input: the note, the YAML, the code, and what the
   /// message must say (file, line, object, rule).
+  func testIdentityField() throws {
+    func one(_ identity: String) throws -> Cluster {
+      let yaml = "apiVersion: kopilot.smartx.com/v1alpha1\nkind: Cluster\nmetadata: {name: a}\ntoken: 0123456789abcdef0123\n\(identity)\n"
+      let clusters = try ClusterFile.parse(yaml)
+      return try XCTUnwrap(clusters.first)
+    }
+    XCTAssertNil(try one("").identity, "absent: the hub's default")
+    XCTAssertEqual(try one("identity: passthrough").identity, .passthrough)
+    XCTAssertEqual(try one("identity: agent").identity, .agent)
+    XCTAssertThrowsError(try one("identity: admin")) { e in
+      XCTAssertTrue("\(e)".contains("identity must be one of impersonate, passthrough, agent"), "\(e)")
+    }
+  }
+
   func testMalformed() {
     let ok = "apiVersion: kopilot.smartx.com/v1alpha1\nkind: Cluster\n"
     let rows: [(note: String, yaml: String, code: HubError.Code, expect: [String])] = [

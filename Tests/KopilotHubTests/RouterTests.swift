@@ -84,9 +84,54 @@ final class RouterTests: XCTestCase {
     var deferred = false
     let a = answer(router(), request("GET", "/proxy/default_sample/api/v1/pods?watch=1"), deferred: &deferred)
     XCTAssertTrue(deferred, "a slow authenticator cannot answer on the loop thread")
-    guard case .proxy(let cluster, let target)? = a else { return XCTFail("expected a proxy answer, got \(String(describing: a))") }
+    guard case .proxy(let cluster, let target, _)? = a else { return XCTFail("expected a proxy answer, got \(String(describing: a))") }
     XCTAssertEqual(cluster, "default_sample")
     XCTAssertEqual(target, "/api/v1/pods?watch=1")
+  }
+
+  func testTheMemberGetsTheMappedIdentityAndTheAuditID() throws {
+    var deferred = false
+    var r = router()
+    r.newAuditID = { "0d9c4b1e-6f0a-4c8e-9a51-3b2f1e0d7c6a" }
+    let a = answer(r, request("GET", "/proxy/default_sample/api/v1/pods"), deferred: &deferred)
+    guard case .proxy(_, _, let fields)? = a else { return XCTFail("expected a proxy answer, got \(String(describing: a))") }
+    // alice is in system:authenticated only: that never passes on.
+    XCTAssertEqual(fields, "Impersonate-User: kopilot:alice\r\nImpersonate-Group: kopilot:callers\r\n"
+                     + "Audit-ID: 0d9c4b1e-6f0a-4c8e-9a51-3b2f1e0d7c6a\r\n")
+
+    // A cluster in agent mode: the audit ID only.
+    r.registry = StaticRegistry([Cluster(namespace: "default", name: "sample", token: String(repeating: "t", count: 20),
+                                         identity: .agent)])
+    guard case .proxy(_, _, let agentFields)? = answer(r, request("GET", "/proxy/default_sample/api"), deferred: &deferred) else {
+      return XCTFail("expected a proxy answer")
+    }
+    XCTAssertEqual(agentFields, "Audit-ID: 0d9c4b1e-6f0a-4c8e-9a51-3b2f1e0d7c6a\r\n")
+  }
+
+  func testEachRequestGetsItsOwnAuditID() {
+    var deferred = false
+    var ids = Set<String>()
+    for _ in 0..<3 {
+      guard case .proxy(_, _, let fields)? = answer(router(), request("GET", "/proxy/default_sample/api"), deferred: &deferred),
+            let line = fields.split(separator: "\r\n").first(where: { $0.hasPrefix("Audit-ID: ") })
+      else { return XCTFail("no Audit-ID") }
+      let id = String(line.dropFirst("Audit-ID: ".count))
+      XCTAssertNotNil(UUID(uuidString: id), id)
+      ids.insert(id)
+    }
+    XCTAssertEqual(ids.count, 3)
+  }
+
+  func testAPassthroughOfASystemUserIsForbidden() {
+    var deferred = false
+    var r = router()
+    r.identity.defaultMode = .passthrough
+    struct SystemUser: Authenticator {
+      func authenticate(bearerToken: String) async throws -> UserInfo { UserInfo(name: "system:kube-controller-manager") }
+    }
+    r.authenticator = SystemUser()
+    let (code, _) = status(answer(r, request("GET", "/proxy/default_sample/api"), deferred: &deferred))
+    XCTAssertEqual(code, 403)
   }
 
   func testDeniedAndUnknownCallersAreRefused() {
@@ -129,7 +174,7 @@ final class RouterTests: XCTestCase {
     let authz = SlowAuthorizer()
     var deferred = false
     let a = answer(router(authz: authz), request("GET", "/proxy/default_other/../default_sample/api?x=1"), deferred: &deferred)
-    guard case .proxy(let cluster, _)? = a else { return XCTFail("expected a proxy answer") }
+    guard case .proxy(let cluster, _, _)? = a else { return XCTFail("expected a proxy answer") }
     XCTAssertEqual(cluster, "default_sample")
     XCTAssertEqual(authz.asked.value, ["get /proxy/default_sample/api"])
   }

@@ -296,6 +296,14 @@ int kp_hub_drop_cluster(kp_hub_t *hub, const char *cluster);
  * cluster. */
 int kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
                          const char *target);
+/* kp_hub_request_proxy, with `fields` (NUL-terminated "Name: value\r\n"
+ * lines; borrowed, copied) added to the head the member gets: the identity
+ * the hub authenticated, as Impersonate-* fields, and the request's
+ * Audit-ID (a caller's own Audit-ID is never passed on). NULL or "": none.
+ * Returns KP_EINVAL, and answers nothing, when kp_http_check_hub_fields
+ * refuses them; otherwise as kp_hub_request_proxy. */
+int kp_hub_request_proxy_as(kp_hub_request_t *req, const char *cluster,
+                            const char *target, const char *fields);
 /* Answers locally. body is copied; content_type NULL = application/json. */
 int kp_hub_request_respond(kp_hub_request_t *req, int status,
                            const char *content_type, const char *body,
@@ -477,6 +485,15 @@ int kp_http_is_identity_header(const char *name, size_t len);
  * head), 0 when there is none. */
 int kp_http_connection_names_protected(const kp_http_head_t *head,
                                        const char **name, size_t *len);
+
+/* Are fields[0..len) whole "Name: value\r\n" lines, each naming a field a
+ * hub may set for a member: Impersonate-User, Impersonate-Group,
+ * Impersonate-Uid, Impersonate-Extra-<name> or Audit-ID (case-insensitive),
+ * one space after the colon, a value of field characters (RFC 9110 5.5: no
+ * CR, LF, NUL or other control byte, no whitespace at either end)? 0 when
+ * they are (an empty list is), KP_EINVAL when not. This is what keeps the
+ * policy layer's identity fields from ever framing or routing a request. */
+int kp_http_check_hub_fields(const char *fields, size_t len);
 
 /* Builds the head a proxy sends on: method, `target`, the version of
  * `head`, then every field of `head` except

@@ -14,6 +14,7 @@ import Yams
 ///   name: sample
 ///   namespace: default     # optional, "default" when absent, as kubectl does
 /// token: 4T0Zc3...         # at least 16 characters
+/// identity: impersonate    # optional: impersonate, passthrough or agent
 /// ```
 public enum ClusterFile {
   private struct Shape: Decodable {
@@ -23,6 +24,7 @@ public enum ClusterFile {
     }
     var metadata: Meta?
     var token: String?
+    var identity: String?
   }
 
   /// Parses and validates the whole file; the first problem throws, naming
@@ -69,7 +71,9 @@ public enum ClusterFile {
       throw fail("token is missing (a top-level field, next to metadata; `kopilot-hub cluster add` makes one)")
     }
     try validateToken(token, fail)
-    return Cluster(namespace: namespace, name: name, token: token)
+    if let p = IdentityMode.problem(shape.identity) { throw fail(p) }
+    return Cluster(namespace: namespace, name: name, token: token,
+                   identity: shape.identity.flatMap(IdentityMode.init(parsing:)))
   }
 
   static func validateToken(_ token: String, _ fail: (String) -> HubError) throws {

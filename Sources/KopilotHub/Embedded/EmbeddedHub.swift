@@ -71,6 +71,7 @@ public struct EmbeddedHub: Service {
     box.router = HubRouter(registry: registry, authenticator: authenticator, authorizer: authorizer,
                            publicAddr: publicAddr, agentImage: c.agentImage, caPEM: caPEM,
                            logger: log, metrics: metrics)
+    box.router?.identity = c.core.identity
     hub.observe(metrics, accessLog: c.core.accessLog, log) { sessions.note(cluster: $0, up: $1) }
     hub.closeSessions(on: registry, log)
     let certificates = hub.reloadingCertificates(cfg, every: c.core.tlsReloadInterval, log)

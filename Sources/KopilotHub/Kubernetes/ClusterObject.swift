@@ -58,15 +58,19 @@ public struct ClusterObject: KubeObject, Hashable, CustomStringConvertible {
   /// The agent token, top-level next to metadata (the hub's mutating webhook
   /// fills it when a user leaves it out).
   public var token: String?
+  /// How the member sees callers: impersonate, passthrough or agent
+  /// (top-level; absent: the hub's default).
+  public var identity: String?
   public var status: ClusterStatus?
 
   public init(namespace: String, name: String, token: String?, resourceVersion: String? = nil,
-              status: ClusterStatus? = nil) {
+              status: ClusterStatus? = nil, identity: String? = nil) {
     apiVersion = Cluster.apiVersion
     kind = Cluster.kind
     metadata = ObjectMeta(name: name, namespace: namespace)
     metadata.resourceVersion = resourceVersion
     self.token = token
+    self.identity = identity
     self.status = status
   }
 
@@ -85,7 +89,9 @@ public struct ClusterObject: KubeObject, Hashable, CustomStringConvertible {
       return .failure(ClusterObjectProblem(message: p))
     }
     if let p = ClusterRules.tokenProblem(token) { return .failure(ClusterObjectProblem(message: p)) }
-    return .success(Cluster(namespace: namespace, name: metadata.name, token: token!))
+    if let p = IdentityMode.problem(identity) { return .failure(ClusterObjectProblem(message: p)) }
+    return .success(Cluster(namespace: namespace, name: metadata.name, token: token!,
+                            identity: identity.flatMap(IdentityMode.init(parsing:))))
   }
 }
 

@@ -142,6 +142,7 @@ public struct KubernetesHub: Service {
     var router = HubRouter(registry: registry, authenticator: authn, authorizer: authz, publicAddr: c.publicAddr ?? "",
                            agentImage: c.agentImage, caPEM: caPEM, logger: log, metrics: metrics)
     router.replicaName = replica
+    router.identity = c.core.identity
     router.placement = ReplicaPlacement(selfName: replica, local: local, peers: peers) { id in
       (registry.object(id: id)?.status?.hubs ?? []).filter { $0.sessions > 0 }.map(\.name)
     }

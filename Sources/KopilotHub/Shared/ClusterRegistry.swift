@@ -10,11 +10,15 @@ public struct Cluster: Hashable, Sendable, CustomStringConvertible {
   public var name: String
   /// What agents of this cluster present on `/connect?token=`.
   public var token: String
+  /// How its member sees callers (the top-level `identity` field); nil:
+  /// the hub's default (`--identity`).
+  public var identity: IdentityMode?
 
-  public init(namespace: String, name: String, token: String) {
+  public init(namespace: String, name: String, token: String, identity: IdentityMode? = nil) {
     self.namespace = namespace
     self.name = name
     self.token = token
+    self.identity = identity
   }
 
   /// `namespace_name`, the id in `/proxy/{id}/...` and the C core's session

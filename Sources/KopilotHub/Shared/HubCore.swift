@@ -20,6 +20,8 @@ public struct HubCoreSettings: Sendable, Equatable {
   public var accessLog = false
   /// Seconds between checks of the certificate files.
   public var tlsReloadInterval: TimeInterval = 30
+  /// How members see callers (the default mode, prefix and callers' group).
+  public var identity = IdentityMapping()
 
   public init() {}
 

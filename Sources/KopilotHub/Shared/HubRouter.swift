@@ -30,6 +30,10 @@ public struct HubRouter: Sendable {
   public var publicAddrSource: (@Sendable () -> String?)?
   /// Whether /readyz says ready (Kubernetes: the Clusters are listed).
   public var ready: @Sendable () -> Bool = { true }
+  /// How members see callers (per cluster, with this default).
+  public var identity = IdentityMapping()
+  /// A new audit ID per proxied request (a UUID, as kube-apiserver makes).
+  public var newAuditID: @Sendable () -> String = { UUID().uuidString.lowercased() }
 
   public init(registry: any ClusterRegistry, authenticator: any Authenticator, authorizer: any Authorizer,
               publicAddr: String, agentImage: String, caPEM: String,
@@ -56,7 +60,7 @@ public struct HubRouter: Sendable {
       // Both end in onProxied, under the cluster they carry: the one the
       // normalized path names, never what a caller wrote in the path
       // (`/proxy/<anything>/../default_a/` is default_a's).
-      case .proxy(let cluster, _), .forward(let cluster, _, _, _): metrics?.proxyStarted(cluster: cluster)
+      case .proxy(let cluster, _, _), .forward(let cluster, _, _, _): metrics?.proxyStarted(cluster: cluster)
       case .acceptAgent: break
       }
       return answer
@@ -169,6 +173,7 @@ public struct HubRouter: Sendable {
     // managed to put on it. It is never forwarded again: without a session
     // here the core answers 503.
     let (registry, logger, placement, hop) = (self.registry, self.logger, self.placement, self.replicaName)
+    let (identity, newAuditID) = (self.identity, self.newAuditID)
     return authorized(r, later: later, request: { AuthorizationRequest(user: $0, r, target: target) }) { user, decision in
       guard decision.allowed else {
         logger.info("forbidden", metadata: ["user": "\(user.name)", "method": "\(r.method)",
@@ -176,12 +181,22 @@ public struct HubRouter: Sendable {
         return .status(403, "Forbidden", decision.forbiddenMessage)
       }
       guard ready() else { return Self.notReady }
-      guard registry.cluster(id: target.cluster) != nil else {
+      guard let cluster = registry.cluster(id: target.cluster) else {
         return .status(404, "NotFound", "cluster \(target.cluster.replacingOccurrences(of: "_", with: "/")) is not registered")
       }
-      if r.viaPeer { return .proxy(cluster: target.cluster, target: target.forwardTarget) }
+      // The member sees the caller as the cluster's identity mode maps it
+      // (Impersonate-*), and the request under the hub's audit ID; the
+      // core drops whatever the caller sent of either.
+      let fields: String
+      do throws(IdentityRefusal) {
+        fields = (try identity.member(for: user, mode: cluster.identity)?.fields ?? "") + "Audit-ID: \(newAuditID())\r\n"
+      } catch {
+        logger.info("forbidden", metadata: ["user": "\(user.name)", "cluster": "\(target.cluster)", "reason": "\(error.message)"])
+        return .status(403, "Forbidden", error.message)
+      }
+      if r.viaPeer { return .proxy(cluster: target.cluster, target: target.forwardTarget, fields: fields) }
       switch placement.place(clusterID: target.cluster) {
-      case .local: return .proxy(cluster: target.cluster, target: target.forwardTarget)
+      case .local: return .proxy(cluster: target.cluster, target: target.forwardTarget, fields: fields)
       case .peer(let p): return .forward(cluster: target.cluster, host: p.host, port: p.port, hop: hop)
       case .nowhere(let why): return .status(503, "ServiceUnavailable", why)
       }
