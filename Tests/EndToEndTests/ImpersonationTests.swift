@@ -3,7 +3,8 @@ import XCTest
 
 /// The member sees the real caller: the real kubectl through hub -> agent ->
 /// the fake member API server with a policy (Tests/FakeAPIServer/authz.go),
-/// which lets the agent's ServiceAccount do nothing but impersonate, and
+/// which lets the agent's ServiceAccount do nothing but impersonate (the
+/// rules of the served manifest's kopilot-agent-impersonate role), and
 /// grants the mapped caller `kopilot:e2e-caller` pods in `default` only.
 /// The oracle is the member's own view: `kubectl auth whoami`, its 403s,
 /// `kubectl auth can-i`, and its audit log (user, impersonatedUser,
@@ -17,8 +18,8 @@ class ImpersonationTestCase: KubectlTestCase {
     // Written here: the fake reads it when it starts, right after.
     try? Data("""
       {"rules": [
-        {"users": ["\(Self.agentUser)"], "verbs": ["impersonate"],
-         "apiGroups": ["", "authentication.k8s.io"], "resources": ["users", "groups", "uids", "userextras/*"]},
+        {"users": ["\(Self.agentUser)"], "verbs": ["impersonate"], "apiGroups": [""], "resources": ["users", "groups"]},
+        {"users": ["\(Self.agentUser)"], "verbs": ["impersonate"], "apiGroups": ["authentication.k8s.io"], "resources": ["*"]},
         {"groups": ["system:authenticated"], "verbs": ["get"],
          "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/version", "/openapi/*"]},
         {"users": ["kopilot:e2e-caller"], "verbs": ["get", "list", "watch"], "apiGroups": [""],

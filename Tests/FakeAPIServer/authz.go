@@ -126,7 +126,9 @@ func (r *rule) allows(a *attributes) bool {
 	if a.subresource != "" {
 		res += "/" + a.subresource
 	}
-	okRes := listHas(r.Resources, res) || (a.subresource != "" && listHas(r.Resources, a.resource+"/*"))
+	// RBAC's ResourceMatches: "*", the exact "resource/subresource", or
+	// "*/subresource" (there is no "resource/*").
+	okRes := listHas(r.Resources, res) || (a.subresource != "" && listHas(r.Resources, "*/"+a.subresource))
 	okNS := len(r.Namespaces) == 0 || listHas(r.Namespaces, a.namespace)
 	okName := len(r.ResourceNames) == 0 || listHas(r.ResourceNames, a.name)
 	return okRes && okNS && okName && listHas(r.APIGroups, a.apiGroup)

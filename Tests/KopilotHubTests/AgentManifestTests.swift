@@ -7,9 +7,11 @@ import Yams
 final class AgentManifestTests: XCTestCase {
   let caPEM = try! HubPKI.makeCA().certificatePEM
 
-  func render(_ provider: String, token: String = "tok-0123456789abcdef") throws -> [[String: Any]] {
+  func render(_ provider: String, token: String = "tok-0123456789abcdef",
+              identity: IdentityMode = .impersonate) throws -> [[String: Any]] {
     let yaml = try AgentManifest.render(publicAddr: "hub.example.com:8443", token: token, caPEM: caPEM,
-                                        image: "ghcr.io/example/kopilot-agent:v1", provider: provider)
+                                        image: "ghcr.io/example/kopilot-agent:v1", provider: provider,
+                                        identity: identity)
     let docs = try Yams.load_all(yaml: yaml).map { $0 as! [String: Any] }
     // Every object is a whole Kubernetes object.
     for d in docs {
@@ -32,10 +34,10 @@ final class AgentManifestTests: XCTestCase {
   func testCommonObjects() throws {
     let docs = try render("")
     XCTAssertEqual(docs.map { $0["kind"] as! String },
-                   ["Namespace", "ServiceAccount", "ClusterRoleBinding", "ConfigMap", "Secret", "DaemonSet"])
+                   ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Secret", "DaemonSet"])
     XCTAssertEqual((object(docs, "Namespace")["metadata"] as! [String: Any])["name"] as? String, "kopilot-system")
     let crb = object(docs, "ClusterRoleBinding")
-    XCTAssertEqual((crb["roleRef"] as! [String: Any])["name"] as? String, "cluster-admin")
+    XCTAssertEqual((crb["roleRef"] as! [String: Any])["name"] as? String, "kopilot-agent-impersonate")
     let subj = (crb["subjects"] as! [[String: Any]])[0]
     XCTAssertEqual(subj["kind"] as? String, "ServiceAccount")
     XCTAssertEqual(subj["name"] as? String, "kopilot-agent")
@@ -77,6 +79,31 @@ final class AgentManifestTests: XCTestCase {
     XCTAssertFalse(args.contains { $0.hasPrefix("--apiserver") })
     // The token is not in the DaemonSet itself.
     XCTAssertFalse("\(object(docs, "DaemonSet"))".contains("tok-0123456789abcdef"))
+  }
+
+  /// impersonate and passthrough: the agent may impersonate and do nothing
+  /// else; no binding to any other role.
+  func testImpersonatingAgentsGetOnlyTheImpersonateVerb() throws {
+    for mode in [IdentityMode.impersonate, .passthrough] {
+      let docs = try render("", identity: mode)
+      let roles = docs.filter { $0["kind"] as? String == "ClusterRole" || $0["kind"] as? String == "Role" }
+      XCTAssertEqual(roles.count, 1)
+      let rules = roles[0]["rules"] as! [[String: Any]]
+      XCTAssertEqual(Set(rules.flatMap { $0["verbs"] as! [String] }), ["impersonate"], "\(mode)")
+      XCTAssertTrue(rules.allSatisfy { $0["nonResourceURLs"] == nil && $0["resourceNames"] == nil })
+      XCTAssertEqual(rules.map { $0["apiGroups"] as! [String] }, [[""], ["authentication.k8s.io"]])
+      XCTAssertEqual(rules.map { $0["resources"] as! [String] }, [["users", "groups"], ["*"]])
+      let bindings = docs.filter { ($0["kind"] as? String ?? "").hasSuffix("Binding") }
+      XCTAssertEqual(bindings.map { ($0["roleRef"] as! [String: Any])["name"] as? String }, ["kopilot-agent-impersonate"])
+    }
+  }
+
+  /// agent: every caller acts as the agent, which keeps cluster-admin.
+  func testAgentModeKeepsClusterAdmin() throws {
+    let docs = try render("", identity: .agent)
+    XCTAssertEqual(docs.map { $0["kind"] as! String },
+                   ["Namespace", "ServiceAccount", "ClusterRoleBinding", "ConfigMap", "Secret", "DaemonSet"])
+    XCTAssertEqual((object(docs, "ClusterRoleBinding")["roleRef"] as! [String: Any])["name"] as? String, "cluster-admin")
   }
 
   func testLocalProviders() throws {

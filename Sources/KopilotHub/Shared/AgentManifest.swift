@@ -5,11 +5,19 @@ import Yams
 /// `GET /kopilot-agent.yaml?token=T&provider=P`.
 ///
 /// Objects, in apply order: Namespace `kopilot-system`; ServiceAccount
-/// `kopilot-agent`; ClusterRoleBinding of it to `cluster-admin` (the agent
-/// forwards each caller's request with its own token, as the original
-/// kopilot agent does; the hub's RBAC is what limits callers); ConfigMap
-/// `kopilot-hub-ca` with the hub's CA; Secret `kopilot-agent` with the connect
-/// URL and the cluster's token; DaemonSet `kopilot-agent`.
+/// `kopilot-agent`; its rights (below); ConfigMap `kopilot-hub-ca` with the
+/// hub's CA; Secret `kopilot-agent` with the connect URL and the cluster's
+/// token; DaemonSet `kopilot-agent`.
+///
+/// Its rights follow the cluster's identity mode. `impersonate` and
+/// `passthrough`: ClusterRole `kopilot-agent-impersonate`, the verb
+/// `impersonate` and nothing else (users and groups in the core group;
+/// every resource of authentication.k8s.io, which is uids and
+/// userextras/<key>: RBAC has no pattern for "userextras/ any key"), bound to
+/// the ServiceAccount; each caller's request then runs with the member RBAC
+/// of the caller the hub names. `agent`: a binding to `cluster-admin`, as the
+/// original kopilot agent has, since every caller acts as the agent and only
+/// the hub's RBAC limits them.
 ///
 /// The token travels in the Secret and reaches the agent as `HUB_TOKEN`
 /// (the URL as `CONNECT_URL`), rather than as a command-line argument: a
@@ -52,8 +60,10 @@ public enum AgentManifest {
   ///   - provider: `""`, `"minikube"` or `"kind"` (case and surrounding space
   ///     ignored, as the original hub did).
   /// - Returns: a multi-document YAML stream.
+  ///   - identity: the cluster's identity mode, which decides the agent's
+  ///     rights.
   public static func render(publicAddr: String, token: String, caPEM: String, image: String,
-                            provider: String = "") throws -> String {
+                            provider: String = "", identity: IdentityMode = .impersonate) throws -> String {
     let p = provider.trimmingCharacters(in: .whitespaces).lowercased()
     guard knownProviders.contains(p) else {
       throw HubError(.unknownProvider,
@@ -78,12 +88,7 @@ public enum AgentManifest {
                           body: NoBody())
     let sa = ManifestDocument(apiVersion: "v1", kind: "ServiceAccount",
                           metadata: ManifestMeta(name: name, namespace: namespace, labels: labels), body: NoBody())
-    let crb = ManifestDocument(
-      apiVersion: "rbac.authorization.k8s.io/v1", kind: "ClusterRoleBinding",
-      metadata: ManifestMeta(name: "\(name)-cluster-admin", labels: labels),
-      body: ClusterRoleBindingBody(
-        roleRef: RoleRefModel(name: "cluster-admin"),
-        subjects: [SubjectModel(kind: "ServiceAccount", name: name, namespace: namespace)]))
+    let rights = try identity == .agent ? agentRights(labels: labels) : impersonateRights(labels: labels)
     let cm = ManifestDocument(apiVersion: "v1", kind: "ConfigMap",
                           metadata: ManifestMeta(name: caConfigMap, namespace: namespace, labels: labels),
                           body: DataBody(data: ["ca.crt": caPEM]))
@@ -93,10 +98,37 @@ public enum AgentManifest {
     let ds = ManifestDocument(apiVersion: "apps/v1", kind: "DaemonSet",
                           metadata: ManifestMeta(name: name, namespace: namespace, labels: labels),
                           body: daemonSet(provider: p, image: image, labels: labels))
-    return try YAMLStream.serialize([
-      YAMLStream.node(ns), YAMLStream.node(sa), YAMLStream.node(crb),
+    return try YAMLStream.serialize([YAMLStream.node(ns), YAMLStream.node(sa)] + rights + [
       YAMLStream.node(cm), YAMLStream.node(secret), YAMLStream.node(ds),
     ])
+  }
+
+  /// The name of the role and binding of the impersonate modes.
+  public static let impersonateRole = "\(name)-impersonate"
+
+  private static func binding(_ name: String, role: String, labels: StringMap) -> ManifestDocument<ClusterRoleBindingBody> {
+    ManifestDocument(
+      apiVersion: "rbac.authorization.k8s.io/v1", kind: "ClusterRoleBinding",
+      metadata: ManifestMeta(name: name, labels: labels),
+      body: ClusterRoleBindingBody(
+        roleRef: RoleRefModel(name: role),
+        subjects: [SubjectModel(kind: "ServiceAccount", name: Self.name, namespace: namespace)]))
+  }
+
+  private static func impersonateRights(labels: StringMap) throws -> [Node] {
+    let role = ManifestDocument(
+      apiVersion: "rbac.authorization.k8s.io/v1", kind: "ClusterRole",
+      metadata: ManifestMeta(name: impersonateRole, labels: labels),
+      body: ClusterRoleBody(rules: [
+        PolicyRuleModel(apiGroups: [""], resources: ["users", "groups"], verbs: ["impersonate"]),
+        PolicyRuleModel(apiGroups: ["authentication.k8s.io"], resources: ["*"], verbs: ["impersonate"]),
+      ]))
+    let b = binding(impersonateRole, role: impersonateRole, labels: labels)
+    return [try YAMLStream.node(role), try YAMLStream.node(b)]
+  }
+
+  private static func agentRights(labels: StringMap) throws -> [Node] {
+    [try YAMLStream.node(binding("\(name)-cluster-admin", role: "cluster-admin", labels: labels))]
   }
 
   private static func daemonSet(provider: String, image: String, labels: StringMap) -> DaemonSetBody {

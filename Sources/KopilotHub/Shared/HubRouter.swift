@@ -139,7 +139,7 @@ public struct HubRouter: Sendable {
   func manifest(_ r: HubRequest) -> HubAnswer {
     guard r.method == "GET" else { return methodNotAllowed(r) }
     guard let token = queryValue(r.target, "token"), !token.isEmpty,
-          registry.cluster(forAgentToken: token) != nil
+          let cluster = registry.cluster(forAgentToken: token)
     else {
       return .status(401, "Unauthorized", "a valid agent token is required")
     }
@@ -149,8 +149,10 @@ public struct HubRouter: Sendable {
                      "the hub's public address is not set: create ConfigMap kopilot-hub in the hub's namespace with key public_addr (host:port agents dial)")
     }
     do {
+      // The agent's rights follow how its member will see callers.
       let yaml = try AgentManifest.render(publicAddr: addr, token: token, caPEM: caPEM, image: agentImage,
-                                          provider: queryValue(r.target, "provider") ?? "")
+                                          provider: queryValue(r.target, "provider") ?? "",
+                                          identity: cluster.identity ?? identity.defaultMode)
       return .respond(status: 200, contentType: "application/yaml", body: yaml)
     } catch let e as HubError where e.code == .unknownProvider {
       return .status(400, "BadRequest", e.message)

@@ -56,9 +56,24 @@ struct NoBody: Encodable {
   func encode(to encoder: Encoder) throws {}
 }
 
+/// A PolicyRule: nonResourceURLs, or apiGroups and resources (nil fields
+/// are left out).
 struct PolicyRuleModel: Encodable {
-  var nonResourceURLs: [String]
+  var apiGroups: [String]?
+  var resources: [String]?
+  var nonResourceURLs: [String]?
   var verbs: [String]
+
+  init(nonResourceURLs: [String], verbs: [String]) {
+    self.nonResourceURLs = nonResourceURLs
+    self.verbs = verbs
+  }
+
+  init(apiGroups: [String], resources: [String], verbs: [String]) {
+    self.apiGroups = apiGroups
+    self.resources = resources
+    self.verbs = verbs
+  }
 }
 
 struct ClusterRoleBody: Encodable { var rules: [PolicyRuleModel] }
