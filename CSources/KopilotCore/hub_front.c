@@ -72,7 +72,8 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   f->forwarding = 0;
   if ((q = calloc(1, sizeof(*q))) == NULL) {
     if (f->moved_kind == MOVE_PROXY) /* the owner counted it, there */
-      kp__hub_report_unrun(f->hub, f->moved_cluster, f->moved_started_ns);
+      kp__hub_report_unrun(f->hub, f->moved_cluster, f->moved_id,
+                           f->moved_started_ns);
     kp__relay_abort(r, KP_ENOMEM);
     return;
   }
@@ -80,6 +81,10 @@ static void front_on_request(kp__relay_t *r, const kp_http_head_t *head,
   q->f = f;
   q->via_peer = f->via_peer != 0;
   q->started_ns = f->moved_kind ? f->moved_started_ns : uv_hrtime();
+  q->id = f->moved_kind
+              ? f->moved_id
+              : atomic_fetch_add_explicit(&f->hub->group->requests, 1,
+                                          memory_order_relaxed) + 1;
   f->req = q;
   /* The head is in: no deadline while the request and its response run
    * (a watch or an exec may last hours). */
@@ -125,7 +130,7 @@ static void front_exchange(kp__relay_t *r, int status, uint64_t up,
   kp_hub_t *hub = f->hub;
   hub_req_t *q = f->req;
   if (q != NULL && hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, q->cluster, q->session, status, up, down,
+    hub->cbs.on_proxied(hub, q->id, q->cluster, q->session, status, up, down,
                         (uv_hrtime() - q->started_ns) / 1000, hub->ud);
 }
 
@@ -181,7 +186,8 @@ static void front_closed(kp__conn_t *c, int status) {
   f->conn = NULL;
   kp__hub_handshake_over(f);
   if (f->moved_kind == MOVE_PROXY) /* moved or about to, never run */
-    kp__hub_report_unrun(hub, f->moved_cluster, f->moved_started_ns);
+    kp__hub_report_unrun(hub, f->moved_cluster, f->moved_id,
+                         f->moved_started_ns);
   f->moved_kind = 0;
   f->move_to = NULL;
   if (f->relay) kp__relay_front_closed(f->relay, status);
@@ -270,16 +276,17 @@ static void answer_free(answer_t *a) {
  * counted it in flight under `key`). This one reports those that carried
  * no exchange: answered here (a 503, a 508) or never run (the caller left,
  * memory ran out: status 0, no response). */
-void kp__hub_report_unrun(kp_hub_t *hub, const char *key, uint64_t started_ns) {
+void kp__hub_report_unrun(kp_hub_t *hub, const char *key, uint64_t id,
+                          uint64_t started_ns) {
   if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, key, 0, 0, 0, 0, (uv_hrtime() - started_ns) / 1000,
-                        hub->ud);
+    hub->cbs.on_proxied(hub, id, key, 0, 0, 0, 0,
+                        (uv_hrtime() - started_ns) / 1000, hub->ud);
 }
 
 void kp__hub_proxied_local(hub_req_t *q, const char *key, int status) {
   kp_hub_t *hub = q->hub;
   if (hub->cbs.on_proxied)
-    hub->cbs.on_proxied(hub, key, 0, status, 0, 0,
+    hub->cbs.on_proxied(hub, q->id, key, 0, status, 0, 0,
                         (uv_hrtime() - q->started_ns) / 1000, hub->ud);
 }
 
@@ -618,4 +625,8 @@ int kp_hub_request_forward(kp_hub_request_t *req, const char *cluster,
 
 int kp_hub_request_via_peer(const kp_hub_request_t *req) {
   return ((const hub_req_t *)req)->via_peer;
+}
+
+uint64_t kp_hub_request_id(const kp_hub_request_t *req) {
+  return ((const hub_req_t *)req)->id;
 }

@@ -61,6 +61,7 @@ typedef struct hub_group {
   hub_place_t *_Atomic places[HUB_PLACE_BUCKETS];
   atomic_uint spread; /* rotates the first loop a search looks at */
   atomic_ullong moved; /* callers and agents moved to another loop */
+  atomic_ullong requests; /* request IDs handed out (kp_hub_request_id) */
   /* Every shard is up (shards[] is complete): moves may start. Cleared
    * when the hub stops. */
   atomic_int open;
@@ -128,6 +129,7 @@ typedef struct hub_req {
   unsigned owed : 1;
   unsigned via_peer : 1; /* came in on the peer listener */
   uint64_t started_ns;   /* when its head was complete */
+  uint64_t id;           /* kp_hub_request_id: kept across a move */
   uint64_t session;      /* that carries it, when proxied */
   /* An answer from another thread that could not be copied for the loop
    * (out of memory) fails the request there through this node, which needs
@@ -178,6 +180,7 @@ typedef struct hub_front {
   char *moved_cluster, *moved_target;
   char *moved_fields; /* the hub's fields for the member, or NULL */
   uint64_t moved_started_ns; /* when its head was complete, there */
+  uint64_t moved_id;         /* its request ID, there */
   /* Waiting for its queued writes to drain before moving to move_to. */
   kp_hub_t *move_to;
 } hub_front_t;
@@ -214,7 +217,8 @@ extern const kp__conn_cbs_t kp__hub_front_cbs;
 void kp__hub_status_json(hub_front_t *f, int status, const char *reason,
                          const char *msg);
 void kp__hub_proxied_local(hub_req_t *q, const char *key, int status);
-void kp__hub_report_unrun(kp_hub_t *hub, const char *key, uint64_t started_ns);
+void kp__hub_report_unrun(kp_hub_t *hub, const char *key, uint64_t id,
+                          uint64_t started_ns);
 void kp__hub_do_proxy(hub_front_t *f, const char *cluster, const char *target,
                       const char *fields);
 /* Refuses a request whose rebuilt head the next hop could not read (431,

@@ -25,7 +25,7 @@ typedef struct hub_move {
   size_t head_len, len;
   int kind, via_peer;
   char *cluster, *target, *fields;
-  uint64_t started_ns;
+  uint64_t started_ns, id;
 } hub_move_t;
 
 static void moved_closed(kp__conn_t *c, int status) {
@@ -49,7 +49,8 @@ static void move_free(hub_move_t *m) {
 /* A moved request that will not run is reported as never run (status 0;
  * the owner counted it in flight). */
 static void move_lost(kp_hub_t *hub, hub_move_t *m) {
-  if (m->kind == MOVE_PROXY) kp__hub_report_unrun(hub, m->cluster, m->started_ns);
+  if (m->kind == MOVE_PROXY)
+    kp__hub_report_unrun(hub, m->cluster, m->id, m->started_ns);
 }
 
 /* On the destination loop. */
@@ -73,6 +74,7 @@ static void move_arrive(void *arg) {
   f->hub = hub;
   f->via_peer = m->via_peer;
   f->moved_started_ns = m->started_ns;
+  f->moved_id = m->id;
   f->moved_kind = m->kind;
   f->moved_cluster = m->cluster;
   f->moved_target = m->target;
@@ -120,6 +122,7 @@ int kp__hub_move_front(hub_front_t *f, kp_hub_t *to, int kind,
     }
     f->moved_kind = kind;
     f->moved_started_ns = f->req->started_ns;
+    f->moved_id = f->req->id;
     f->move_to = to;
     return 0;
   }
@@ -134,6 +137,7 @@ int kp__hub_move_front(hub_front_t *f, kp_hub_t *to, int kind,
   m->kind = kind;
   m->via_peer = f->via_peer;
   m->started_ns = f->req->started_ns;
+  m->id = f->req->id;
   m->fd = -1;
   /* From here the request is the move's: f goes with the relay. */
   f->detached = 1;

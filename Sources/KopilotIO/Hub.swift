@@ -15,6 +15,10 @@ public struct HubRequest: Sendable {
   /// forwarded it (with the caller's Authorization, which is checked here
   /// again, and a `Kopilot-Forwarded-By` header naming it).
   public var viaPeer = false
+  /// The core's ID for this request (never 0 from a hub; 0 in tests that
+  /// make requests by hand): `Hub.ProxiedRequest.request` names it again
+  /// when a proxied or forwarded request ends.
+  public var id: UInt64 = 0
 
   public init(method: String, target: String, headers: [(name: String, value: String)], peer: String) {
     self.method = method
@@ -124,6 +128,8 @@ public final class Hub: @unchecked Sendable {
 
   /// What the hub saw of one proxied request.
   public struct ProxiedRequest: Sendable {
+    /// The request's `HubRequest.id`.
+    public var request: UInt64 = 0
     public var cluster: String
     /// The agent session that carried it (0: no session was live).
     public var session: UInt64
@@ -132,6 +138,17 @@ public final class Hub: @unchecked Sendable {
     public var bytesUp: UInt64
     public var bytesDown: UInt64
     public var durationMicros: UInt64
+
+    public init(request: UInt64 = 0, cluster: String, session: UInt64, status: Int, bytesUp: UInt64,
+                bytesDown: UInt64, durationMicros: UInt64) {
+      self.request = request
+      self.cluster = cluster
+      self.session = session
+      self.status = status
+      self.bytesUp = bytesUp
+      self.bytesDown = bytesDown
+      self.durationMicros = durationMicros
+    }
   }
 
   /// A live agent session.
@@ -179,10 +196,10 @@ public final class Hub: @unchecked Sendable {
       let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
       me.onSession?(String(cString: cluster!), up != 0, status)
     }
-    cbs.on_proxied = { _, cluster, session, status, up, down, micros, ud in
+    cbs.on_proxied = { _, request, cluster, session, status, up, down, micros, ud in
       let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
-      me.onProxied?(ProxiedRequest(cluster: String(cString: cluster!), session: session, status: Int(status), bytesUp: up,
-                                   bytesDown: down, durationMicros: micros))
+      me.onProxied?(ProxiedRequest(request: request, cluster: String(cString: cluster!), session: session,
+                                   status: Int(status), bytesUp: up, bytesDown: down, durationMicros: micros))
     }
     var err = [CChar](repeating: 0, count: 512)
     var h: OpaquePointer?
@@ -289,6 +306,7 @@ public final class Hub: @unchecked Sendable {
     var request = HubRequest(method: str(head.method, head.method_len), target: str(head.target, head.target_len),
                              headers: headers, peer: peer)
     request.viaPeer = kp_hub_request_via_peer(req) != 0
+    request.id = kp_hub_request_id(req)
     let responder = HubResponder(hub: self, request: req)
     guard let answer = router(request, responder) else { return }
     responder.claim()

@@ -94,6 +94,18 @@ struct ServeOptions: ParsableArguments {
   @Option(name: .customLong("passthrough-system-group"), help: "A system: group that passthrough carries anyway (repeat the flag for more; none by default).")
   var passthroughSystemGroups: [String] = []
 
+  @Option(name: .customLong("audit-log-path"), help: "Write an audit.k8s.io/v1 Event (level Metadata) per /proxy/ request to this file, or - for standard output: caller, the identity the member saw, verb, object, status, bytes, and the audit ID the member logs too. Off by default. Env: AUDIT_LOG_PATH.")
+  var auditLogPath: String?
+
+  @Option(name: .customLong("audit-log-maxsize"), help: "MB the audit log may reach before it is rotated (0: never), as kube-apiserver's flag.")
+  var auditLogMaxSize = 0
+
+  @Option(name: .customLong("audit-log-maxbackup"), help: "Rotated audit logs kept (0: all).")
+  var auditLogMaxBackup = 0
+
+  @Option(name: .customLong("audit-log-maxage"), help: "Days a rotated audit log is kept (0: no limit).")
+  var auditLogMaxAge = 0
+
   @OptionGroup(title: "Kubernetes mode") var kube: KubeOptions
 
   func validate() throws {
@@ -111,6 +123,12 @@ struct ServeOptions: ParsableArguments {
       throw ValidationError("--mode must be embedded or kubernetes, not \"\(m)\"")
     }
     _ = try identityMapping
+    for (flag, v) in [("maxsize", auditLogMaxSize), ("maxbackup", auditLogMaxBackup), ("maxage", auditLogMaxAge)] where v < 0 {
+      throw ValidationError("--audit-log-\(flag) is 0 or more")
+    }
+    if let p = auditLogPath ?? state.env("AUDIT_LOG_PATH"), p.isEmpty {
+      throw ValidationError("--audit-log-path is a file or -")
+    }
     if !(0.1...86400).contains(tlsReloadInterval) { throw ValidationError("--tls-reload-interval is 0.1 to 86400 seconds") }
     try kube.validate()
   }
@@ -139,6 +157,10 @@ struct ServeOptions: ParsableArguments {
       c.accessLog = accessLog
       c.tlsReloadInterval = tlsReloadInterval
       c.identity = try identityMapping
+      c.auditLogPath = auditLogPath ?? state.env("AUDIT_LOG_PATH")
+      c.auditRotation.maxSizeMB = auditLogMaxSize
+      c.auditRotation.maxBackups = auditLogMaxBackup
+      c.auditRotation.maxAgeDays = auditLogMaxAge
       return c
     }
   }

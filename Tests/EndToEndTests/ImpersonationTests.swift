@@ -29,6 +29,7 @@ class ImpersonationTestCase: KubectlTestCase {
       """.utf8).write(to: policy)
     return ["--policy", policy.path, "--audit-log", memberAudit.path]
   }
+  override var memberAuditLog: URL { memberAudit }
 
   /// On the host the caller is also in system:masters, which must never
   /// reach a member.
@@ -136,7 +137,7 @@ final class Impersonation133Tests: ImpersonationTestCase {
 /// dropped.
 final class PassthroughIdentityTests: ImpersonationTestCase {
   override var kubectlName: String { "kubectl.1.33" }
-  override var hubArgs: [String] { ["--identity", "passthrough"] }
+  override var hubArgs: [String] { super.hubArgs + ["--identity", "passthrough"] }
   func testWhoAmI() throws {
     let (user, groups) = try whoami()
     XCTAssertEqual(user, "e2e-caller")
@@ -147,7 +148,7 @@ final class PassthroughIdentityTests: ImpersonationTestCase {
 /// `--identity agent`: the original's behaviour, every caller is the agent.
 final class AgentIdentityTests: ImpersonationTestCase {
   override var kubectlName: String { "kubectl.1.33" }
-  override var hubArgs: [String] { ["--identity", "agent"] }
+  override var hubArgs: [String] { super.hubArgs + ["--identity", "agent"] }
   func testWhoAmI() throws {
     let (user, groups) = try whoami()
     XCTAssertEqual(user, Self.agentUser)

@@ -14,9 +14,13 @@ class KubectlTestCase: E2ETestCase {
   /// The agent finds the API server through a kubeconfig (as outside a
   /// cluster) instead of --apiserver/--token-file/--ca-file.
   var agentUsesKubeconfig: Bool { false }
-  /// More flags for the fake member API server and for the hub.
-  var fakeArgs: [String] { [] }
-  var hubArgs: [String] { [] }
+  /// More flags for the fake member API server and for the hub. Both keep
+  /// an audit log (the fake's as kube-apiserver's, with the audit IDs it
+  /// adopted).
+  var fakeArgs: [String] { ["--audit-log", memberAuditLog.path] }
+  var hubArgs: [String] { ["--audit-log-path", hubAuditLog.path] }
+  var memberAuditLog: URL { world.dir.appendingPathComponent("member-audit.jsonl") }
+  var hubAuditLog: URL { world.dir.appendingPathComponent("hub-audit.jsonl") }
   /// The caller's groups on the host (tokens.csv); kopilot:admins may use
   /// every /proxy/ path.
   var callerGroups: [String] { ["kopilot:admins"] }
@@ -182,6 +186,80 @@ class KubectlTestCase: E2ETestCase {
     XCTAssertTrue(gone.stderr.contains("NotFound") || gone.stderr.contains("not found"), gone.stderr)
   }
 
+  /// The hub's audit log after a session of kubectl: every event an
+  /// audit.k8s.io/v1 Event, with the verb and object kube-apiserver would
+  /// log for get, list, watch, create, delete, exec, logs and port-forward;
+  /// a refusal audited too; and one audit ID per request, the one the
+  /// member logged.
+  func checkAuditTrail() throws {
+    XCTAssertEqual(try run(["get", "pods", "-n", "default"]).status, 0)
+    XCTAssertEqual(try run(["get", "pod", "web-0", "-n", "default", "-o", "name"]).status, 0)
+    XCTAssertEqual(try run(["get", "--raw", "/proxy/default_sample/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=1"]).status, 0)
+    try checkCreateDelete()
+    try checkExec()
+    XCTAssertEqual(try run(["logs", "web-0", "--tail=1"]).status, 0)
+    try checkPortForward()
+    let refused = try world.curl(["-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer not-a-caller",
+                                  "\(world.hubURL)/proxy/default_sample/api/v1/namespaces/default/pods"])
+    XCTAssertEqual(refused.text, "401")
+
+    func events(_ url: URL) -> [[String: Any]] {
+      ((try? Data(contentsOf: url)) ?? Data()).split(separator: 0x0a).compactMap {
+        (try? JSONSerialization.jsonObject(with: Data($0))) as? [String: Any]
+      }
+    }
+    func proxied(_ e: [String: Any]) -> Bool { (e["annotations"] as? [String: String])?["kopilot.smartx.com/session"] != nil }
+    // Both sides write when a request ends: wait until every request the
+    // member logged is in the hub's log too.
+    try waitUntil("the hub's events for every request the member logged") {
+      let hubIDs = Set(events(hubAuditLog).filter(proxied).compactMap { $0["auditID"] as? String })
+      let memberIDs = Set(events(memberAuditLog).compactMap { $0["auditID"] as? String })
+      return !memberIDs.isEmpty && memberIDs == hubIDs
+    }
+    let hub = events(hubAuditLog)
+    for e in hub {
+      XCTAssertEqual(e["kind"] as? String, "Event")
+      XCTAssertEqual(e["apiVersion"] as? String, "audit.k8s.io/v1")
+      XCTAssertEqual(e["level"] as? String, "Metadata")
+      XCTAssertEqual(e["stage"] as? String, "ResponseComplete")
+      for k in ["auditID", "requestURI", "verb", "requestReceivedTimestamp", "stageTimestamp"] {
+        XCTAssertFalse((e[k] as? String ?? "").isEmpty, "\(k) in \(e)")
+      }
+      XCTAssertNotNil(e["user"] as? [String: Any], "\(e)")
+      XCTAssertNotNil((e["responseStatus"] as? [String: Any])?["code"] as? Int, "\(e)")
+      XCTAssertFalse((e["sourceIPs"] as? [String] ?? []).isEmpty, "\(e)")
+    }
+    // The member saw each request as the caller the hub mapped.
+    for m in events(memberAuditLog) {
+      let h = hub.first { $0["auditID"] as? String == m["auditID"] as? String }
+      XCTAssertEqual((h?["impersonatedUser"] as? [String: Any])?["username"] as? String,
+                     (m["impersonatedUser"] as? [String: Any])?["username"] as? String, "\(m)")
+      XCTAssertEqual((h?["responseStatus"] as? [String: Any])?["code"] as? Int,
+                     (m["responseStatus"] as? [String: Any])?["code"] as? Int, "\(m)")
+    }
+    func has(_ verbs: Set<String>, _ resource: String, _ sub: String? = nil, name: String? = nil, code: Int? = nil) -> Bool {
+      hub.contains { e in
+        let o = e["objectRef"] as? [String: Any]
+        return verbs.contains(e["verb"] as? String ?? "") && o?["resource"] as? String == resource
+          && o?["subresource"] as? String == sub && (name == nil || o?["name"] as? String == name)
+          && (code == nil || (e["responseStatus"] as? [String: Any])?["code"] as? Int == code)
+      }
+    }
+    XCTAssertTrue(has(["list"], "pods"), "list")
+    XCTAssertTrue(has(["get"], "pods", name: "web-0"), "get")
+    XCTAssertTrue(has(["watch"], "pods"), "watch")
+    XCTAssertTrue(has(["create"], "configmaps", code: 201), "create")
+    XCTAssertTrue(has(["delete"], "configmaps", name: "through-tunnel"), "delete")
+    // An upgrade's verb follows its method, as kube-apiserver's RequestInfo:
+    // POST (SPDY, kubectl 1.27) create, GET (WebSocket) get.
+    XCTAssertTrue(has(["get", "create"], "pods", "exec", name: "web-0", code: 101), "exec")
+    XCTAssertTrue(has(["get"], "pods", "log", name: "web-0"), "log")
+    XCTAssertTrue(has(["get", "create"], "pods", "portforward", name: "web-0", code: 101), "port-forward")
+    let anonymous = hub.filter { (($0["responseStatus"] as? [String: Any])?["code"] as? Int) == 401 }
+    XCTAssertEqual(anonymous.count, 1, "the refused caller is audited")
+    XCTAssertEqual(anonymous.first?["verb"] as? String, "list")
+  }
+
   /// A 16 MiB object, compared by SHA-256 with what the fake says it serves.
   func checkBigObject() throws {
     let fake = try GoBuild.binary("Tests/FakeAPIServer", name: "fakeapi")
@@ -265,6 +343,7 @@ final class Kubectl127Tests: KubectlTestCase {
   func testPortForward() throws { try checkPortForward() }
   func testCreateDelete() throws { try checkCreateDelete() }
   func testBigObject() throws { try checkBigObject() }
+  func testAuditTrail() throws { try checkAuditTrail() }
 }
 
 /// kubectl 1.33: exec over WebSocket (v5.channel.k8s.io), port-forward over
@@ -280,6 +359,7 @@ final class Kubectl133Tests: KubectlTestCase {
   func testPortForward() throws { try checkPortForward() }
   func testCreateDelete() throws { try checkCreateDelete() }
   func testBigObject() throws { try checkBigObject() }
+  func testAuditTrail() throws { try checkAuditTrail() }
 }
 
 /// The agent run outside a cluster, against a kubeconfig's server and token.

@@ -13,8 +13,19 @@ final class LoopsTests: E2ETestCase {
     private let lock = NSLock()
     private var sessions: [UInt64] = []
     private var statuses: [Int] = []
-    func add(_ p: Hub.ProxiedRequest) { lock.lock(); sessions.append(p.session); statuses.append(p.status); lock.unlock() }
+    private var requests: [UInt64] = []
+    /// The IDs of the requests the router answered with a proxy.
+    private var routedIDs: [UInt64] = []
+    func add(_ p: Hub.ProxiedRequest) {
+      lock.lock()
+      sessions.append(p.session)
+      statuses.append(p.status)
+      requests.append(p.request)
+      lock.unlock()
+    }
+    func routed(_ id: UInt64) { lock.lock(); routedIDs.append(id); lock.unlock() }
     var all: (sessions: [UInt64], statuses: [Int]) { lock.lock(); defer { lock.unlock() }; return (sessions, statuses) }
+    var ids: (routed: [UInt64], ended: [UInt64]) { lock.lock(); defer { lock.unlock() }; return (routedIDs, requests) }
   }
 
   private var loops: [Loop] = []
@@ -38,13 +49,14 @@ final class LoopsTests: E2ETestCase {
     var cfg = Hub.Config(certFile: world.certs.cert, keyFile: world.certs.key)
     cfg.bindHost = "127.0.0.1"
     cfg.port = 0
+    let c = carried
     hub = try Hub(loops: loops, config: cfg) { r in
       if r.path == "/connect" { return .acceptAgent(cluster: "default_sample") }
       let prefix = "/proxy/default_sample"
       guard r.path.hasPrefix(prefix) else { return .status(404, "NotFound", "no such cluster") }
+      c.routed(r.id)
       return .proxy(cluster: "default_sample", target: String(r.target.dropFirst(prefix.count)))
     }
-    let c = carried
     hub.onProxied = { c.add($0) }
     XCTAssertEqual(hub.loopCount, n)
   }
@@ -151,6 +163,14 @@ final class LoopsTests: E2ETestCase {
     }
     XCTAssertFalse(carried.all.statuses.contains(503), "\(carried.all.statuses)")
     XCTAssertFalse(carried.all.statuses.contains(0), "\(carried.all.statuses)")
+    // Each request ends under the ID the router saw, moved or not: the
+    // audit log's only link between a decision and how it ended.
+    let deadline = Date().addingTimeInterval(10)
+    while carried.ids.ended.count < carried.ids.routed.count, Date() < deadline { usleep(20_000) }
+    let ids = carried.ids
+    XCTAssertFalse(ids.routed.contains(0))
+    XCTAssertEqual(Set(ids.routed).count, ids.routed.count, "request IDs repeat")
+    XCTAssertEqual(ids.ended.sorted(), ids.routed.sorted())
   }
 
   /// With one loop nothing moves and the counters say so.

@@ -134,6 +134,69 @@ final class RouterTests: XCTestCase {
     XCTAssertEqual(code, 403)
   }
 
+  /// Every /proxy/ request leaves one ResponseComplete event: a refusal at
+  /// once, with its Status; a proxied request when the core reports its
+  /// end, with the member's status and bytes, under the audit ID the member
+  /// was sent.
+  func testEveryRequestIsAuditedOnce() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("router-audit-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let path = dir.appendingPathComponent("audit.log").path
+    let audit = HubAudit(log: try AuditLog(path: path))
+    var r = router()
+    r.audit = audit
+    var deferred = false
+    func req(_ method: String, _ target: String, token: String? = "alice-token", id: UInt64) -> HubRequest {
+      var q = request(method, target, token: token, headers: [("User-Agent", "kubectl/v1.33.0")])
+      q.id = id
+      return q
+    }
+    // Allowed: proxied, written when it ends.
+    guard case .proxy(_, _, let fields)? = answer(r, req("GET", "/proxy/default_sample/api/v1/namespaces/default/pods?watch=1", id: 7),
+                                                  deferred: &deferred) else { return XCTFail("expected a proxy answer") }
+    XCTAssertEqual(audit.inFlight, 1)
+    // Refused by the hub's RBAC, and unauthenticated: written at once.
+    XCTAssertEqual(status(answer(r, req("DELETE", "/proxy/default_sample/api/v1/namespaces/default/pods/x", id: 8), deferred: &deferred)).0, 403)
+    XCTAssertEqual(status(answer(r, req("GET", "/proxy/default_sample/version", token: nil, id: 9), deferred: &deferred)).0, 401)
+    audit.ended(Hub.ProxiedRequest(request: 7, cluster: "default_sample", session: 3, status: 200, bytesUp: 310,
+                                   bytesDown: 4096, durationMicros: 1500))
+    audit.ended(Hub.ProxiedRequest(request: 7, cluster: "default_sample", session: 3, status: 200, bytesUp: 1,
+                                   bytesDown: 1, durationMicros: 1))  // a second report of one request writes nothing
+    XCTAssertEqual(audit.inFlight, 0)
+    audit.log.close()
+
+    let events = try Data(contentsOf: URL(fileURLWithPath: path)).split(separator: 0x0a).map {
+      try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0)) as? [String: Any])
+    }
+    XCTAssertEqual(events.count, 3)
+    func code(_ e: [String: Any]) -> Int? { (e["responseStatus"] as? [String: Any])?["code"] as? Int }
+    let denied = try XCTUnwrap(events.first { code($0) == 403 })
+    XCTAssertEqual(denied["verb"] as? String, "delete")
+    XCTAssertEqual((denied["user"] as? [String: Any])?["username"] as? String, "alice")
+    XCTAssertEqual((denied["annotations"] as? [String: String])?["authorization.k8s.io/decision"], "forbid")
+    XCTAssertNil(denied["impersonatedUser"])
+    let anonymous = try XCTUnwrap(events.first { code($0) == 401 })
+    XCTAssertEqual((anonymous["user"] as? [String: Any])?["username"] as? String, "")
+    let watch = try XCTUnwrap(events.first { code($0) == 200 })
+    XCTAssertEqual(watch["verb"] as? String, "watch")
+    XCTAssertEqual(watch["stage"] as? String, "ResponseComplete")
+    XCTAssertEqual(watch["requestURI"] as? String, "/proxy/default_sample/api/v1/namespaces/default/pods?watch=1")
+    XCTAssertEqual((watch["objectRef"] as? [String: Any])?["resource"] as? String, "pods")
+    XCTAssertEqual((watch["objectRef"] as? [String: Any])?["namespace"] as? String, "default")
+    XCTAssertEqual((watch["impersonatedUser"] as? [String: Any])?["username"] as? String, "kopilot:alice")
+    XCTAssertEqual(watch["userAgent"] as? String, "kubectl/v1.33.0")
+    XCTAssertEqual(watch["sourceIPs"] as? [String], ["127.0.0.1"])
+    let notes = try XCTUnwrap(watch["annotations"] as? [String: String])
+    XCTAssertEqual(notes["kopilot.smartx.com/cluster"], "default/sample")
+    XCTAssertEqual(notes["kopilot.smartx.com/bytes-down"], "4096")
+    XCTAssertEqual(notes["kopilot.smartx.com/session"], "3")
+    XCTAssertEqual(notes["authorization.k8s.io/decision"], "allow")
+    // One ID: the one the member was sent.
+    XCTAssertTrue(fields.contains("Audit-ID: \(watch["auditID"] as? String ?? "-")\r\n"), fields)
+    XCTAssertEqual(Set(events.compactMap { $0["auditID"] as? String }).count, 3)
+  }
+
   func testDeniedAndUnknownCallersAreRefused() {
     var deferred = false
     XCTAssertEqual(status(answer(router(), request("DELETE", "/proxy/default_sample/api/v1/pods/x"), deferred: &deferred)).0, 403)

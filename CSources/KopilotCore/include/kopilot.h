@@ -206,15 +206,17 @@ typedef struct kp_hub_callbacks {
    * status says why). */
   void (*on_session)(kp_hub_t *hub, const char *cluster, uint64_t session,
                      int up, int status, void *ud);
-  /* A proxied or forwarded request ended (optional; for metrics and access
-   * logs): the session that carried it (0: none was live, or a forward),
+  /* A proxied or forwarded request ended (optional; for metrics, access
+   * and audit logs): its kp_hub_request_id, the session that carried it
+   * (0: none was live, or a forward),
    * the member's status (0 when the request went out and no response head
    * came back: the tunnel or the peer connection broke; an answer given
    * before anything went out reports its own status: 503 no session, 502
    * peer unreachable, 508 loop, 500 bad forward),
    * bytes each way including heads, and the time from the request head to
    * the end of the exchange. Loop thread; cluster is borrowed. */
-  void (*on_proxied)(kp_hub_t *hub, const char *cluster, uint64_t session,
+  void (*on_proxied)(kp_hub_t *hub, uint64_t request, const char *cluster,
+                     uint64_t session,
                      int status, uint64_t bytes_up, uint64_t bytes_down,
                      uint64_t duration_us, void *ud);
 } kp_hub_callbacks_t;
@@ -338,6 +340,11 @@ int kp_hub_request_forward(kp_hub_request_t *req, const char *cluster,
  * forwarded it: authorize it as any other, never forward it again), else 0. Any thread,
  * until the request is answered. */
 int kp_hub_request_via_peer(const kp_hub_request_t *req);
+/* The request's ID, unique in this hub (all loops) and never 0; the one
+ * on_proxied reports it under, so an owner can match an answer it gave to
+ * how the exchange ended. Kept when the request moves to another loop. Any
+ * thread, until the request is answered. */
+uint64_t kp_hub_request_id(const kp_hub_request_t *req);
 
 /* ------------------------------------------------------------------ */
 /* Agent: one session to the hub, requests forwarded upstream           */

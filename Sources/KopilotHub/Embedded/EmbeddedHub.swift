@@ -57,6 +57,7 @@ public struct EmbeddedHub: Service {
     // The router is made once the port is known: without a public address,
     // manifests point at the address the hub really listens on.
     let box = RouterBox()
+    let audit = try c.core.startAudit(parts, log)
     let cfg = c.core.hubConfig(cert: paths.hubCert, key: paths.hubKey)
     let hub = try Hub(loops: c.core.startLoops(), config: cfg, deferringRouter: { box.route($0, $1) })
     let sessions = SessionFile(path: paths.sessions)
@@ -72,7 +73,8 @@ public struct EmbeddedHub: Service {
                            publicAddr: publicAddr, agentImage: c.agentImage, caPEM: caPEM,
                            logger: log, metrics: metrics)
     box.router?.identity = c.core.identity
-    hub.observe(metrics, accessLog: c.core.accessLog, log) { sessions.note(cluster: $0, up: $1) }
+    box.router?.audit = audit
+    hub.observe(metrics, accessLog: c.core.accessLog, audit: audit, log) { sessions.note(cluster: $0, up: $1) }
     hub.closeSessions(on: registry, log)
     let certificates = hub.reloadingCertificates(cfg, every: c.core.tlsReloadInterval, log)
     parts.add("certificate reloader") { certificates.stop() }

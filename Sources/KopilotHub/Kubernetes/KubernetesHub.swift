@@ -129,6 +129,7 @@ public struct KubernetesHub: Service {
     } else {
       log.warning("no --peer-cert/--peer-key/--peer-ca (PEER_CERT, PEER_KEY, PEER_CA): this replica neither takes nor forwards requests for other replicas")
     }
+    let audit = try c.core.startAudit(parts, log)
     let hub = try Hub(loops: c.core.startLoops(), config: cfg, deferringRouter: { box.route($0, $1) })
     parts.add("hub") {
       log.notice("kopilot-hub stopping")
@@ -143,13 +144,14 @@ public struct KubernetesHub: Service {
                            agentImage: c.agentImage, caPEM: caPEM, logger: log, metrics: metrics)
     router.replicaName = replica
     router.identity = c.core.identity
+    router.audit = audit
     router.placement = ReplicaPlacement(selfName: replica, local: local, peers: peers) { id in
       (registry.object(id: id)?.status?.hubs ?? []).filter { $0.sessions > 0 }.map(\.name)
     }
     if c.publicAddr == nil { router.publicAddrSource = { publicAddress.value } }
     router.ready = { registry.hasSynced }
     box.router = router
-    hub.observe(metrics, accessLog: c.core.accessLog, log) { cluster, up in
+    hub.observe(metrics, accessLog: c.core.accessLog, audit: audit, log) { cluster, up in
       local.changed(cluster: cluster, up: up)
       status.touch(cluster)
     }

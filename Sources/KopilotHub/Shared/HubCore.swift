@@ -22,6 +22,9 @@ public struct HubCoreSettings: Sendable, Equatable {
   public var tlsReloadInterval: TimeInterval = 30
   /// How members see callers (the default mode, prefix and callers' group).
   public var identity = IdentityMapping()
+  /// The audit log (`-`: standard output); nil: none.
+  public var auditLogPath: String?
+  public var auditRotation = AuditLog.Rotation()
 
   public init() {}
 
@@ -37,13 +40,25 @@ public struct HubCoreSettings: Sendable, Equatable {
   }
 
   func startLoops() throws -> [Loop] { try (0..<max(1, loops)).map { _ in try Loop() } }
+
+  /// Opens the audit log when one is configured, as a part that closes
+  /// after the hub (added before it: parts stop newest first), so the
+  /// hub's last requests are written.
+  func startAudit(_ parts: StartedParts, _ log: Logger) throws -> HubAudit? {
+    guard let path = auditLogPath else { return nil }
+    let audit = HubAudit(log: try AuditLog(path: path, rotation: auditRotation, logger: log))
+    parts.add("audit log") { audit.log.close() }
+    log.info("audit log: \(path == "-" ? "standard output" : path)")
+    return audit
+  }
 }
 
 extension Hub {
   /// Metrics, the access log and the session log, the same in both modes;
   /// `also` hears of every session change after them.
-  func observe(_ metrics: HubMetrics, accessLog: Bool, _ log: Logger,
+  func observe(_ metrics: HubMetrics, accessLog: Bool, audit: HubAudit?, _ log: Logger,
                also: @escaping (String, Bool) -> Void = { _, _ in }) {
+    if let audit { metrics.auditDropped = { audit.log.droppedEvents } }
     onSession = { cluster, up, status in
       if up {
         log.info("agent session up: cluster=\(cluster)")
@@ -55,6 +70,7 @@ extension Hub {
     }
     onProxied = { r in
       metrics.proxyEnded(r)
+      audit?.ended(r)
       if accessLog {
         log.info("proxied cluster=\(r.cluster) session=\(r.session) status=\(r.status) up=\(r.bytesUp) down=\(r.bytesDown) ms=\(Double(r.durationMicros) / 1000)")
       }

@@ -28,6 +28,8 @@ public final class HubMetrics: Sendable {
     var codes: [Int: Counter] = [:]
     var reviewGauges: [String: Gauge] = [:]
     var beforeRender: (@Sendable (HubMetrics) -> Void)?
+    var auditDropped: (@Sendable () -> UInt64)?
+    var auditGauge: Gauge?
   }
   private let state = Mutex(State())
   private let decisions: (allowed: Counter, denied: Counter, unauthenticated: Counter)
@@ -131,8 +133,24 @@ public final class HubMetrics: Sendable {
     set { state.withLock { $0.beforeRender = newValue } }
   }
 
+  /// Read at each scrape: the audit log's dropped events.
+  public var auditDropped: (@Sendable () -> UInt64)? {
+    get { state.withLock { $0.auditDropped } }
+    set {
+      state.withLock { s in
+        s.auditDropped = newValue
+        if s.auditGauge == nil, newValue != nil {
+          s.auditGauge = registry.makeGauge(descriptor: metric(
+            "kopilot_hub_audit_events_dropped", "Audit events dropped since start: the audit log could not keep up."))
+        }
+      }
+    }
+  }
+
   public func render() -> String {
     beforeRender?(self)
+    let (read, gauge) = state.withLock { ($0.auditDropped, $0.auditGauge) }
+    if let read, let gauge { gauge.set(Double(read())) }
     return registry.emitToString()
   }
 

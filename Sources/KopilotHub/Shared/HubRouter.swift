@@ -34,6 +34,8 @@ public struct HubRouter: Sendable {
   public var identity = IdentityMapping()
   /// A new audit ID per proxied request (a UUID, as kube-apiserver makes).
   public var newAuditID: @Sendable () -> String = { UUID().uuidString.lowercased() }
+  /// The audit trail of /proxy/ requests; nil: no audit log.
+  public var audit: HubAudit?
 
   public init(registry: any ClusterRegistry, authenticator: any Authenticator, authorizer: any Authorizer,
               publicAddr: String, agentImage: String, caPEM: String,
@@ -165,9 +167,17 @@ public struct HubRouter: Sendable {
   /// `ANY /proxy/{namespace}_{name}/...`: authenticate, authorize on the
   /// normalized path, then forward.
   func proxy(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void) -> HubAnswer? {
-    guard let target = parseProxyTarget(r.target) else {
-      return .status(400, "BadRequest", "the path must be /proxy/{namespace}_{name}/... without encoded dots or slashes")
+    // Every request gets an audit ID, sent to the member (which adopts it)
+    // and written with the request's event in the hub's audit log.
+    let (audit, received, auditID, note) = (self.audit, audit?.now() ?? Date(), newAuditID(), HubAudit.Note())
+    @Sendable func audited(_ a: HubAnswer) -> HubAnswer {
+      audit?.answered(r, received: received, auditID: auditID, note: note, answer: a)
+      return a
     }
+    guard let target = parseProxyTarget(r.target) else {
+      return audited(.status(400, "BadRequest", "the path must be /proxy/{namespace}_{name}/... without encoded dots or slashes"))
+    }
+    note.set { $0.cluster = target.cluster }
     // A request from another replica (the peer listener, mutual TLS) is
     // authenticated and authorized here again, on its own merits, with the
     // caller's token that the forwarding replica passes on: a replica's
@@ -175,8 +185,14 @@ public struct HubRouter: Sendable {
     // managed to put on it. It is never forwarded again: without a session
     // here the core answers 503.
     let (registry, logger, placement, hop) = (self.registry, self.logger, self.placement, self.replicaName)
-    let (identity, newAuditID) = (self.identity, self.newAuditID)
-    return authorized(r, later: later, request: { AuthorizationRequest(user: $0, r, target: target) }) { user, decision in
+    let identity = self.identity
+    let now = authorized(r, later: { later(audited($0)) },
+                         request: { AuthorizationRequest(user: $0, r, target: target) }) { user, decision in
+      note.set {
+        $0.user = user
+        $0.decision = decision.allowed ? "allow" : "forbid"
+        $0.reason = decision.reason
+      }
       guard decision.allowed else {
         logger.info("forbidden", metadata: ["user": "\(user.name)", "method": "\(r.method)",
                                             "cluster": "\(target.cluster)", "reason": "\(decision.reason)"])
@@ -191,7 +207,9 @@ public struct HubRouter: Sendable {
       // core drops whatever the caller sent of either.
       let fields: String
       do throws(IdentityRefusal) {
-        fields = (try identity.member(for: user, mode: cluster.identity)?.fields ?? "") + "Audit-ID: \(newAuditID())\r\n"
+        let member = try identity.member(for: user, mode: cluster.identity)
+        note.set { $0.member = member }
+        fields = (member?.fields ?? "") + "Audit-ID: \(auditID)\r\n"
       } catch {
         logger.info("forbidden", metadata: ["user": "\(user.name)", "cluster": "\(target.cluster)", "reason": "\(error.message)"])
         return .status(403, "Forbidden", error.message)
@@ -203,6 +221,7 @@ public struct HubRouter: Sendable {
       case .nowhere(let why): return .status(503, "ServiceUnavailable", why)
       }
     }
+    return now.map(audited)
   }
 
   /// Authenticates the caller's bearer token and authorizes the request
