@@ -207,29 +207,14 @@ const kp__conn_cbs_t kp__hub_front_cbs = {
 
 /* ---- answers ---- */
 
-static void respond_json(hub_front_t *f, int status, const char *reason,
-                         const char *ctype, const char *body, size_t len,
-                         int close) {
-  size_t n;
-  uint8_t *resp = kp__http_build_response(status, reason, ctype, body, len,
-                                          close, &n);
-  if (resp == NULL) {
-    kp__relay_abort(f->relay, KP_ENOMEM);
-    return;
-  }
-  kp__relay_respond(f->relay, resp, n, close);
-  free(resp);
-}
-
-/* A Status answer, with `extra` (whole header lines, or "") after the
- * status line. */
-static void status_json_with(hub_front_t *f, int status, const char *reason,
-                             const char *msg, const char *extra) {
-  size_t n, head, x = strlen(extra);
-  uint8_t *resp = kp__http_build_status(status, reason, msg, 0, &n), *out;
-  uint8_t *eol = resp ? memchr(resp, '\n', n) : NULL;
+/* Sends resp (n bytes, a whole response; freed here) with `extra` (whole
+ * header lines, or "") after its status line. */
+static void respond_with(hub_front_t *f, uint8_t *resp, size_t n,
+                         const char *extra, int close) {
+  size_t head, x = strlen(extra);
+  uint8_t *eol = resp ? memchr(resp, '\n', n) : NULL, *out;
   if (eol != NULL && x == 0) {
-    kp__relay_respond(f->relay, resp, n, 0);
+    kp__relay_respond(f->relay, resp, n, close);
     free(resp);
     return;
   }
@@ -242,9 +227,26 @@ static void status_json_with(hub_front_t *f, int status, const char *reason,
   memcpy(out, resp, head);
   memcpy(out + head, extra, x);
   memcpy(out + head + x, resp + head, n - head);
-  kp__relay_respond(f->relay, out, n + x, 0);
+  kp__relay_respond(f->relay, out, n + x, close);
   free(out);
   free(resp);
+}
+
+static void respond_json(hub_front_t *f, int status, const char *reason,
+                         const char *ctype, const char *body, size_t len,
+                         int close, const char *extra) {
+  size_t n = 0;
+  uint8_t *resp = kp__http_build_response(status, reason, ctype, body, len,
+                                          close, &n);
+  respond_with(f, resp, n, extra ? extra : "", close);
+}
+
+/* A Status answer, with `extra` (whole header lines, or "") after the
+ * status line. */
+static void status_json_with(hub_front_t *f, int status, const char *reason,
+                             const char *msg, const char *extra) {
+  size_t n = 0;
+  respond_with(f, kp__http_build_status(status, reason, msg, 0, &n), n, extra, 0);
 }
 
 void kp__hub_status_json(hub_front_t *f, int status, const char *reason,
@@ -308,7 +310,7 @@ static void answer_apply(hub_req_t *q, int kind, int status,
   else if (kind == 2) kp__hub_do_accept_agent(f, cluster);
   else if (kind == 3) kp__hub_do_forward(f, cluster, host, status, target);
   else respond_json(f, status, kp__http_reason(status),
-                    ctype ? ctype : "application/json", body, len, 0);
+                    ctype ? ctype : "application/json", body, len, 0, fields);
 }
 
 static void answer_run(void *arg) {
@@ -593,16 +595,26 @@ int kp_hub_request_proxy(kp_hub_request_t *req, const char *cluster,
   return kp_hub_request_proxy_as(req, cluster, target, NULL);
 }
 
+int kp_hub_request_respond_as(kp_hub_request_t *req, int status,
+                              const char *content_type, const char *body,
+                              size_t body_len, const char *fields) {
+  hub_req_t *q = (hub_req_t *)req;
+  if (fields != NULL && *fields == 0) fields = NULL;
+  if (fields != NULL && kp_http_check_hub_fields(fields, strlen(fields)) != 0)
+    return KP_EINVAL;
+  if (!ON_LOOP(q))
+    return post_answer(q, 1, status, NULL, NULL, content_type, body, body_len,
+                       NULL, fields);
+  answer_apply(q, 1, status, NULL, NULL, content_type, body, body_len, NULL,
+               fields);
+  return 0;
+}
+
 int kp_hub_request_respond(kp_hub_request_t *req, int status,
                            const char *content_type, const char *body,
                            size_t body_len) {
-  hub_req_t *q = (hub_req_t *)req;
-  if (!ON_LOOP(q))
-    return post_answer(q, 1, status, NULL, NULL, content_type, body, body_len,
-                       NULL, NULL);
-  answer_apply(q, 1, status, NULL, NULL, content_type, body, body_len, NULL,
-               NULL);
-  return 0;
+  return kp_hub_request_respond_as(req, status, content_type, body, body_len,
+                                   NULL);
 }
 
 int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {

@@ -52,8 +52,9 @@ public enum HubAnswer: Sendable {
   /// Audit-ID, nothing else (kp_http_check_hub_fields; a list it refuses
   /// answers 500).
   case proxy(cluster: String, target: String, fields: String = "")
-  /// Answer here.
-  case respond(status: Int, contentType: String, body: String)
+  /// Answer here, with `fields` (lines as for `proxy`: the request's
+  /// Audit-Id) in the response head.
+  case respond(status: Int, contentType: String, body: String, fields: String = "")
   /// Upgrade to an agent session of the cluster.
   case acceptAgent(cluster: String)
   /// Forward to another hub replica's peer listener (mutual TLS), with the
@@ -333,8 +334,12 @@ public final class Hub: @unchecked Sendable {
       return rc
     case .acceptAgent(let cluster):
       return cluster.withCString { kp_hub_request_accept_agent(req, $0) }
-    case .respond(let status, let type, var body):
-      return body.withUTF8 { b in type.withCString { t in kp_hub_request_respond(req, Int32(status), t, b.baseAddress, b.count) } }
+    case .respond(let status, let type, var body, let fields):
+      let rc = body.withUTF8 { b in
+        type.withCString { t in fields.withCString { kp_hub_request_respond_as(req, Int32(status), t, b.baseAddress, b.count, $0) } }
+      }
+      if rc == Int32(KP_EINVAL.rawValue) { return deliver(.respond(status: status, contentType: type, body: body), to: req) }
+      return rc
     case .forward(let cluster, let host, let port, let hop):
       return cluster.withCString { c in
         host.withCString { h in hop.withCString { kp_hub_request_forward(req, c, h, Int32(port), $0) } }

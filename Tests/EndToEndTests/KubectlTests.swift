@@ -199,9 +199,11 @@ class KubectlTestCase: E2ETestCase {
     try checkExec()
     XCTAssertEqual(try run(["logs", "web-0", "--tail=1"]).status, 0)
     try checkPortForward()
-    let refused = try world.curl(["-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer not-a-caller",
+    let refused = try world.curl(["-D", "-", "-o", "/dev/null", "-H", "Authorization: Bearer not-a-caller",
                                   "\(world.hubURL)/proxy/default_sample/api/v1/namespaces/default/pods"])
-    XCTAssertEqual(refused.text, "401")
+    XCTAssertTrue(refused.text.hasPrefix("HTTP/1.1 401"), refused.text)
+    let refusedID = refused.text.split(separator: "\r\n").first { $0.lowercased().hasPrefix("audit-id:") }
+      .map { $0.dropFirst("audit-id:".count).trimmingCharacters(in: .whitespaces) }
 
     func events(_ url: URL) -> [[String: Any]] {
       ((try? Data(contentsOf: url)) ?? Data()).split(separator: 0x0a).compactMap {
@@ -258,6 +260,7 @@ class KubectlTestCase: E2ETestCase {
     let anonymous = hub.filter { (($0["responseStatus"] as? [String: Any])?["code"] as? Int) == 401 }
     XCTAssertEqual(anonymous.count, 1, "the refused caller is audited")
     XCTAssertEqual(anonymous.first?["verb"] as? String, "list")
+    XCTAssertEqual(anonymous.first?["auditID"] as? String, refusedID, "the refusal's Audit-Id is its event's ID")
   }
 
   /// A 16 MiB object, compared by SHA-256 with what the fake says it serves.

@@ -441,7 +441,7 @@ final class KubeAuthTests: XCTestCase {
       XCTAssertEqual(e.code, .timeout)
       XCTAssertEqual(e.httpStatus, 504)
       XCTAssertEqual(e.reason, "Timeout")
-      guard case .respond(let status, _, let body) = e.answer else { return XCTFail("not a respond answer") }
+      guard case .respond(let status, _, let body, _) = e.answer else { return XCTFail("not a respond answer") }
       XCTAssertEqual(status, 504)
       XCTAssertTrue(body.contains("\"reason\":\"Timeout\""), body)
       XCTAssertFalse(body.contains(aliceToken))

@@ -109,7 +109,7 @@ final class MetricsLabelTests: XCTestCase {
         forwards += 1
         metrics.proxyEnded(cluster: cluster, status: 502, bytesUp: 0, bytesDown: 0, durationMicros: 1)
       // Not registered (404), or not a cluster path at all (400).
-      case .respond(let status, _, _): XCTAssertTrue([400, 404].contains(status), "\(status) \(t)")
+      case .respond(let status, _, _, _): XCTAssertTrue([400, 404].contains(status), "\(status) \(t)")
       default: XCTFail("\(t): unexpected answer")
       }
     }

@@ -75,7 +75,7 @@ final class RouterTests: XCTestCase {
   }
 
   func status(_ a: HubAnswer?) -> (Int, String) {
-    guard case .respond(let code, _, let body)? = a else { return (0, "") }
+    guard case .respond(let code, _, let body, _)? = a else { return (0, "") }
     let obj = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any]
     return (code, obj?["reason"] as? String ?? "")
   }
@@ -157,7 +157,9 @@ final class RouterTests: XCTestCase {
                                                   deferred: &deferred) else { return XCTFail("expected a proxy answer") }
     XCTAssertEqual(audit.inFlight, 1)
     // Refused by the hub's RBAC, and unauthenticated: written at once.
-    XCTAssertEqual(status(answer(r, req("DELETE", "/proxy/default_sample/api/v1/namespaces/default/pods/x", id: 8), deferred: &deferred)).0, 403)
+    let refusal = answer(r, req("DELETE", "/proxy/default_sample/api/v1/namespaces/default/pods/x", id: 8), deferred: &deferred)
+    XCTAssertEqual(status(refusal).0, 403)
+    guard case .respond(_, _, _, let refusalFields)? = refusal else { return XCTFail("expected a refusal") }
     XCTAssertEqual(status(answer(r, req("GET", "/proxy/default_sample/version", token: nil, id: 9), deferred: &deferred)).0, 401)
     audit.ended(Hub.ProxiedRequest(request: 7, cluster: "default_sample", session: 3, status: 200, bytesUp: 310,
                                    bytesDown: 4096, durationMicros: 1500))
@@ -176,6 +178,7 @@ final class RouterTests: XCTestCase {
     XCTAssertEqual((denied["user"] as? [String: Any])?["username"] as? String, "alice")
     XCTAssertEqual((denied["annotations"] as? [String: String])?["authorization.k8s.io/decision"], "forbid")
     XCTAssertNil(denied["impersonatedUser"])
+    XCTAssertEqual(refusalFields, "Audit-Id: \(denied["auditID"] as? String ?? "-")\r\n", "the caller gets the refusal's audit ID")
     let anonymous = try XCTUnwrap(events.first { code($0) == 401 })
     XCTAssertEqual((anonymous["user"] as? [String: Any])?["username"] as? String, "")
     let watch = try XCTUnwrap(events.first { code($0) == 200 })

@@ -310,6 +310,13 @@ int kp_hub_request_proxy_as(kp_hub_request_t *req, const char *cluster,
 int kp_hub_request_respond(kp_hub_request_t *req, int status,
                            const char *content_type, const char *body,
                            size_t body_len);
+/* kp_hub_request_respond with `fields` (NUL-terminated "Name: value\r\n"
+ * lines that kp_http_check_hub_fields accepts, such as the request's
+ * Audit-Id; borrowed, copied) in the response head. KP_EINVAL, and no
+ * answer, when the check refuses them. */
+int kp_hub_request_respond_as(kp_hub_request_t *req, int status,
+                              const char *content_type, const char *body,
+                              size_t body_len, const char *fields);
 /* Upgrades the connection to an agent session of `cluster`: WebSocket
  * handshake, framed carriage if the agent asked for kopilot.v2, raw mux
  * after the 101 otherwise. Not a valid WebSocket request: 400. */

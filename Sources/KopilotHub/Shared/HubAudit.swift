@@ -64,7 +64,7 @@ public final class HubAudit: Sendable {
     switch answer {
     case .proxy, .forward:
       pending.withLock { $0[r.id] = e }
-    case .respond(let status, _, let body):
+    case .respond(let status, _, let body, _):
       e.responseStatus = Self.status(code: status, body: body)
       e.stageTimestamp = AuditEvent.timestamp(now())
       log.record(e)

@@ -58,7 +58,7 @@ public struct HubRouter: Sendable {
     @Sendable func counted(_ answer: HubAnswer) -> HubAnswer {
       // A proxied request is counted when it ends (Hub.onProxied); the rest now.
       switch answer {
-      case .respond(let status, _, _): metrics?.answered(status: status)
+      case .respond(let status, _, _, _): metrics?.answered(status: status)
       // Both end in onProxied, under the cluster they carry: the one the
       // normalized path names, never what a caller wrote in the path
       // (`/proxy/<anything>/../default_a/` is default_a's).
@@ -172,6 +172,10 @@ public struct HubRouter: Sendable {
     let (audit, received, auditID, note) = (self.audit, audit?.now() ?? Date(), newAuditID(), HubAudit.Note())
     @Sendable func audited(_ a: HubAnswer) -> HubAnswer {
       audit?.answered(r, received: received, auditID: auditID, note: note, answer: a)
+      // The hub's own answer carries the ID too, as kube-apiserver's do.
+      if case .respond(let status, let type, let body, let fields) = a {
+        return .respond(status: status, contentType: type, body: body, fields: fields + "Audit-Id: \(auditID)\r\n")
+      }
       return a
     }
     guard let target = parseProxyTarget(r.target) else {
