@@ -134,9 +134,17 @@ static void front_exchange(kp__relay_t *r, int status, uint64_t up,
                         (uv_hrtime() - q->started_ns) / 1000, hub->ud);
 }
 
+static void front_response(kp__relay_t *r, int status) {
+  hub_front_t *f = kp__relay_user_data(r);
+  kp_hub_t *hub = f->hub;
+  if (f->req != NULL && hub->cbs.on_response)
+    hub->cbs.on_response(hub, f->req->id, status, hub->ud);
+}
+
 const kp__relay_router_t kp__hub_front_router = {
     .on_request = front_on_request,
     .on_exchange = front_exchange,
+    .on_response = front_response,
     .release_back = front_release_back,
     .retry = kp__hub_front_retry,
     .describe_failure = kp__hub_front_describe_failure,

@@ -466,6 +466,7 @@ static int response_head(kp__relay_t *r, dir_t *d) {
     return 1; /* interim (100 Continue): forwarded; the final head follows */
   r->resp_keep_alive = (head.flags & KP_HTTP_F_KEEP_ALIVE) != 0;
   r->resp_status = head.status;
+  if (r->router->on_response) r->router->on_response(r, head.status);
   if (head.status == 101 && r->upgrade_asked) {
     d->state = ST_RAW;
     r->req.state = ST_RAW;

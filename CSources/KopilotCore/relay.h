@@ -102,6 +102,11 @@ typedef struct kp__relay_router {
    * buf (NUL-terminated) and return 1, or return 0 for the relay's own.
    * err: why the back ended (0: EOF). */
   int (*describe_failure)(kp__relay_t *r, int err, char *buf, size_t len);
+  /* Optional. The back's final response head came (status, 101 included;
+   * interim 1xx heads are not reported), before any of it goes to the
+   * front. For audit logs of long-running requests. The router must not
+   * call into the relay from here. */
+  void (*on_response)(kp__relay_t *r, int status);
   /* The relay is finished: the front is closed or was taken. */
   void (*on_done)(kp__relay_t *r);
 } kp__relay_router_t;

@@ -126,6 +126,9 @@ public final class Hub: @unchecked Sendable {
   public var onSession: ((String, Bool, Int32) -> Void)?
   /// Called on the loop thread when a proxied request ends.
   public var onProxied: ((ProxiedRequest) -> Void)?
+  /// Called on the loop thread when a proxied request's final response
+  /// head came (request ID, status), before it goes on to the caller.
+  public var onResponse: ((UInt64, Int) -> Void)?
 
   /// What the hub saw of one proxied request.
   public struct ProxiedRequest: Sendable {
@@ -201,6 +204,10 @@ public final class Hub: @unchecked Sendable {
       let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
       me.onProxied?(ProxiedRequest(request: request, cluster: String(cString: cluster!), session: session,
                                    status: Int(status), bytesUp: up, bytesDown: down, durationMicros: micros))
+    }
+    cbs.on_response = { _, request, status, ud in
+      let me = Unmanaged<Hub>.fromOpaque(ud!).takeUnretainedValue()
+      me.onResponse?(request, Int(status))
     }
     var err = [CChar](repeating: 0, count: 512)
     var h: OpaquePointer?

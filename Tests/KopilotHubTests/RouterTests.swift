@@ -156,6 +156,14 @@ final class RouterTests: XCTestCase {
     guard case .proxy(_, _, let fields)? = answer(r, req("GET", "/proxy/default_sample/api/v1/namespaces/default/pods?watch=1", id: 7),
                                                   deferred: &deferred) else { return XCTFail("expected a proxy answer") }
     XCTAssertEqual(audit.inFlight, 1)
+    // Its response head: a watch is long-running, so ResponseStarted.
+    audit.started(request: 7, status: 200)
+    // A plain get is not: no ResponseStarted.
+    guard case .proxy? = answer(r, req("GET", "/proxy/default_sample/api/v1/namespaces/default/pods/web", id: 10),
+                                deferred: &deferred) else { return XCTFail("expected a proxy answer") }
+    audit.started(request: 10, status: 200)
+    audit.ended(Hub.ProxiedRequest(request: 10, cluster: "default_sample", session: 3, status: 404, bytesUp: 1,
+                                   bytesDown: 1, durationMicros: 1))
     // Refused by the hub's RBAC, and unauthenticated: written at once.
     let refusal = answer(r, req("DELETE", "/proxy/default_sample/api/v1/namespaces/default/pods/x", id: 8), deferred: &deferred)
     XCTAssertEqual(status(refusal).0, 403)
@@ -171,8 +179,12 @@ final class RouterTests: XCTestCase {
     let events = try Data(contentsOf: URL(fileURLWithPath: path)).split(separator: 0x0a).map {
       try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0)) as? [String: Any])
     }
-    XCTAssertEqual(events.count, 3)
-    func code(_ e: [String: Any]) -> Int? { (e["responseStatus"] as? [String: Any])?["code"] as? Int }
+    XCTAssertEqual(events.count, 5)
+    XCTAssertEqual(events.filter { $0["stage"] as? String == "ResponseStarted" }.map { $0["verb"] as? String }, ["watch"])
+    XCTAssertEqual(events.filter { $0["stage"] as? String == "ResponseComplete" }.count, 4)
+    func code(_ e: [String: Any]) -> Int? {
+      e["stage"] as? String == "ResponseComplete" ? (e["responseStatus"] as? [String: Any])?["code"] as? Int : nil
+    }
     let denied = try XCTUnwrap(events.first { code($0) == 403 })
     XCTAssertEqual(denied["verb"] as? String, "delete")
     XCTAssertEqual((denied["user"] as? [String: Any])?["username"] as? String, "alice")
@@ -197,7 +209,9 @@ final class RouterTests: XCTestCase {
     XCTAssertEqual(notes["authorization.k8s.io/decision"], "allow")
     // One ID: the one the member was sent.
     XCTAssertTrue(fields.contains("Audit-ID: \(watch["auditID"] as? String ?? "-")\r\n"), fields)
-    XCTAssertEqual(Set(events.compactMap { $0["auditID"] as? String }).count, 3)
+    XCTAssertEqual(Set(events.compactMap { $0["auditID"] as? String }).count, 4)
+    let started = try XCTUnwrap(events.first { $0["stage"] as? String == "ResponseStarted" })
+    XCTAssertEqual(started["auditID"] as? String, watch["auditID"] as? String, "one ID for both stages")
   }
 
   func testDeniedAndUnknownCallersAreRefused() {

@@ -219,6 +219,12 @@ typedef struct kp_hub_callbacks {
                      uint64_t session,
                      int status, uint64_t bytes_up, uint64_t bytes_down,
                      uint64_t duration_us, void *ud);
+  /* Optional. The final response head of a proxied or forwarded request
+   * came back (status; 101 for an upgrade), before it goes on to the
+   * caller: for audit logs that note when a long-running response (a
+   * watch, an exec) started. on_proxied still follows when it ends. Loop
+   * thread; do not answer or free anything from here. */
+  void (*on_response)(kp_hub_t *hub, uint64_t request, int status, void *ud);
 } kp_hub_callbacks_t;
 
 /* A live agent session, as kp_hub_list_sessions reports it. */

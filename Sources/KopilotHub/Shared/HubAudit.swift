@@ -7,12 +7,15 @@ import KopilotIO
 /// tells it how each request was answered; a request the core proxied or
 /// forwarded is written when the core reports its end (`ended`), with the
 /// member's status, the bytes each way and the session that carried it.
+/// A long-running one (a watch, `logs -f`, exec, attach, port-forward)
+/// also gets a `ResponseStarted` event when its response head comes
+/// (`started`), as kube-apiserver writes for its long-running requests.
 public final class HubAudit: Sendable {
   public let log: AuditLog
   /// Proxied and forwarded requests whose end the core has yet to report,
   /// by request ID. The core reports every one exactly once (on_proxied),
   /// so this holds only requests in flight.
-  private let pending = Mutex<[UInt64: AuditEvent]>([:])
+  private let pending = Mutex<[UInt64: (event: AuditEvent, longRunning: Bool)]>([:])
   private let clock: @Sendable () -> Date
 
   public init(log: AuditLog, clock: @escaping @Sendable () -> Date = { Date() }) {
@@ -63,7 +66,11 @@ public final class HubAudit: Sendable {
       annotations: annotations.isEmpty ? nil : annotations)
     switch answer {
     case .proxy, .forward:
-      pending.withLock { $0[r.id] = e }
+      let upgrade = r.header("Upgrade") != nil
+        || (r.header("Connection")?.lowercased().split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces) == "upgrade" } ?? false)
+      let q = inner.firstIndex(of: "?").map { String(inner[inner.index(after: $0)...]) }
+      let long = RequestAttributes.isLongRunning(verb: attrs.verb, objectRef: attrs.objectRef, query: q, upgrade: upgrade)
+      pending.withLock { $0[r.id] = (e, long) }
     case .respond(let status, _, let body, _):
       e.responseStatus = Self.status(code: status, body: body)
       e.stageTimestamp = AuditEvent.timestamp(now())
@@ -73,9 +80,22 @@ public final class HubAudit: Sendable {
     }
   }
 
+  /// The response head of a proxied or forwarded request came: a
+  /// long-running one gets its ResponseStarted event.
+  public func started(request: UInt64, status: Int) {
+    guard var e = pending.withLock({ p -> AuditEvent? in
+      guard let entry = p[request], entry.longRunning else { return nil }
+      return entry.event
+    }) else { return }
+    e.stage = "ResponseStarted"
+    e.responseStatus = AuditEvent.ResponseStatus(code: status)
+    e.stageTimestamp = AuditEvent.timestamp(now())
+    log.record(e)
+  }
+
   /// The core reports the end of a proxied or forwarded request.
   public func ended(_ p: Hub.ProxiedRequest) {
-    guard var e = pending.withLock({ $0.removeValue(forKey: p.request) }) else { return }
+    guard var e = pending.withLock({ $0.removeValue(forKey: p.request)?.event }) else { return }
     // 0: no response head came back (the tunnel or the peer broke); the
     // caller got the core's 502 or a closed connection.
     e.responseStatus = p.status > 0

@@ -58,7 +58,10 @@ extension Hub {
   /// `also` hears of every session change after them.
   func observe(_ metrics: HubMetrics, accessLog: Bool, audit: HubAudit?, _ log: Logger,
                also: @escaping (String, Bool) -> Void = { _, _ in }) {
-    if let audit { metrics.auditDropped = { audit.log.droppedEvents } }
+    if let audit {
+      metrics.auditDropped = { audit.log.droppedEvents }
+      onResponse = { audit.started(request: $0, status: $1) }
+    }
     onSession = { cluster, up, status in
       if up {
         log.info("agent session up: cluster=\(cluster)")
