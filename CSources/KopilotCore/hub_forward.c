@@ -101,15 +101,16 @@ static int hop_ok(const char *hop) {
 }
 
 void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
-                        int port, const char *hop) {
+                        int port, const char *hop, const char *fields) {
   kp_hub_t *hub = f->hub;
   const kp_http_head_t *head = kp__relay_current_head(f->relay);
-  char extra[512];
+  char extra[512 + 1024];
   /* Authorization goes on: the peer authorizes the request again on its
    * own merits (its mTLS client vouches for the connection, not for what a
-   * caller put on it). */
+   * caller put on it). A caller's Audit-ID does not: the peer takes the
+   * one this hub set (`fields`), so both replicas log one ID. */
   static const char *const drop[] = {"x-forwarded-for", "x-forwarded-proto",
-                                     "kopilot-forwarded-by",
+                                     "kopilot-forwarded-by", "audit-id",
                                      KP_HTTP_DROP_IDENTITY, NULL};
   hub_fwd_t *w;
   int n, rc;
@@ -155,9 +156,14 @@ void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
   }
   n = snprintf(extra, sizeof(extra),
                "X-Forwarded-For: %.*s\r\nX-Forwarded-Proto: https\r\n"
-               "Kopilot-Forwarded-By: %s\r\n",
+               "Kopilot-Forwarded-By: %s\r\n%s",
                (int)(strrchr(f->conn->peer, ':') - f->conn->peer),
-               f->conn->peer, hop);
+               f->conn->peer, hop, fields ? fields : "");
+  if (n < 0 || (size_t)n >= sizeof(extra)) {
+    kp__hub_proxied_local(f->req, f->req->cluster, 500);
+    kp__hub_status_json(f, 500, "InternalError", "bad forward answer: fields too long");
+    return;
+  }
   kp__backreq_clear_head(&w->req);
   w->req.head = kp_http_build_request(head, head->target, head->target_len,
                                       drop, extra, (size_t)n, &w->req.head_len);

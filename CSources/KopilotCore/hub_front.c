@@ -316,7 +316,7 @@ static void answer_apply(hub_req_t *q, int kind, int status,
   }
   if (kind == 0) kp__hub_do_proxy(f, cluster, target, fields);
   else if (kind == 2) kp__hub_do_accept_agent(f, cluster);
-  else if (kind == 3) kp__hub_do_forward(f, cluster, host, status, target);
+  else if (kind == 3) kp__hub_do_forward(f, cluster, host, status, target, fields);
   else respond_json(f, status, kp__http_reason(status),
                     ctype ? ctype : "application/json", body, len, 0, fields);
 }
@@ -632,15 +632,25 @@ int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster) {
   return 0;
 }
 
-int kp_hub_request_forward(kp_hub_request_t *req, const char *cluster,
-                           const char *host, int port, const char *hop) {
+int kp_hub_request_forward_as(kp_hub_request_t *req, const char *cluster,
+                              const char *host, int port, const char *hop,
+                              const char *fields) {
   hub_req_t *q = (hub_req_t *)req;
   cluster = cluster ? cluster : "";
   host = host ? host : "";
   hop = hop ? hop : "";
-  if (!ON_LOOP(q)) return post_answer(q, 3, port, cluster, hop, NULL, NULL, 0, host, NULL);
-  answer_apply(q, 3, port, cluster, hop, NULL, NULL, 0, host, NULL);
+  if (fields != NULL && *fields == 0) fields = NULL;
+  if (fields != NULL && (strlen(fields) > 1024 ||
+                         kp_http_check_hub_fields(fields, strlen(fields)) != 0))
+    return KP_EINVAL;
+  if (!ON_LOOP(q)) return post_answer(q, 3, port, cluster, hop, NULL, NULL, 0, host, fields);
+  answer_apply(q, 3, port, cluster, hop, NULL, NULL, 0, host, fields);
   return 0;
+}
+
+int kp_hub_request_forward(kp_hub_request_t *req, const char *cluster,
+                           const char *host, int port, const char *hop) {
+  return kp_hub_request_forward_as(req, cluster, host, port, hop, NULL);
 }
 
 int kp_hub_request_via_peer(const kp_hub_request_t *req) {

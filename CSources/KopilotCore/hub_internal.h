@@ -232,6 +232,6 @@ int kp__hub_front_retry(kp__relay_t *r, int err);
 int kp__hub_front_describe_failure(kp__relay_t *r, int err, char *buf,
                                    size_t len);
 void kp__hub_do_forward(hub_front_t *f, const char *cluster, const char *host,
-                        int port, const char *hop);
+                        int port, const char *hop, const char *fields);
 
 #endif

@@ -62,7 +62,9 @@ public enum HubAnswer: Sendable {
   /// authorizes it again) and `Kopilot-Forwarded-By: <hop>` added. Unreachable: 502; asked for a
   /// request that came from a peer (`viaPeer`): 508. `cluster` is the key
   /// `onProxied` reports it under (the cluster the request names).
-  case forward(cluster: String, host: String, port: Int, hop: String)
+  /// `fields`: lines as for `proxy` (the request's Audit-ID, which the
+  /// peer adopts).
+  case forward(cluster: String, host: String, port: Int, hop: String, fields: String = "")
 
   /// A Kubernetes `Status` error answer.
   public static func status(_ code: Int, _ reason: String, _ message: String) -> HubAnswer {
@@ -347,10 +349,14 @@ public final class Hub: @unchecked Sendable {
       }
       if rc == Int32(KP_EINVAL.rawValue) { return deliver(.respond(status: status, contentType: type, body: body), to: req) }
       return rc
-    case .forward(let cluster, let host, let port, let hop):
-      return cluster.withCString { c in
-        host.withCString { h in hop.withCString { kp_hub_request_forward(req, c, h, Int32(port), $0) } }
+    case .forward(let cluster, let host, let port, let hop, let fields):
+      let rc = cluster.withCString { c in
+        host.withCString { h in
+          hop.withCString { o in fields.withCString { kp_hub_request_forward_as(req, c, h, Int32(port), o, $0) } }
+        }
       }
+      if rc == Int32(KP_EINVAL.rawValue) { return deliver(.forward(cluster: cluster, host: host, port: port, hop: hop), to: req) }
+      return rc
     }
   }
 }

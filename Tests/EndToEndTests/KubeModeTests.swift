@@ -355,11 +355,42 @@ final class KubeModeTests: E2ETestCase {
 /// listener. Upgrades (exec, port-forward), watches, logs -f and a 16 MiB
 /// object all cross both hubs.
 class KubeModeKubectlTestCase: KubectlTestCase {
+  /// hub-b's audit log (hub-a's is `hubAuditLog`).
+  var replicaBAuditLog: URL { world.dir.appendingPathComponent("hub-b-audit.jsonl") }
+
+  /// The identity a TokenReview gave reaches the member: alice of the host
+  /// (group team-a) is kopilot:alice in kopilot:callers and kopilot:team-a.
+  /// And one audit ID per request across both replicas: hub-a, which
+  /// forwards, hub-b, which proxies, and the member log the same one.
+  func checkIdentityAndAuditAcrossReplicas() throws {
+    let r = try run(["auth", "whoami", "-o", "json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let info = ((try? JSONSerialization.jsonObject(with: r.stdout)) as? [String: Any]).flatMap {
+      ($0["status"] as? [String: Any])?["userInfo"] as? [String: Any]
+    }
+    XCTAssertEqual(info?["username"] as? String, "kopilot:alice")
+    let groups = info?["groups"] as? [String] ?? []
+    XCTAssertEqual(groups.filter { !$0.hasPrefix("system:") }, ["kopilot:callers", "kopilot:team-a"])
+    XCTAssertEqual(groups.filter { $0.hasPrefix("system:") }, ["system:authenticated"], "host system: groups passed")
+    XCTAssertEqual(try run(["get", "pods"]).status, 0)
+
+    func ids(_ url: URL) -> Set<String> {
+      Set(((try? Data(contentsOf: url)) ?? Data()).split(separator: 0x0a).compactMap {
+        let e = (try? JSONSerialization.jsonObject(with: Data($0))) as? [String: Any]
+        return e?["stage"] as? String == "ResponseComplete" ? e?["auditID"] as? String : nil
+      })
+    }
+    try waitUntil("every member request in both replicas' audit logs") {
+      let member = ids(memberAuditLog)
+      return !member.isEmpty && member.isSubset(of: ids(hubAuditLog)) && member.isSubset(of: ids(replicaBAuditLog))
+    }
+  }
+
   override func startTunnel(_ w: E2EWorld) throws {
     let host = try HostCluster(world: w)
     try host.start()
-    let a = try host.startReplica("hub-a")
-    let b = try host.startReplica("hub-b")
+    let a = try host.startReplica("hub-a", extraArgs: ["--audit-log-path", hubAuditLog.path])
+    let b = try host.startReplica("hub-b", extraArgs: ["--audit-log-path", replicaBAuditLog.path])
     try host.useWebhooks(of: b)
     let applied = try host.kubectl(["apply", "--validate=false", "-f", Paths.root.appendingPathComponent("deploy/samples/cluster.yaml").path])
     guard applied.status == 0 else { throw E2EError("kubectl apply: \(applied.stderr)") }
@@ -402,6 +433,7 @@ final class KubeModeKubectl127Tests: KubeModeKubectlTestCase {
 /// kubectl 1.33 (WebSocket upgrades, protobuf create) through two replicas.
 final class KubeModeKubectl133Tests: KubeModeKubectlTestCase {
   override var kubectlName: String { "kubectl.1.33" }
+  func testIdentityAndAuditAcrossReplicas() throws { try checkIdentityAndAuditAcrossReplicas() }
   func testGetAllNamespaces() throws { try checkGetAllNamespaces() }
   func testGetJSON() throws { try checkGetJSON() }
   func testWatch() throws { try checkWatch() }

@@ -90,7 +90,7 @@ final class MetricsLabelTests: XCTestCase {
     for (t, cluster) in [("/proxy/default_a/api?x=1", "default_a"), ("/proxy/default_a?watch=1", "default_a"),
                          ("/proxy/zz_q/../default_a/version", "default_a"), ("/proxy/\(Self.longID)/x", Self.longID)] {
       let r = HubRequest(method: "GET", target: t, headers: [("Authorization", "Bearer x")], peer: "127.0.0.1:1")
-      guard case .forward(let c, _, _, _) = router.route(r) else { return XCTFail("\(t): not a forward") }
+      guard case .forward(let c, _, _, _, _) = router.route(r) else { return XCTFail("\(t): not a forward") }
       XCTAssertEqual(c, cluster, t)
     }
     XCTAssertEqual(Self.longID.utf8.count, HubMetrics.maxClusterIDBytes)
@@ -105,7 +105,7 @@ final class MetricsLabelTests: XCTestCase {
     for t in Self.hostileTargets(1_000) + ["/proxy/default_a/version"] {
       let r = HubRequest(method: "GET", target: t, headers: [("Authorization", "Bearer x")], peer: "127.0.0.1:1")
       switch router.route(r) {
-      case .forward(let cluster, _, _, _):
+      case .forward(let cluster, _, _, _, _):
         forwards += 1
         metrics.proxyEnded(cluster: cluster, status: 502, bytesUp: 0, bytesDown: 0, durationMicros: 1)
       // Not registered (404), or not a cluster path at all (400).

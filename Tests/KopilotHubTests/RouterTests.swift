@@ -108,6 +108,25 @@ final class RouterTests: XCTestCase {
     XCTAssertEqual(agentFields, "Audit-ID: 0d9c4b1e-6f0a-4c8e-9a51-3b2f1e0d7c6a\r\n")
   }
 
+  /// A request a replica forwarded keeps that replica's audit ID; a
+  /// caller's own Audit-ID is never taken.
+  func testOnlyAForwardedRequestsAuditIDIsAdopted() {
+    var deferred = false
+    let theirs = "5b2c7a1e-0d4f-4c1a-9a57-1f1e2d3c4b5a"
+    var viaPeer = request("GET", "/proxy/default_sample/api", headers: [("Audit-ID", theirs)])
+    viaPeer.viaPeer = true
+    guard case .proxy(_, _, let adopted)? = answer(router(), viaPeer, deferred: &deferred),
+          case .proxy(_, _, let own)? = answer(router(), request("GET", "/proxy/default_sample/api", headers: [("Audit-ID", theirs)]),
+                                               deferred: &deferred)
+    else { return XCTFail("expected proxy answers") }
+    XCTAssertTrue(adopted.hasSuffix("Audit-ID: \(theirs)\r\n"), adopted)
+    XCTAssertFalse(own.contains(theirs), own)
+    var odd = viaPeer
+    odd.headers = odd.headers.filter { $0.name != "Audit-ID" } + [("Audit-ID", "x y")]
+    guard case .proxy(_, _, let fresh)? = answer(router(), odd, deferred: &deferred) else { return XCTFail("expected a proxy") }
+    XCTAssertFalse(fresh.contains("x y"), fresh)
+  }
+
   func testEachRequestGetsItsOwnAuditID() {
     var deferred = false
     var ids = Set<String>()

@@ -349,6 +349,13 @@ int kp_hub_request_accept_agent(kp_hub_request_t *req, const char *cluster);
  * is reported as "") and session 0. */
 int kp_hub_request_forward(kp_hub_request_t *req, const char *cluster,
                            const char *host, int port, const char *hop);
+/* kp_hub_request_forward with `fields` (as for kp_hub_request_proxy_as, at
+ * most 1 KiB; the request's Audit-ID, which the peer adopts) added to the
+ * head; the caller's own Audit-ID is never passed on. KP_EINVAL, and no
+ * answer, when they are refused. */
+int kp_hub_request_forward_as(kp_hub_request_t *req, const char *cluster,
+                              const char *host, int port, const char *hop,
+                              const char *fields);
 /* 1 when the request arrived on the peer listener (another replica
  * forwarded it: authorize it as any other, never forward it again), else 0. Any thread,
  * until the request is answered. */

@@ -62,7 +62,7 @@ public struct HubRouter: Sendable {
       // Both end in onProxied, under the cluster they carry: the one the
       // normalized path names, never what a caller wrote in the path
       // (`/proxy/<anything>/../default_a/` is default_a's).
-      case .proxy(let cluster, _, _), .forward(let cluster, _, _, _): metrics?.proxyStarted(cluster: cluster)
+      case .proxy(let cluster, _, _), .forward(let cluster, _, _, _, _): metrics?.proxyStarted(cluster: cluster)
       case .acceptAgent: break
       }
       return answer
@@ -169,7 +169,11 @@ public struct HubRouter: Sendable {
   func proxy(_ r: HubRequest, later: @escaping @Sendable (HubAnswer) -> Void) -> HubAnswer? {
     // Every request gets an audit ID, sent to the member (which adopts it)
     // and written with the request's event in the hub's audit log.
-    let (audit, received, auditID, note) = (self.audit, audit?.now() ?? Date(), newAuditID(), HubAudit.Note())
+    // A request another replica forwarded keeps the ID that replica gave it
+    // (its core dropped any the caller sent), so both replicas, and the
+    // member, log one ID.
+    let adopted = r.viaPeer ? r.header("Audit-ID").flatMap(Self.auditID(adopting:)) : nil
+    let (audit, received, auditID, note) = (self.audit, audit?.now() ?? Date(), adopted ?? newAuditID(), HubAudit.Note())
     @Sendable func audited(_ a: HubAnswer) -> HubAnswer {
       audit?.answered(r, received: received, auditID: auditID, note: note, answer: a)
       // The hub's own answer carries the ID too, as kube-apiserver's do.
@@ -221,7 +225,8 @@ public struct HubRouter: Sendable {
       if r.viaPeer { return .proxy(cluster: target.cluster, target: target.forwardTarget, fields: fields) }
       switch placement.place(clusterID: target.cluster) {
       case .local: return .proxy(cluster: target.cluster, target: target.forwardTarget, fields: fields)
-      case .peer(let p): return .forward(cluster: target.cluster, host: p.host, port: p.port, hop: hop)
+      case .peer(let p):
+        return .forward(cluster: target.cluster, host: p.host, port: p.port, hop: hop, fields: "Audit-ID: \(auditID)\r\n")
       case .nowhere(let why): return .status(503, "ServiceUnavailable", why)
       }
     }
@@ -294,6 +299,16 @@ public struct HubRouter: Sendable {
       guard d.allowed else { return .status(403, "Forbidden", d.forbiddenMessage) }
       return .respond(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render())
     }
+  }
+
+  /// An audit ID a forwarding replica sent: 1 to 64 characters of
+  /// [A-Za-z0-9-] (a UUID is); anything else is not taken.
+  static func auditID(adopting s: String) -> String? {
+    let u = s.utf8
+    guard (1...64).contains(u.count), u.allSatisfy({ b in
+      (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b == 0x2d
+    }) else { return nil }
+    return s
   }
 
   static let notReady = HubAnswer.status(503, "ServiceUnavailable", "the hub is starting: it has not listed the Clusters yet")
