@@ -133,6 +133,17 @@ final class Impersonation133Tests: ImpersonationTestCase {
   func testAuditID() throws { try checkOneAuditIDEndToEnd() }
 }
 
+/// The original Go agent's reverse proxy, with the member's impersonating
+/// ServiceAccount: the same answers as ours.
+final class ImpersonationGoAgentTests: ImpersonationTestCase {
+  override var kubectlName: String { "kubectl.1.33" }
+  override var useGoAgent: Bool { true }
+  func testWhoAmI() throws { try checkWhoAmIShowsTheMappedCaller() }
+  func testMemberRBAC() throws { try checkTheMembersRBACDecides() }
+  func testCallersOwnImpersonation() throws { try checkTheCallersOwnImpersonationNeverArrives() }
+  func testAuditID() throws { try checkOneAuditIDEndToEnd() }
+}
+
 /// `--identity passthrough`: the caller's own names; system: groups still
 /// dropped.
 final class PassthroughIdentityTests: ImpersonationTestCase {

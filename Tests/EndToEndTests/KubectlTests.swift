@@ -14,6 +14,9 @@ class KubectlTestCase: E2ETestCase {
   /// The agent finds the API server through a kubeconfig (as outside a
   /// cluster) instead of --apiserver/--token-file/--ca-file.
   var agentUsesKubeconfig: Bool { false }
+  /// The member's agent is one built the original design's way
+  /// (perf/baseline/agent) instead of ours.
+  var useGoAgent: Bool { false }
   /// More flags for the fake member API server and for the hub. Both keep
   /// an audit log (the fake's as kube-apiserver's, with the audit IDs it
   /// adopted).
@@ -66,9 +69,14 @@ class KubectlTestCase: E2ETestCase {
         """.write(to: member, atomically: true, encoding: .utf8)
       upstream = ["--kubeconfig", member.path]
     }
-    let agent = try w.start("agent", try Paths.binary("kopilot-agent"), [
-      "--connect", "wss://127.0.0.1:\(w.hubPort)/connect?token=\(Tokens.sample)", "--hub-ca", w.certs.ca,
-    ] + upstream)
+    let agent = useGoAgent
+      ? try w.start("goagent", try GoBuild.binary("perf/baseline/agent", name: "goagent"), [
+        "-connect", "wss://127.0.0.1:\(w.hubPort)/connect?token=\(Tokens.sample)", "-hub-ca", w.certs.ca,
+        "-apiserver", "https://127.0.0.1:\(fakePort)", "-ca-file", w.certs.ca, "-token-file", w.tokenFile.path,
+      ])
+      : try w.start("agent", try Paths.binary("kopilot-agent"), [
+        "--connect", "wss://127.0.0.1:\(w.hubPort)/connect?token=\(Tokens.sample)", "--hub-ca", w.certs.ca,
+      ] + upstream)
     try agent.waitFor("connected to the hub")
     try w.hub.waitFor("agent session up: cluster=default_sample")
     try """
