@@ -172,12 +172,12 @@ final class Bench {
 
   // MARK: targets
 
-  func startTarget(_ kind: TargetKind, sessions: Int = 1) throws -> Target {
+  func startTarget(_ kind: TargetKind, sessions: Int = 1, hubArgs: [String] = []) throws -> Target {
     switch kind {
     case .direct:
       return Target(kind: .direct, base: upstreamURL, hub: nil, agent: nil)
     case .kopilot:
-      let hub = try startKopilotHub(name: "kopilot-hub", port: 0)
+      let hub = try startKopilotHub(name: "kopilot-hub", port: 0, extra: hubArgs)
       let port = try hub.listeningPort()
       let agent = try startKopilotAgent(name: "kopilot-agent", hubPort: port, sessions: sessions)
       try agent.waitFor("connected to the hub")
@@ -194,11 +194,11 @@ final class Bench {
     }
   }
 
-  func startKopilotHub(name: String, port: Int) throws -> Child {
+  func startKopilotHub(name: String, port: Int, extra: [String] = []) throws -> Child {
     try start(name, tools.hub, [
       "serve", "--state-dir", work.appendingPathComponent("kopilot-state").path,
       "--bind", "127.0.0.1:\(port)", "--tls-cert", certFile, "--tls-key", keyFile,
-    ])
+    ] + extra)
   }
 
   func startKopilotAgent(name: String, hubPort: Int, sessions: Int) throws -> Child {

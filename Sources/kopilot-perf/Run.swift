@@ -56,6 +56,7 @@ struct PerfRun {
                                     (has(.slow) ? kinds.filter { $0 != .direct }.count : 0) : 0)
       + (has(.idle) || has(.storm) ? idleKinds.count * settings.idleCounts.count : 0)
       + (has(.scale) ? kinds.count : 0)
+      + (has(.identity) && kinds.contains(.kopilot) ? 3 : 0)
     let runner = Runner(bench: bench, settings: settings, results: results, progress: progress)
 
     /// A scenario that fails is recorded and the run goes on.
@@ -122,6 +123,9 @@ struct PerfRun {
           try runner.scale(t, cores: cores)
         }
       }
+    }
+    if has(.identity) && kinds.contains(.kopilot) {
+      attempt("identity") { try runner.identity() }
     }
     if has(.idle) || has(.storm) {
       for n in settings.idleCounts {

@@ -29,7 +29,7 @@ struct Settings {
 }
 
 enum Scenario: String, CaseIterable {
-  case bulk, cpu, requests, streams, slow, idle, storm, scale
+  case bulk, cpu, requests, streams, slow, idle, storm, scale, identity
 }
 
 /// What went wrong in work spread over threads.
@@ -135,6 +135,42 @@ struct Runner {
                            Format.grouped((n / secs).rounded()), obj["p50_us"] ?? 0, obj["p99_us"] ?? 0,
                            obj["p999_us"] ?? 0, errors > 0 ? ", \(Int(errors)) errors" : ""))
     if errors > 0 { results.fail("requests c=\(c) via \(t.kind.title): \(Int(errors)) errors of \(Int(n))") }
+  }
+
+  // MARK: identity and audit
+
+  /// What the member seeing the caller costs: small GETs at c=16 through
+  /// Kopilot with impersonation off (`--identity agent`), on (the
+  /// default), and on with the audit log written to a file. A fresh hub
+  /// and agent for each; the rows name the setting.
+  func identity() throws {
+    let log = bench.work.appendingPathComponent("audit.log").path
+    let setups: [(String, [String])] = [
+      ("identity off (--identity agent)", ["--identity", "agent"]),
+      ("impersonation", []),
+      ("impersonation + audit log", ["--audit-log-path", log]),
+    ]
+    for (label, args) in setups {
+      progress.begin("identity: \(label), requests, 16 connections, \(settings.requestSeconds) s → kopilot")
+      let t = try bench.startTarget(.kopilot, hubArgs: args)
+      defer {
+        bench.stop(t.agent)
+        bench.stop(t.hub)
+      }
+      try probe(t, tools: bench.tools, caFile: bench.caFile)
+      let r = try runCommand(bench.tools.wrk, ["-t1", "-c16", "-d\(settings.requestSeconds)s", "--timeout", "10s",
+                                               "-s", bench.tools.wrkScript] + auth + ["\(t.base)/api/v1/namespaces/default/pods/small"],
+                             timeout: Double(settings.requestSeconds) + 60)
+      guard r.status == 0, let line = r.out.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+            let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Double],
+            let n = obj["requests"], n > 0 else {
+        throw PerfError("wrk (\(label)) failed (exit \(r.status)):\n\(r.out)\n\(r.err)")
+      }
+      let rps = n / ((obj["duration_us"] ?? 1) / 1e6)
+      results.add("identity", "c=16 requests/s, \(label)", unit: "req/s", better: "higher", target: .kopilot, value: rps)
+      results.add("identity", "c=16 p99, \(label)", unit: "µs", better: "lower", target: .kopilot, value: obj["p99_us"] ?? .nan)
+      progress.result(String(format: "%@ req/s, p99 %.0f µs", Format.grouped(rps.rounded()), obj["p99_us"] ?? 0))
+    }
   }
 
   // MARK: scale

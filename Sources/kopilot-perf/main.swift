@@ -21,8 +21,10 @@ struct PerfCommand: ParsableCommand {
       and 10,000 idle agent sessions, all from one agent process: hub memory per session), storm \
       (the hub restarts under those sessions: time until all are back), scale (a wrk thread and \
       32 connections per core, one download per core, and kopilot's hub alone on /healthz: \
-      req/s, MB/s, p99 and the cores each process group used). idle and storm compare kopilot \
-      with the original design only.
+      req/s, MB/s, p99 and the cores each process group used), identity (small GETs at 16 \
+      connections through kopilot with impersonation off, on, and on with the audit log: what \
+      the member seeing the caller costs). idle and storm compare kopilot with the original \
+      design only; identity runs kopilot alone.
 
       Needs: a release build (`swift build -c release`), go with Debian's yamux and gorilla \
       websocket packages, wrk, curl and nginx (Tests/setup-debian.sh installs them).

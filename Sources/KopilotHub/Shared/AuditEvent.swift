@@ -73,12 +73,33 @@ public struct AuditEvent: Encodable, Sendable {
 
   /// The event's JSON line (keys sorted, so lines are stable), newline
   /// included.
-  public func line() -> Data {
-    let e = JSONEncoder()
-    e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-    var d = (try? e.encode(self)) ?? Data()
+  public func line(_ encoder: JSONEncoder = AuditEvent.encoder()) -> Data {
+    var d = (try? encoder.encode(self)) ?? Data()
     d.append(0x0a)
     return d
+  }
+
+  public static func encoder() -> JSONEncoder {
+    let e = JSONEncoder()
+    e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    return e
+  }
+
+  /// About the bytes its line takes, without encoding it: what the audit
+  /// log's queue is bounded by (the fixed part is the keys and the
+  /// timestamps).
+  var estimatedSize: Int {
+    var n = 420 + auditID.utf8.count + requestURI.utf8.count + verb.utf8.count + (userAgent?.utf8.count ?? 0)
+    for u in [user] + (impersonatedUser.map { [$0] } ?? []) {
+      n += 40 + u.username.utf8.count + (u.uid?.utf8.count ?? 0)
+      n += (u.groups ?? []).reduce(0) { $0 + $1.utf8.count + 3 }
+      n += (u.extra ?? [:]).reduce(0) { $0 + $1.key.utf8.count + $1.value.reduce(0) { $0 + $1.utf8.count + 3 } + 6 }
+    }
+    n += sourceIPs.reduce(0) { $0 + $1.utf8.count + 3 }
+    n += (annotations ?? [:]).reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count + 6 }
+    if let r = responseStatus { n += 60 + (r.message?.utf8.count ?? 0) + (r.reason?.utf8.count ?? 0) }
+    if objectRef != nil { n += 160 }
+    return n
   }
 
   /// RFC 3339 with microseconds in UTC, as kube-apiserver's MicroTime.

@@ -11,9 +11,10 @@ import Logging
 /// `--audit-log-maxsize`, `--audit-log-maxbackup` and `--audit-log-maxage`
 /// rotate its own.
 ///
-/// The request path never waits for it: `record` appends the line to a
-/// queue bounded by bytes and returns; a thread of its own writes the
-/// queue out. A sink that cannot keep up (a full disk, a pipe nobody reads)
+/// The request path never waits for it: `record` appends the event to a
+/// queue bounded by bytes (each event's estimated line) and returns; a
+/// thread of its own encodes the events and writes them out, so the JSON
+/// encoding costs the loops nothing either. A sink that cannot keep up (a full disk, a pipe nobody reads)
 /// makes the queue fill, and further events are dropped and counted
 /// (`droppedEvents`, exported as a metric) with one warning in the log.
 public final class AuditLog: Sendable {
@@ -28,7 +29,7 @@ public final class AuditLog: Sendable {
   }
 
   private struct State {
-    var queue: [Data] = []
+    var queue: [AuditEvent] = []
     var queuedBytes = 0
     var closed = false
     var dropped: UInt64 = 0
@@ -59,16 +60,16 @@ public final class AuditLog: Sendable {
 
   /// Queues one event; never blocks. A full queue drops it (counted).
   public func record(_ event: AuditEvent) {
-    let line = event.line()
+    let size = event.estimatedSize
     let warn = state.withLock { s -> Bool in
       guard !s.closed else { return false }
-      guard s.queuedBytes + line.count <= queueLimit else {
+      guard s.queuedBytes + size <= queueLimit else {
         s.dropped += 1
         defer { s.warned = true }
         return !s.warned
       }
-      s.queue.append(line)
-      s.queuedBytes += line.count
+      s.queue.append(event)
+      s.queuedBytes += size
       return false
     }
     if warn {
@@ -93,20 +94,22 @@ public final class AuditLog: Sendable {
   private func writer(fd start: Int32) {
     var fd = start
     var size = path == "-" ? 0 : Int(Self.fileSize(fd))
+    let encoder = AuditEvent.encoder()
     defer {
       if fd != STDOUT_FILENO { Glibc.close(fd) }
       finished.signal()
     }
     while true {
       wake.wait()
-      let (lines, closed) = state.withLock { s -> ([Data], Bool) in
+      let (events, closed) = state.withLock { s -> ([AuditEvent], Bool) in
         defer {
           s.queue.removeAll(keepingCapacity: true)
           s.queuedBytes = 0
         }
         return (s.queue, s.closed)
       }
-      for line in lines {
+      for event in events {
+        let line = event.line(encoder)
         if path != "-", rotation.maxSizeMB > 0, size > 0, size + line.count > rotation.maxSizeMB << 20 {
           if let next = rotate(fd) {
             fd = next
