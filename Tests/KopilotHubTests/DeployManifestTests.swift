@@ -103,6 +103,40 @@ final class DeployManifestTests: XCTestCase {
     }
   }
 
+  /// The agent manifest the hub serves in each identity mode and for each
+  /// provider validates strictly against the oldest and the newest schemas
+  /// (the example file covers the default mode against every version).
+  func testServedAgentManifestsValidateInEveryMode() throws {
+    guard let validate = tool("kubernetes-validate") else {
+      if ProcessInfo.processInfo.environment["CI"] != nil {
+        XCTFail("kubernetes-validate is missing: Tests/setup-debian.sh installs it")
+      }
+      throw XCTSkip("kubernetes-validate is not installed (pip install kubernetes-validate)")
+    }
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("agent-manifests-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var files: [String] = [], objects = 0
+    for mode in IdentityMode.all {
+      for provider in AgentManifest.knownProviders {
+        let yaml = try AgentManifest.render(
+          publicAddr: "203.0.113.10:30443", token: "example-token-0123456789abcdef", caPEM: Self.exampleCA,
+          image: "ghcr.io/kopilot/kopilot-agent:latest", provider: provider, identity: mode)
+        let file = dir.appendingPathComponent("\(mode)-\(provider.isEmpty ? "any" : provider).yaml")
+        try yaml.write(to: file, atomically: true, encoding: .utf8)
+        files.append(file.path)
+        objects += try Self.objects(in: file).count
+      }
+    }
+    let versions = try kubernetesVersions(validate)
+    for version in Set([versions.first!, versions.last!]).sorted() {
+      let r = try run(validate, ["--strict", "-k", version] + files, timeout: 300)
+      let lines = (r.out + r.err).split(separator: "\n").map(String.init)
+      XCTAssertEqual(r.status, 0, "Kubernetes \(version):\n\(r.out)\(r.err)")
+      XCTAssertEqual(lines.filter { $0.contains("passed for resource") }.count, objects, "Kubernetes \(version)")
+    }
+  }
+
   /// 1.27 and every later minor version whose schemas the installed package has.
   func kubernetesVersions(_ validate: String) throws -> [String] {
     let r = try run(validate, ["--help"])
