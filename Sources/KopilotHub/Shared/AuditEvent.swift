@@ -103,13 +103,19 @@ public struct AuditEvent: Encodable, Sendable {
   }
 
   /// RFC 3339 with microseconds in UTC, as kube-apiserver's MicroTime.
-  public static func timestamp(_ date: Date) -> String {
-    let micros = Int64((date.timeIntervalSince1970 * 1_000_000).rounded(.down))
-    var t = time_t(micros / 1_000_000)
+  public static func timestamp(_ date: Date) -> String { utc(date, digits: 6, timeSeparator: ":") + "Z" }
+
+  /// `date` in UTC as YYYY-MM-DDThh<sep>mm<sep>ss.<digits of the second>,
+  /// rounded down.
+  static func utc(_ date: Date, digits: Int, timeSeparator sep: String) -> String {
+    var scale: Int64 = 1
+    for _ in 0..<digits { scale *= 10 }
+    let units = Int64((date.timeIntervalSince1970 * Double(scale)).rounded(.down))
+    var t = time_t(units / scale)
     var tm = tm()
     gmtime_r(&t, &tm)
-    return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                  tm.tm_hour, tm.tm_min, tm.tm_sec, Int(micros % 1_000_000))
+    return String(format: "%04d-%02d-%02dT%02d\(sep)%02d\(sep)%02d.%0\(digits)lld", tm.tm_year + 1900, tm.tm_mon + 1,
+                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, units % scale)
   }
 }
 

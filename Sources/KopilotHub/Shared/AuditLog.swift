@@ -170,14 +170,7 @@ public final class AuditLog: Sendable {
 
   /// UTC, sortable, millisecond precision (two rotations in one second
   /// must not share a name): 2026-12-06T05-00-00.123.
-  static func backupStamp(_ date: Date) -> String {
-    let ms = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
-    var t = time_t(ms / 1000)
-    var tm = tm()
-    gmtime_r(&t, &tm)
-    return String(format: "%04d-%02d-%02dT%02d-%02d-%02d.%03d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                  tm.tm_hour, tm.tm_min, tm.tm_sec, Int(ms % 1000))
-  }
+  static func backupStamp(_ date: Date) -> String { AuditEvent.utc(date, digits: 3, timeSeparator: "-") }
 
   static func open(_ path: String) throws -> Int32 {
     let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
