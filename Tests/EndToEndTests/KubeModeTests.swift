@@ -358,6 +358,38 @@ class KubeModeKubectlTestCase: KubectlTestCase {
   /// hub-b's audit log (hub-a's is `hubAuditLog`).
   var replicaBAuditLog: URL { world.dir.appendingPathComponent("hub-b-audit.jsonl") }
 
+  /// The member's RBAC: the agent may only impersonate (and use the fake's
+  /// test hooks); the caller, kopilot:alice, may do what the kubectl suite
+  /// does (pods and their subresources, configmaps, reading namespaces) and
+  /// nothing else, so deleting a namespace is the member's 403.
+  override var fakeArgs: [String] {
+    let policy = world.dir.appendingPathComponent("member-policy.json")
+    try? Data("""
+      {"rules": [
+        {"users": ["system:serviceaccount:kopilot:kopilot-agent"], "verbs": ["impersonate"], "apiGroups": [""], "resources": ["users", "groups"]},
+        {"users": ["system:serviceaccount:kopilot:kopilot-agent"], "verbs": ["impersonate"], "apiGroups": ["authentication.k8s.io"], "resources": ["*"]},
+        {"users": ["system:serviceaccount:kopilot:kopilot-agent"], "verbs": ["*"], "nonResourceURLs": ["/_fake/*"]},
+        {"groups": ["system:authenticated"], "verbs": ["get"],
+         "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/version", "/openapi/*"]},
+        {"users": ["kopilot:alice"], "verbs": ["*"], "apiGroups": [""],
+         "resources": ["pods", "pods/exec", "pods/attach", "pods/portforward", "pods/log", "configmaps"]},
+        {"users": ["kopilot:alice"], "verbs": ["get", "list", "watch"], "apiGroups": [""], "resources": ["namespaces"]}
+      ]}
+      """.utf8).write(to: policy)
+    return super.fakeArgs + ["--policy", policy.path]
+  }
+
+  /// The member's RBAC decides for the mapped caller of the Kubernetes mode
+  /// too: kopilot:alice may read namespaces, not delete them.
+  func checkTheMembersRBACDecides() throws {
+    XCTAssertEqual(try run(["get", "namespace", "kube-system"]).status, 0)
+    let r = try run(["delete", "namespace", "kube-system", "--wait=false"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssertTrue(r.stderr.contains(
+      #"namespaces "kube-system" is forbidden: User "kopilot:alice" cannot delete resource "namespaces" in API group "" in the namespace "kube-system""#),
+      r.stderr)
+  }
+
   /// The identity a TokenReview gave reaches the member: alice of the host
   /// (group team-a) is kopilot:alice in kopilot:callers and kopilot:team-a.
   /// And one audit ID per request across both replicas: hub-a, which
@@ -419,6 +451,8 @@ class KubeModeKubectlTestCase: KubectlTestCase {
 /// kubectl 1.27 (SPDY upgrades) through two replicas.
 final class KubeModeKubectl127Tests: KubeModeKubectlTestCase {
   override var kubectlName: String { "kubectl.1.27" }
+  func testIdentityAndAuditAcrossReplicas() throws { try checkIdentityAndAuditAcrossReplicas() }
+  func testMemberRBAC() throws { try checkTheMembersRBACDecides() }
   func testGetAllNamespaces() throws { try checkGetAllNamespaces() }
   func testGetJSON() throws { try checkGetJSON() }
   func testWatch() throws { try checkWatch() }
@@ -434,6 +468,7 @@ final class KubeModeKubectl127Tests: KubeModeKubectlTestCase {
 final class KubeModeKubectl133Tests: KubeModeKubectlTestCase {
   override var kubectlName: String { "kubectl.1.33" }
   func testIdentityAndAuditAcrossReplicas() throws { try checkIdentityAndAuditAcrossReplicas() }
+  func testMemberRBAC() throws { try checkTheMembersRBACDecides() }
   func testGetAllNamespaces() throws { try checkGetAllNamespaces() }
   func testGetJSON() throws { try checkGetJSON() }
   func testWatch() throws { try checkWatch() }
