@@ -173,9 +173,11 @@ public struct HubRouter: Sendable {
     // (its core dropped any the caller sent), so both replicas, and the
     // member, log one ID.
     let adopted = r.viaPeer ? r.header("Audit-ID").flatMap(Self.auditID(adopting:)) : nil
-    let (audit, received, auditID, note) = (self.audit, audit?.now() ?? Date(), adopted ?? newAuditID(), HubAudit.Note())
+    // What the audit needs is gathered only when there is an audit log.
+    let audit = self.audit, note = audit.map { _ in HubAudit.Note() }
+    let (received, auditID) = (audit?.now() ?? Date(), adopted ?? newAuditID())
     @Sendable func audited(_ a: HubAnswer) -> HubAnswer {
-      audit?.answered(r, received: received, auditID: auditID, note: note, answer: a)
+      if let audit, let note { audit.answered(r, received: received, auditID: auditID, note: note, answer: a) }
       // The hub's own answer carries the ID too, as kube-apiserver's do.
       if case .respond(let status, let type, let body, let fields) = a {
         return .respond(status: status, contentType: type, body: body, fields: fields + "Audit-Id: \(auditID)\r\n")
@@ -185,7 +187,7 @@ public struct HubRouter: Sendable {
     guard let target = parseProxyTarget(r.target) else {
       return audited(.status(400, "BadRequest", "the path must be /proxy/{namespace}_{name}/... without encoded dots or slashes"))
     }
-    note.set { $0.cluster = target.cluster }
+    note?.set { $0.cluster = target.cluster }
     // A request from another replica (the peer listener, mutual TLS) is
     // authenticated and authorized here again, on its own merits, with the
     // caller's token that the forwarding replica passes on: a replica's
@@ -196,7 +198,7 @@ public struct HubRouter: Sendable {
     let identity = self.identity
     let now = authorized(r, later: { later(audited($0)) },
                          request: { AuthorizationRequest(user: $0, r, target: target) }) { user, decision in
-      note.set {
+      note?.set {
         $0.user = user
         $0.decision = decision.allowed ? "allow" : "forbid"
         $0.reason = decision.reason
@@ -216,7 +218,7 @@ public struct HubRouter: Sendable {
       let fields: String
       do throws(IdentityRefusal) {
         let member = try identity.member(for: user, mode: cluster.identity)
-        note.set { $0.member = member }
+        note?.set { $0.member = member }
         fields = (member?.fields ?? "") + "Audit-ID: \(auditID)\r\n"
       } catch {
         logger.info("forbidden", metadata: ["user": "\(user.name)", "cluster": "\(target.cluster)", "reason": "\(error.message)"])
