@@ -187,13 +187,9 @@ public enum RequestAttributes {
 
   static func isTrue(_ v: String?) -> Bool { v == "1" || v == "true" }
 
+  /// A value of the query, as the shared parser of request targets reads it.
   static func queryValue(_ query: String?, _ key: String) -> String? {
-    guard let query else { return nil }
-    for pair in query.split(separator: "&") {
-      let kv = pair.split(separator: "=", maxSplits: 1)
-      if kv.first.map(String.init) == key { return kv.count > 1 ? String(kv[1]) : "" }
-    }
-    return nil
+    query.flatMap { KopilotHub.queryValue("?" + $0, key) }
   }
 
   /// Requests that stream until one side ends them: watches, `logs -f`,

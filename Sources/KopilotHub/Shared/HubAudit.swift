@@ -50,8 +50,8 @@ public final class HubAudit: Sendable {
     // below /proxy/{namespace}_{name}.
     let inner = parseProxyTarget(r.target)?.forwardTarget ?? path
     let q = inner.firstIndex(of: "?")
-    let attrs = RequestAttributes.of(method: r.method, path: q.map { String(inner[..<$0]) } ?? inner,
-                                     query: q.map { String(inner[inner.index(after: $0)...]) })
+    let query = q.map { String(inner[inner.index(after: $0)...]) }
+    let attrs = RequestAttributes.of(method: r.method, path: q.map { String(inner[..<$0]) } ?? inner, query: query)
     var annotations: [String: String] = [:]
     if let c = info.cluster { annotations["kopilot.smartx.com/cluster"] = c.replacingOccurrences(of: "_", with: "/") }
     if let d = info.decision { annotations["authorization.k8s.io/decision"] = d }
@@ -66,10 +66,9 @@ public final class HubAudit: Sendable {
       annotations: annotations.isEmpty ? nil : annotations)
     switch answer {
     case .proxy, .forward:
-      let upgrade = r.header("Upgrade") != nil
-        || (r.header("Connection")?.lowercased().split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces) == "upgrade" } ?? false)
-      let q = inner.firstIndex(of: "?").map { String(inner[inner.index(after: $0)...]) }
-      let long = RequestAttributes.isLongRunning(verb: attrs.verb, objectRef: attrs.objectRef, query: q, upgrade: upgrade)
+      // An upgrade as the router authorized it (RBACVerb.isUpgrade).
+      let long = RequestAttributes.isLongRunning(verb: attrs.verb, objectRef: attrs.objectRef, query: query,
+                                                 upgrade: RBACVerb.isUpgrade(r.headers))
       pending.withLock { $0[r.id] = (e, long) }
     case .respond(let status, _, let body, _):
       e.responseStatus = Self.status(code: status, body: body)
